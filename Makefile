@@ -1,0 +1,18 @@
+# The two Quickstart commands: `make demo` and `make test`. Both create .venv on first use.
+.PHONY: demo test lint format setup
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	HF_HUB_OFFLINE=1 .venv/bin/python -m structprune.demo
+
+test: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff check --fix . && .venv/bin/ruff format .

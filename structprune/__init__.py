@@ -1,0 +1,38 @@
+"""structprune: structured pruning and distillation for BERT-family Hugging Face encoders.
+
+Example::
+
+    import structprune as sp
+    scores = sp.score(model, batches, method="taylor")
+    mask = sp.allocate(scores, model, flops=0.5)
+    sp.prune_(model, mask)
+    sp.cost(model, seq_len=128)
+"""
+
+from .allocate import allocate
+from .arch import ArchSpec, register_architecture, supported_families, view
+from .cost import Cost, cost, dense_cost
+from .gates import Gates
+from .importance import available_scorers, register_scorer, score
+from .mask import Mask, Scores
+from .surgery import prune_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchSpec",
+    "Cost",
+    "Gates",
+    "Mask",
+    "Scores",
+    "allocate",
+    "available_scorers",
+    "cost",
+    "dense_cost",
+    "prune_",
+    "register_architecture",
+    "register_scorer",
+    "score",
+    "supported_families",
+    "view",
+]

@@ -1,0 +1,163 @@
+"""`Mask` and `Scores`: the small typed values exchanged between scoring, allocation and surgery.
+
+Both are in the *original* model's coordinates (``[layers, heads]`` and ``[layers, intermediate]``),
+so they keep their meaning when a model is pruned more than once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .arch import view
+
+
+@dataclass
+class Scores:
+    """Importance of every head (``head: [L, H]``) and FFN neuron (``ffn: [L, I]``); higher = keep.
+
+    Structures a model no longer has score 0 and are never selected by :func:`structprune.allocate`.
+    """
+
+    head: torch.Tensor
+    ffn: torch.Tensor
+    method: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.head.dim() != 2 or self.ffn.dim() != 2 or self.head.shape[0] != self.ffn.shape[0]:
+            raise ValueError(
+                f"Scores need head [L, H] and ffn [L, I] with the same L; got {tuple(self.head.shape)} "
+                f"and {tuple(self.ffn.shape)}."
+            )
+
+
+@dataclass
+class Mask:
+    """Which heads (``head: bool[L, H]``) and FFN neurons (``ffn: bool[L, I]``) to keep.
+
+    A layer with no head and no neuron kept is dropped from the model.
+
+    Example::
+
+        mask = sp.Mask.full(model)          # keeps everything the model has now
+        mask.head[0, :6] = False            # drop the first six heads of layer 0
+        mask.save("mask.json"); sp.Mask.load("mask.json")
+    """
+
+    head: torch.Tensor
+    ffn: torch.Tensor
+
+    def __post_init__(self):
+        self.head = torch.as_tensor(self.head, dtype=torch.bool).cpu()
+        self.ffn = torch.as_tensor(self.ffn, dtype=torch.bool).cpu()
+        if self.head.dim() != 2 or self.ffn.dim() != 2 or self.head.shape[0] != self.ffn.shape[0]:
+            raise ValueError(
+                f"A Mask needs head bool[L, H] and ffn bool[L, I] with the same L; got "
+                f"{tuple(self.head.shape)} and {tuple(self.ffn.shape)}."
+            )
+
+    @classmethod
+    def full(cls, model) -> Mask:
+        """The mask of everything ``model`` currently holds (original coordinates)."""
+        s = view(model).structure
+        head = torch.zeros(s.num_layers, s.num_heads, dtype=torch.bool)
+        ffn = torch.zeros(s.num_layers, s.intermediate_size, dtype=torch.bool)
+        for orig, heads, neurons in zip(s.layers, s.heads, s.ffn, strict=True):
+            head[orig, heads] = True
+            ffn[orig, neurons] = True
+        return cls(head, ffn)
+
+    @property
+    def num_layers(self) -> int:
+        return self.head.shape[0]
+
+    @property
+    def kept_layers(self) -> list[int]:
+        """Original indices of the layers that survive (any head or neuron kept)."""
+        return [i for i in range(self.num_layers) if self.head[i].any() or self.ffn[i].any()]
+
+    def heads_per_layer(self) -> list[int]:
+        return self.head.sum(1).tolist()
+
+    def ffn_per_layer(self) -> list[int]:
+        return self.ffn.sum(1).tolist()
+
+    def summary(self) -> dict:
+        return {
+            "layers_kept": len(self.kept_layers),
+            "layers": self.num_layers,
+            "heads_kept": int(self.head.sum()),
+            "heads": self.head.numel(),
+            "ffn_kept": int(self.ffn.sum()),
+            "ffn": self.ffn.numel(),
+            "heads_per_layer": self.heads_per_layer(),
+            "ffn_per_layer": self.ffn_per_layer(),
+        }
+
+    def __and__(self, other: Mask) -> Mask:
+        return Mask(self.head & other.head, self.ffn & other.ffn)
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, Mask)
+            and torch.equal(self.head, other.head)
+            and torch.equal(self.ffn, other.ffn)
+        )
+
+    def check_compatible(self, model) -> None:
+        """Raise ``ValueError`` unless this mask fits ``model`` and keeps only what it still has."""
+        full = Mask.full(model)
+        if self.head.shape != full.head.shape or self.ffn.shape != full.ffn.shape:
+            raise ValueError(
+                f"Mask shape head {tuple(self.head.shape)} / ffn {tuple(self.ffn.shape)} does not match the "
+                f"model's head {tuple(full.head.shape)} / ffn {tuple(full.ffn.shape)} (original layers x "
+                "heads and layers x intermediate size). Build the mask from this model's scores."
+            )
+        extra_h = self.head & ~full.head
+        extra_f = self.ffn & ~full.ffn
+        if extra_h.any() or extra_f.any():
+            raise ValueError(
+                f"The mask keeps {int(extra_h.sum())} heads and {int(extra_f.sum())} FFN neurons that the model "
+                "no longer has (pruned earlier); pruning can only remove structure. Intersect it with "
+                "Mask.full(model) first."
+            )
+
+    # --- serialization (JSON or safetensors; never pickle) -------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        if path.suffix == ".json":
+            data = {
+                "format": "structprune.mask/1",
+                "head": self.head.int().tolist(),
+                "ffn": self.ffn.int().tolist(),
+            }
+            tmp.write_text(json.dumps(data))
+        elif path.suffix == ".safetensors":
+            save_file({"head": self.head.to(torch.uint8), "ffn": self.ffn.to(torch.uint8)}, str(tmp))
+        else:
+            raise ValueError(f"Save a Mask as .json or .safetensors, not {path.suffix or 'no suffix'!r}.")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Mask:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No mask file at {path}.")
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text())
+                return cls(torch.tensor(data["head"]), torch.tensor(data["ffn"]))
+            if path.suffix == ".safetensors":
+                t = load_file(str(path))
+                return cls(t["head"], t["ffn"])
+        except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, OSError) as err:
+            raise ValueError(f"{path} is not a valid structprune mask file: {err}") from None
+        raise ValueError(f"Load a Mask from .json or .safetensors, not {path.suffix or 'no suffix'!r}.")

@@ -1,0 +1,164 @@
+"""Surgery: physically remove heads, FFN neurons and emptied layers, in place.
+
+Weights, module attributes and the config change together in :func:`prune_`; the result is a smaller
+dense model whose ``config.structprune`` records what it keeps (original coordinates).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .arch import ModelView, Structure, view
+from .mask import Mask
+
+logger = logging.getLogger(__name__)
+
+BIAS_INDEX = "structprune_head_bias_index"
+
+
+@torch.no_grad()
+def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
+    """Keep rows (``dim=0``, output features) or columns (``dim=1``) ``index`` of ``linear``, in place."""
+    index = index.to(linear.weight.device)
+    weight = linear.weight.index_select(dim, index).clone()
+    linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    if dim == 0:
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias[index].clone(), requires_grad=linear.bias.requires_grad)
+        linear.out_features = len(index)
+    else:
+        linear.in_features = len(index)
+
+
+def _positions(current: list[int], keep: torch.Tensor) -> list[int]:
+    """Positions within ``current`` (original ids held now) whose id ``keep`` marks True."""
+    return [j for j, orig in enumerate(current) if keep[orig]]
+
+
+def _head_rows(positions: list[int], head_size: int) -> torch.Tensor:
+    # head j occupies features [j * head_size, (j + 1) * head_size) of q/k/v outputs and o inputs
+    return torch.tensor([j * head_size + t for j in positions for t in range(head_size)], dtype=torch.long)
+
+
+def _check(v: ModelView, mask: Mask) -> None:
+    for lv in v.layers:
+        heads, ffn = int(mask.head[lv.orig].sum()), int(mask.ffn[lv.orig].sum())
+        if heads == 0 and ffn > 0:
+            raise ValueError(
+                f"The mask removes every head of layer {lv.orig} but keeps {ffn} of its FFN neurons. An "
+                "attention block with no heads is not supported: keep at least one head (allocate(..., "
+                "min_heads=1)) or remove the layer's neurons too to drop the whole layer."
+            )
+    if not mask.kept_layers:
+        raise ValueError("The mask removes every layer; keep at least one head or neuron.")
+
+
+def prune_(model: nn.Module, mask: Mask) -> nn.Module:
+    """Remove what ``mask`` does not keep from ``model``, in place, and return ``model``.
+
+    The mask is in original coordinates (``Mask.full(model)`` keeps everything the model has). Layers
+    left with no head and no neuron are dropped. Pruning twice composes.
+
+    Example::
+
+        mask = sp.allocate(sp.score(model, batches), model, flops=0.5)
+        sp.prune_(model, mask)
+        model.config.structprune["heads"]    # original head ids kept per layer
+    """
+    v = view(model)
+    if not isinstance(mask, Mask):
+        raise TypeError(f"prune_ expects a structprune.Mask, got {type(mask).__name__}.")
+    mask.check_compatible(model)
+    _check(v, mask)
+    s, spec = v.structure, v.spec
+
+    new_layers, new_heads, new_ffn, dropped = [], [], [], []
+    for lv in v.layers:
+        head_pos = _positions(lv.heads, mask.head[lv.orig])
+        ffn_pos = _positions(lv.ffn, mask.ffn[lv.orig])
+        if not head_pos and not ffn_pos:
+            dropped.append(lv.index)
+            continue
+        if len(head_pos) != len(lv.heads):
+            rows = _head_rows(head_pos, s.head_size)
+            for lin in (lv.q, lv.k, lv.v):
+                slice_linear(lin, rows, 0)
+            slice_linear(lv.o, rows, 1)
+            for attr in spec.attn_head_count_attrs:
+                setattr(lv.attn, attr, len(head_pos))
+            for attr in spec.attn_all_head_size_attrs:
+                setattr(lv.attn, attr, len(head_pos) * s.head_size)
+        if len(ffn_pos) != len(lv.ffn):
+            idx = torch.tensor(ffn_pos, dtype=torch.long)
+            slice_linear(lv.up, idx, 0)
+            slice_linear(lv.down, idx, 1)
+        new_layers.append(lv.orig)
+        new_heads.append([lv.heads[j] for j in head_pos])
+        new_ffn.append([lv.ffn[j] for j in ffn_pos])
+
+    for i in reversed(dropped):
+        del v.layer_list[i]
+    structure = Structure(
+        num_layers=s.num_layers,
+        num_heads=s.num_heads,
+        head_size=s.head_size,
+        intermediate_size=s.intermediate_size,
+        hidden_size=s.hidden_size,
+        layers=new_layers,
+        heads=new_heads,
+        ffn=new_ffn,
+    )
+    if spec.head_bias:
+        _slice_head_bias(v, s, structure)
+    v.write_structure(structure)
+    logger.info(
+        "pruned to %d layers, %d heads, %d FFN neurons",
+        len(new_layers),
+        sum(structure.heads_per_layer),
+        sum(structure.ffn_per_layer),
+    )
+    return model
+
+
+def _union(structure: Structure) -> list[int]:
+    return sorted({h for heads in structure.heads for h in heads})
+
+
+@torch.no_grad()
+def _slice_head_bias(v: ModelView, old: Structure, new: Structure) -> None:
+    """Slice a per-head bias shared by all layers (MPNet) to the heads any layer keeps, and give each
+    layer the index of its own heads within it."""
+    old_union, new_union = _union(old), _union(new)
+    emb = v.head_bias
+    if new_union != old_union:
+        cols = torch.tensor(
+            [old_union.index(h) for h in new_union], dtype=torch.long, device=emb.weight.device
+        )
+        emb.weight = nn.Parameter(emb.weight[:, cols].clone(), requires_grad=emb.weight.requires_grad)
+        emb.embedding_dim = len(new_union)
+    for module, heads in zip(v.layer_list, new.heads, strict=True):
+        attn = module.get_submodule(v.spec.attn)
+        index = torch.tensor([new_union.index(h) for h in heads], dtype=torch.long)
+        install_head_bias_selector(attn, index, v.spec.head_bias_arg)
+
+
+def install_head_bias_selector(attn: nn.Module, index: torch.Tensor, arg: tuple[str, int]) -> None:
+    """Make ``attn`` pick its own heads ``index`` out of the shared per-head bias it receives."""
+    if hasattr(attn, BIAS_INDEX):
+        setattr(attn, BIAS_INDEX, index.to(getattr(attn, BIAS_INDEX).device))
+        return
+    attn.register_buffer(BIAS_INDEX, index, persistent=False)
+    name, pos = arg
+
+    def select(module, args, kwargs):
+        idx = getattr(module, BIAS_INDEX)
+        if name in kwargs and kwargs[name] is not None:
+            kwargs[name] = kwargs[name].index_select(1, idx)  # [B, heads_all, T, T] -> [B, heads_kept, T, T]
+        elif len(args) > pos and args[pos] is not None:
+            args = (*args[:pos], args[pos].index_select(1, idx), *args[pos + 1 :])
+        return args, kwargs
+
+    attn.register_forward_pre_hook(select, with_kwargs=True)

@@ -1,0 +1,92 @@
+"""Tiny random models of every supported family, built in-process (no network)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertConfig,
+    DistilBertConfig,
+    ElectraConfig,
+    MPNetConfig,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
+
+VOCAB = 99
+COMMON = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48
+)
+
+
+def config(family: str, **overrides):
+    if family == "bert":
+        cfg = BertConfig(**COMMON)
+    elif family == "roberta":
+        cfg = RobertaConfig(**COMMON, pad_token_id=1)
+    elif family == "xlm-roberta":
+        cfg = XLMRobertaConfig(**COMMON, pad_token_id=1)
+    elif family == "electra":
+        cfg = ElectraConfig(**COMMON, embedding_size=16)
+    elif family == "mpnet":
+        cfg = MPNetConfig(**COMMON)
+    elif family == "distilbert":
+        cfg = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=3, n_heads=4, hidden_dim=48)
+    else:
+        raise KeyError(family)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"]
+TASKS = {
+    "base": AutoModel,
+    "seq-cls": AutoModelForSequenceClassification,
+    "token-cls": AutoModelForTokenClassification,
+    "qa": AutoModelForQuestionAnswering,
+    "mlm": AutoModelForMaskedLM,
+}
+
+
+def model(family: str = "bert", task: str = "seq-cls", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cfg = config(family, **overrides)
+    if task in ("seq-cls", "token-cls"):
+        cfg.num_labels = overrides.get("num_labels", 3)
+    m = TASKS[task].from_config(cfg)
+    m.eval()
+    return m
+
+
+def batch(
+    seed: int = 0, batch_size: int = 4, seq_len: int = 9, labels: str | None = "seq-cls", num_labels: int = 3
+):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch_size, seq_len), generator=g)
+    mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+    mask[0, seq_len - 3 :] = 0  # some padding
+    out = {"input_ids": ids, "attention_mask": mask}
+    if labels == "seq-cls":
+        out["labels"] = torch.randint(0, num_labels, (batch_size,), generator=g)
+    elif labels == "token-cls":
+        out["labels"] = torch.randint(0, num_labels, (batch_size, seq_len), generator=g)
+    elif labels == "qa":
+        out["start_positions"] = torch.randint(0, seq_len, (batch_size,), generator=g)
+        out["end_positions"] = torch.randint(0, seq_len, (batch_size,), generator=g)
+    return out
+
+
+def batches(n: int = 3, **kw):
+    return [batch(seed=i, **kw) for i in range(n)]
+
+
+def outputs(m, b):
+    b = {k: v for k, v in b.items() if k not in ("labels", "start_positions", "end_positions")}
+    with torch.no_grad():
+        out = m(**b)
+    return torch.cat([t.flatten() for t in out.values() if isinstance(t, torch.Tensor)])
