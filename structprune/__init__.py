@@ -12,6 +12,7 @@ Example::
 from .allocate import allocate
 from .arch import ArchSpec, register_architecture, supported_families, view
 from .cost import Cost, cost, dense_cost
+from .evaluation import evaluate
 from .gates import Gates
 from .importance import available_scorers, register_scorer, score
 from .mask import Mask, Scores
@@ -29,6 +30,7 @@ __all__ = [
     "available_scorers",
     "cost",
     "dense_cost",
+    "evaluate",
     "prune_",
     "register_architecture",
     "register_scorer",
