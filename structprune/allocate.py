@@ -192,8 +192,12 @@ def allocate(
             )
         # Heads and neurons keep the same share of their dense cost; neurons then fill what is left.
         n_heads = max(min(round(fraction * n_alive_h), n_alive_h), min_keep)
-        while n_heads > min_keep and units.of(n_heads, 0) > budget:
-            n_heads -= 1
+        if strategy == "uniform":  # the same number of heads in every layer
+            per = len(st.layers)
+            n_heads = max(round(n_heads / per), min_heads) * per
+        step = len(st.layers) if strategy == "uniform" else 1
+        while n_heads - step >= min_keep and units.of(n_heads, 0) > budget:
+            n_heads -= step
         n_ffn = min(int((budget - units.of(n_heads, 0)) // units.neuron), n_alive_f)
 
     if n_heads < min_keep:

@@ -101,6 +101,13 @@ def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost
         params = _layer_fixed_params(lv.module, lv) + heads * head_params(d, dh) + ffn * neuron_params(d)
         layers.append(LayerCost(lv.orig, heads, ffn, flops, params))
     other = total_params - layer_params_now
+    if mask is not None and v.head_bias is not None:
+        # the shared per-head bias (MPNet) keeps one column per head that any layer keeps
+        union_now = {h for heads in s.heads for h in heads}
+        union_after = {
+            h for lc_orig in mask.kept_layers for h in mask.head[lc_orig].nonzero().flatten().tolist()
+        }
+        other -= (len(union_now) - len(union_after)) * v.head_bias.num_embeddings
     encoder_params = sum(lc.params for lc in layers)
     return Cost(
         seq_len=seq_len,

@@ -158,6 +158,6 @@ class Mask:
             if path.suffix == ".safetensors":
                 t = load_file(str(path))
                 return cls(t["head"], t["ffn"])
-        except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, OSError) as err:
+        except Exception as err:  # json/safetensors/shape errors all mean a damaged file
             raise ValueError(f"{path} is not a valid structprune mask file: {err}") from None
         raise ValueError(f"Load a Mask from .json or .safetensors, not {path.suffix or 'no suffix'!r}.")

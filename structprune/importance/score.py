@@ -21,6 +21,7 @@ from ..gates import Gates
 from ..mask import Scores
 from . import functional as fn
 
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
 Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 _SCORERS: dict[str, tuple[Scorer, bool]] = {}
 
@@ -109,14 +110,15 @@ def _gate_grads(model, v: ModelView, batches, *, label_free: bool, max_batches, 
     device = next(model.parameters()).device
     for raw in _batches(batches, max_batches, progress, "scoring"):
         batch = _to_device(raw, device)
-        has_labels = batch.get("labels") is not None
+        has_labels = any(batch.get(k) is not None for k in LABEL_KEYS)
         if not has_labels and not label_free:
             raise ValueError(
-                "A batch has no 'labels'; gradient scoring needs them. Add a 'labels' column, or pass "
+                "A batch has no 'labels' (or start/end_positions); gradient scoring needs them. Add a 'labels' column, or pass "
                 "label_free=True to score against the model's own predictions."
             )
         if label_free:
-            batch.pop("labels", None)
+            for k in LABEL_KEYS:
+                batch.pop(k, None)
         bsz = next(t for t in batch.values() if isinstance(t, torch.Tensor)).shape[0]
         head = torch.ones(bsz, s.num_layers, s.num_heads, device=device, requires_grad=True)
         ffn = torch.ones(bsz, s.num_layers, s.intermediate_size, device=device, requires_grad=True)
@@ -189,7 +191,8 @@ def _activation(model, v, batches, *, max_batches=None, progress=True, **_unused
     with torch.no_grad(), Gates(observer=observe).attach(model):
         for raw in _batches(batches, max_batches, progress, "scoring"):
             batch = _to_device(raw, device)
-            batch.pop("labels", None)
+            for k in LABEL_KEYS:
+                batch.pop(k, None)
             current["attention_mask"] = batch.get("attention_mask")
             model(**batch)
     return head, ffn
