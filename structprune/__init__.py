@@ -15,6 +15,7 @@ from .cost import Cost, cost, dense_cost
 from .evaluation import evaluate
 from .gates import Gates
 from .importance import available_scorers, register_scorer, score
+from .latency import measure_latency
 from .mask import Mask, Scores
 from .surgery import prune_
 
@@ -31,6 +32,7 @@ __all__ = [
     "cost",
     "dense_cost",
     "evaluate",
+    "measure_latency",
     "prune_",
     "register_architecture",
     "register_scorer",
