@@ -12,11 +12,14 @@ Example::
 from .allocate import allocate
 from .arch import ArchSpec, register_architecture, supported_families, view
 from .cost import Cost, cost, dense_cost
+from .depth import score_layers
 from .evaluation import evaluate
 from .gates import Gates
+from .hidden import score_hidden
 from .importance import available_scorers, register_scorer, score
 from .latency import measure_latency
 from .mask import Mask, Scores
+from .shape import score_shape
 from .surgery import prune_
 
 __version__ = "0.1.0"
@@ -37,6 +40,9 @@ __all__ = [
     "register_architecture",
     "register_scorer",
     "score",
+    "score_hidden",
+    "score_layers",
+    "score_shape",
     "supported_families",
     "view",
 ]

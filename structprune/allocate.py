@@ -1,13 +1,16 @@
 """Allocation: importance scores + a budget -> a :class:`Mask`.
 
 Budgets are fractions of the *unpruned* model's encoder FLOPs (at ``seq_len``) or encoder parameters,
-or explicit numbers of heads / FFN neurons to keep. ``strategy="global"`` ranks heads (and neurons)
+or explicit numbers of heads / FFN neurons to keep. A target shape may fix the depth (``layers=4``: the
+best-scored layers survive) and the residual width (``hidden=312``: the best-scored dimensions survive);
+the budget is then spent on heads and neurons inside that shape. ``strategy="global"`` ranks heads (and neurons)
 across all layers after normalizing scores per layer; ``"uniform"`` keeps the same number in every
 layer. Pure and CPU-only: it only reads shapes from the model.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -15,8 +18,17 @@ import torch
 from torch import nn
 
 from .arch import view
-from .cost import dense_cost, head_flops, head_params, neuron_flops, neuron_params
+from .cost import (
+    dense_cost,
+    head_flops,
+    head_params,
+    layer_hidden_params_per_dim,
+    neuron_flops,
+    neuron_params,
+)
 from .mask import Mask, Scores
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,59 @@ def _shrink_to_budget(
     return keep
 
 
+def _layer_scores(scores: Scores, alive_layers: torch.Tensor) -> torch.Tensor:
+    """``scores.layer``, or (without it) each layer's summed head and neuron scores."""
+    if scores.layer is not None:
+        return scores.layer.double()
+    logger.info("no layer scores (structprune.score_layers): ranking layers by summed head and neuron scores")
+    return scores.head.double().sum(1) + scores.ffn.double().sum(1)
+
+
+def _choose_layers(scores: Scores, alive: Mask, layers) -> torch.Tensor:
+    """bool[L]: the ``layers`` best-scored layers among those the model still has."""
+    alive_layers = alive.head.any(1) | alive.ffn.any(1)
+    n_alive = int(alive_layers.sum())
+    if isinstance(layers, bool) or not isinstance(layers, int | float):
+        raise ValueError(
+            f"layers={layers!r}: give a number of layers to keep (int) or a fraction kept (float)."
+        )
+    n = round(_check_fraction("layers", layers) * alive.num_layers) if isinstance(layers, float) else layers
+    if not 1 <= n <= n_alive:
+        raise ValueError(
+            f"layers={layers!r}: the model has {n_alive} layers; keep between 1 and {n_alive} of them."
+        )
+    s = _layer_scores(scores, alive_layers).masked_fill(~alive_layers, -math.inf)
+    keep = torch.zeros_like(alive_layers)
+    keep[s.topk(n).indices] = True
+    return keep
+
+
+def _choose_hidden(scores: Scores, alive: Mask, hidden, size: int, now: list[int]) -> torch.Tensor:
+    """bool[D]: the ``hidden`` best-scored residual-stream dimensions among those the model still has."""
+    if scores.hidden is None:
+        raise ValueError(
+            "allocate(hidden=...) needs hidden-dimension scores: set scores.hidden = "
+            "structprune.score_hidden(model, batches) (or use structprune.score_shape)."
+        )
+    if scores.hidden.numel() != size:
+        raise ValueError(
+            f"scores.hidden has {scores.hidden.numel()} entries; the model's hidden size is {size}."
+        )
+    if isinstance(hidden, bool) or not isinstance(hidden, int | float):
+        raise ValueError(f"hidden={hidden!r}: give a hidden size (int) or a fraction of it kept (float).")
+    n = round(_check_fraction("hidden", hidden) * size) if isinstance(hidden, float) else hidden
+    if not 1 <= n <= len(now):
+        raise ValueError(
+            f"hidden={hidden!r}: the model's residual stream has {len(now)} dimensions; keep between 1 and "
+            f"{len(now)}. (The head size is kept, so any hidden size works with any number of heads.)"
+        )
+    alive_d = alive.hidden_or_full(size)
+    s = scores.hidden.double().masked_fill(~alive_d, -math.inf)
+    keep = torch.zeros(size, dtype=torch.bool)
+    keep[s.topk(n).indices] = True
+    return keep
+
+
 def allocate(
     scores: Scores,
     model: nn.Module,
@@ -115,6 +180,8 @@ def allocate(
     params: float | None = None,
     heads: int | float | None = None,
     ffn: int | float | None = None,
+    layers: int | float | None = None,
+    hidden: int | float | None = None,
     seq_len: int = 128,
     strategy: str = "global",
     normalize: bool = True,
@@ -123,15 +190,23 @@ def allocate(
 ) -> Mask:
     """Choose what to keep under a budget.
 
-    Give exactly one of ``flops`` / ``params`` (fraction of the unpruned model's encoder FLOPs at
+    Give at most one of ``flops`` / ``params`` (fraction of the unpruned model's encoder FLOPs at
     ``seq_len`` / encoder parameters), or ``heads`` and/or ``ffn`` (a total count, or a float fraction).
     Heads and neurons share a FLOPs/params budget in proportion to their cost in the dense model. Every
     kept layer keeps at least ``min_heads`` heads; with ``min_heads=0`` a layer left with no head is
     dropped whole and its neurons go to the other layers. FFN widths are rounded to ``multiple_of``.
 
+    The shape: ``layers`` keeps that many layers (int, or a float fraction of the original depth), the
+    best by ``scores.layer`` (:func:`structprune.score_layers`; without it, by summed head and neuron
+    scores); ``hidden`` keeps that many residual-stream dimensions (int, or a fraction of the original
+    hidden size) by ``scores.hidden`` (:func:`structprune.score_hidden`). The head size is kept, so any
+    hidden size is valid. The budget (if any) is then spent on heads and neurons of the kept layers at
+    the kept width; with only a shape, every head and neuron of the kept layers stays.
+
     Example::
 
         mask = sp.allocate(scores, model, flops=0.5, multiple_of=8)
+        mask = sp.allocate(scores, model, layers=4, hidden=192, flops=0.1)   # a TinyBERT-sized student
         mask.summary()["heads_per_layer"]
     """
     v = view(model)
@@ -149,10 +224,27 @@ def allocate(
     if not isinstance(min_heads, int) or not 0 <= min_heads <= H:
         raise ValueError(f"min_heads must be an integer between 0 and {H}, got {min_heads!r}.")
     fraction_budgets = [b for b in (flops, params) if b is not None]
-    if len(fraction_budgets) + (heads is not None or ffn is not None) != 1:
-        raise ValueError("Give exactly one budget: flops=..., params=..., or heads=... and/or ffn=....")
+    n_budgets = len(fraction_budgets) + (heads is not None or ffn is not None)
+    shaped = layers is not None or hidden is not None
+    if n_budgets > 1 or (n_budgets == 0 and not shaped):
+        raise ValueError(
+            "Give one budget: flops=..., params=..., or heads=... and/or ffn=... (optionally with a shape: "
+            "layers=..., hidden=...)."
+        )
 
     alive = Mask.full(model)
+    hidden_keep = None
+    d_kept = st.hidden_width
+    if hidden is not None:
+        hidden_keep = _choose_hidden(scores, alive, hidden, st.hidden_size, st.hidden_dims)
+        d_kept = int(hidden_keep.sum())
+    n_layers = len(st.layers)
+    if layers is not None:
+        layer_keep = _choose_layers(scores, alive, layers)
+        alive = Mask(alive.head & layer_keep[:, None], alive.ffn & layer_keep[:, None], alive.hidden)
+        n_layers = int(layer_keep.sum())
+    if n_budgets == 0:  # only a shape: keep every head and neuron of the kept layers
+        return Mask(alive.head, alive.ffn, hidden_keep)
     hs = (
         _normalize(scores.head, alive.head)
         if normalize
@@ -164,14 +256,14 @@ def allocate(
         else scores.ffn.double().masked_fill(~alive.ffn, -math.inf)
     )
     n_alive_h, n_alive_f = int(alive.head.sum()), int(alive.ffn.sum())
-    min_keep = min_heads * len(st.layers)
+    min_keep = min_heads * n_layers
 
     if heads is not None or ffn is not None:
         n_heads = n_alive_h if heads is None else _count("heads", heads, L * H)
         n_ffn = n_alive_f if ffn is None else _count("ffn", ffn, L * intermediate)
         budget, units = math.inf, _Units(0, 0, 0)
     else:
-        d, dh = st.hidden_size, st.head_size
+        D, d, dh = st.hidden_size, d_kept, st.head_size
         dense = dense_cost(model, seq_len)
         if flops is not None:
             fraction = _check_fraction("flops", flops)
@@ -179,23 +271,32 @@ def allocate(
             budget = fraction * dense.encoder_flops
         else:
             fraction = _check_fraction("params", params)
-            fixed = dense.encoder_params - L * (H * head_params(d, dh) + intermediate * neuron_params(d))
-            units = _Units(fixed * len(st.layers) / L, head_params(d, dh), neuron_params(d))
+            fixed = dense.encoder_params - L * (H * head_params(D, dh) + intermediate * neuron_params(D))
+            fixed_at_d = fixed / L - (D - d) * layer_hidden_params_per_dim(v.layers[0])
+            units = _Units(fixed_at_d * n_layers, head_params(d, dh), neuron_params(d))
             budget = fraction * dense.encoder_params
         smallest = units.of(min_keep, 0)
         if smallest > budget:
             kind = "flops" if flops is not None else "params"
             dense_total = dense.encoder_flops if flops is not None else dense.encoder_params
             raise ValueError(
-                f"{kind}={fraction} is below what min_heads={min_heads} allows: the smallest feasible budget "
-                f"is {kind}={smallest / dense_total:.4f}. Raise the budget or lower min_heads."
+                f"{kind}={fraction} is below what min_heads={min_heads} allows in {n_layers} layers at hidden "
+                f"size {d}: the smallest feasible budget is {kind}={smallest / dense_total:.4f}. Raise the "
+                "budget, or lower min_heads, layers or hidden."
             )
-        # Heads and neurons keep the same share of their dense cost; neurons then fill what is left.
-        n_heads = max(min(round(fraction * n_alive_h), n_alive_h), min_keep)
+        # Heads and neurons keep the same share of their cost in the kept shape; neurons fill what is left.
+        shape_share = (
+            units.of(n_alive_h, n_alive_f)
+            / (dense.encoder_flops if flops is not None else dense.encoder_params)
+            if shaped
+            else 1.0
+        )
+        head_fraction = min(fraction / shape_share, 1.0) if shape_share > 0 else 1.0
+        n_heads = max(min(round(head_fraction * n_alive_h), n_alive_h), min_keep)
         if strategy == "uniform":  # the same number of heads in every layer
-            per = len(st.layers)
+            per = n_layers
             n_heads = max(round(n_heads / per), min_heads) * per
-        step = len(st.layers) if strategy == "uniform" else 1
+        step = n_layers if strategy == "uniform" else 1
         while n_heads - step >= min_keep and units.of(n_heads, 0) > budget:
             n_heads -= step
         n_ffn = min(int((budget - units.of(n_heads, 0)) // units.neuron), n_alive_f)
@@ -205,7 +306,7 @@ def allocate(
             f"heads={n_heads} is fewer than min_heads={min_heads} x {len(st.layers)} layers = {min_keep}."
         )
     if strategy == "uniform":
-        per = len(st.layers)
+        per = n_layers
         head_keep = _top_per_layer(hs, max(n_heads // per, min_heads))
         ffn_keep = _top_per_layer(fs, n_ffn // per)
     else:
@@ -222,4 +323,4 @@ def allocate(
     ffn_keep = _round_widths(ffn_keep, fs, multiple_of)
     if math.isfinite(budget):
         ffn_keep = _shrink_to_budget(ffn_keep, fs, units, int(head_keep.sum()), budget, multiple_of)
-    return Mask(head_keep, ffn_keep)
+    return Mask(head_keep, ffn_keep, hidden_keep)

@@ -4,6 +4,12 @@ FLOPs count 2 per multiply-add of the matrix products of one sequence of ``seq_l
 q/k/v/o projections, attention scores and context, FFN up/down. Softmax, LayerNorm and bias additions
 are left out (under 1% at these sizes). Parameters are exact: the formula is checked against
 ``sum(p.numel())`` of the real modules in the test suite.
+
+All four structures are covered: dropped layers cost nothing; heads and neurons cost the formulas below
+at the (kept) hidden width; hidden-size pruning also shrinks every LayerNorm, the o/down biases and the
+modules outside the encoder that touch the residual stream (embeddings, pooler/classifier inputs, MLM
+heads), counted exactly from ``view(model).hidden_sites()``. Encoder FLOPs leave the embeddings and the
+task head out.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .arch import view
+from .arch import ModelView, view
 from .mask import Mask
 
 
@@ -58,6 +64,8 @@ class Cost:
     """Embeddings, pooler, task head: untouched by head/FFN pruning."""
     total_params: int
     meta: dict = field(default_factory=dict)
+    hidden_size: int | None = None
+    """Width of the residual stream (after the mask, when one is given)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +77,44 @@ def _layer_fixed_params(layer: nn.Module, lv) -> int:
     variable = sum(p.numel() for m in (lv.q, lv.k, lv.v) for p in m.parameters())
     variable += lv.o.weight.numel() + lv.up.weight.numel() + lv.up.bias.numel() + lv.down.weight.numel()
     return total - variable
+
+
+def _scaled(numel: int, dims: int, now: int, width: int) -> int:
+    """Size of a tensor with ``numel`` elements after ``dims`` of its axes shrink from ``now`` to ``width``."""
+    return numel // now**dims * width**dims
+
+
+def layer_hidden_params_per_dim(lv) -> int:
+    """Parameters of a layer's fixed part (LayerNorms, o/down biases) per residual-stream dimension."""
+    per = sum(int(p is not None) for m in (lv.o, lv.down) for p in (m.bias,))
+    return per + sum(int(n.weight is not None) + int(n.bias is not None) for n in lv.norms)
+
+
+def outer_hidden_params(v: ModelView, width: int) -> int:
+    """Parameters outside the encoder layers that live on the residual stream, at hidden ``width``.
+
+    Counted per unique tensor (a decoder tied to the word embeddings counts once), with the number of its
+    axes that are residual-stream axes (an MLM transform ``dense`` has two).
+    """
+    sites = v.hidden_sites()
+    axes: dict[int, tuple] = {}  # id(param) -> (param, set of its residual-stream axes)
+
+    def add(p, axis: int) -> None:
+        if p is not None:
+            axes.setdefault(id(p), (p, set()))[1].add(axis)
+
+    for emb in sites.embeddings:
+        add(emb.weight, 1)
+    for ln in sites.norms:
+        add(ln.weight, 0)
+        add(ln.bias, 0)
+    for lin in sites.readers:
+        add(lin.weight, 1)
+    for lin in sites.writers:
+        add(lin.weight, 0)
+        add(lin.bias, 0)
+    now = v.structure.hidden_width
+    return sum(_scaled(p.numel(), len(n), now, width) for p, n in axes.values())
 
 
 def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost:
@@ -85,7 +131,8 @@ def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost
     s = v.structure
     if mask is not None:
         mask.check_compatible(model)
-    d, dh = s.hidden_size, s.head_size
+    now, dh = s.hidden_width, s.head_size
+    d = now if mask is None or mask.hidden is None else int(mask.hidden.sum())
     total_params = sum(p.numel() for p in model.parameters())
     layers: list[LayerCost] = []
     layer_params_now = 0
@@ -98,9 +145,12 @@ def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost
             if heads == 0 and ffn == 0:
                 continue  # the layer is dropped
         flops = heads * head_flops(d, dh, seq_len) + ffn * neuron_flops(d, seq_len)
-        params = _layer_fixed_params(lv.module, lv) + heads * head_params(d, dh) + ffn * neuron_params(d)
+        fixed = _layer_fixed_params(lv.module, lv) - (now - d) * layer_hidden_params_per_dim(lv)
+        params = fixed + heads * head_params(d, dh) + ffn * neuron_params(d)
         layers.append(LayerCost(lv.orig, heads, ffn, flops, params))
     other = total_params - layer_params_now
+    if d != now:
+        other += outer_hidden_params(v, d) - outer_hidden_params(v, now)
     if mask is not None and v.head_bias is not None:
         # the shared per-head bias (MPNet) keeps one column per head that any layer keeps
         union_now = {h for heads in s.heads for h in heads}
@@ -116,16 +166,25 @@ def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost
         encoder_params=encoder_params,
         other_params=other,
         total_params=other + encoder_params,
+        hidden_size=d,
     )
 
 
 def dense_cost(model: nn.Module, seq_len: int = 128) -> Cost:
     """Cost of the *unpruned* model ``model`` was made from (all original layers, heads and neurons)."""
-    s = view(model).structure
-    d, dh = s.hidden_size, s.head_size
+    v = view(model)
+    s = v.structure
+    d, dh, now = s.hidden_size, s.head_size, s.hidden_width
     current = cost(model, seq_len)
-    fixed = [lc.params - lc.heads * head_params(d, dh) - lc.ffn * neuron_params(d) for lc in current.layers]
+    fixed = [
+        lc.params - lc.heads * head_params(now, dh) - lc.ffn * neuron_params(now)
+        + (d - now) * layer_hidden_params_per_dim(lv)
+        for lc, lv in zip(current.layers, v.layers, strict=True)
+    ]  # fmt: skip
     per_layer_fixed = fixed[0] if fixed else 0
+    other = current.other_params + (
+        outer_hidden_params(v, d) - outer_hidden_params(v, now) if d != now else 0
+    )
     layers = [
         LayerCost(
             i,
@@ -137,6 +196,4 @@ def dense_cost(model: nn.Module, seq_len: int = 128) -> Cost:
         for i in range(s.num_layers)
     ]
     enc = sum(lc.params for lc in layers)
-    return Cost(
-        seq_len, layers, sum(lc.flops for lc in layers), enc, current.other_params, current.other_params + enc
-    )
+    return Cost(seq_len, layers, sum(lc.flops for lc in layers), enc, other, other + enc, hidden_size=d)

@@ -7,6 +7,11 @@ surgery), reconstruction (observe projection inputs) and tests (masked model == 
 
 Gates are in original coordinates: ``head`` is ``[L, H]`` (shared by the batch) or ``[B, L, H]`` (one
 gate per example, which makes per-example gradients available from one backward pass).
+
+``hidden`` (``[D]``, 0/1) is the exact reference for hidden-size pruning: every LayerNorm over the
+residual stream computes its statistics over the kept dimensions only and outputs 0 on the removed ones,
+and every other module writing the residual stream (ELECTRA's embedding projection) has its removed
+outputs zeroed. The pruned model computes exactly this.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .arch import LayerView, view
 from .mask import Mask
@@ -40,7 +47,7 @@ def _scale(x: torch.Tensor, g: torch.Tensor, group: int) -> torch.Tensor:
 
 @dataclass
 class Gates:
-    """Head/neuron gates plus optional whole-layer skips.
+    """Head/neuron gates plus optional whole-layer skips and a residual-stream (hidden) mask.
 
     Example::
 
@@ -52,23 +59,28 @@ class Gates:
     ffn: torch.Tensor | None = None
     skip_layers: frozenset[int] = field(default_factory=frozenset)
     observer: Observer | None = None
+    hidden: torch.Tensor | None = None
 
     @classmethod
     def from_mask(cls, mask: Mask, observer: Observer | None = None) -> Gates:
         dropped = frozenset(range(mask.num_layers)) - frozenset(mask.kept_layers)
-        return cls(mask.head.float(), mask.ffn.float(), dropped, observer)
+        hidden = None if mask.hidden is None else mask.hidden.float()
+        return cls(mask.head.float(), mask.ffn.float(), dropped, observer, hidden)
 
     @contextmanager
     def attach(self, model) -> Iterator[Gates]:
         """Install the hooks on ``model`` for the duration of the ``with`` block; always removed."""
         handles = []
         try:
-            for lv in view(model).layers:
+            v = view(model)
+            for lv in v.layers:
                 head_size = lv.o.in_features // max(len(lv.heads), 1)
                 handles.append(lv.o.register_forward_pre_hook(self._hook("o", lv, self.head, head_size)))
                 handles.append(lv.down.register_forward_pre_hook(self._hook("down", lv, self.ffn, 1)))
                 if lv.orig in self.skip_layers:
                     handles.append(lv.module.register_forward_hook(_skip_layer, with_kwargs=True))
+            if self.hidden is not None:
+                handles += _attach_hidden(v, self.hidden)
             yield self
         finally:
             for h in handles:
@@ -86,6 +98,63 @@ class Gates:
             return (x, *args[1:]) if gate is not None else None
 
         return hook
+
+
+def _kept_positions(v, hidden: torch.Tensor) -> torch.Tensor | None:
+    """Positions, among the dimensions ``v``'s model holds now, that ``hidden`` ([D] original) keeps."""
+    s = v.structure
+    if hidden.dim() != 1 or hidden.numel() != s.hidden_size:
+        raise ValueError(f"Gates.hidden must be [hidden_size={s.hidden_size}], got {tuple(hidden.shape)}.")
+    if not bool(((hidden == 0) | (hidden == 1)).all()):
+        raise ValueError(
+            "Gates.hidden is the 0/1 reference mask of hidden pruning; give 0 or 1 per dimension."
+        )
+    current = s.hidden_dims
+    pos = [j for j, d in enumerate(current) if hidden[d] > 0]
+    if not pos:
+        raise ValueError("Gates.hidden keeps no hidden dimension the model still has.")
+    return None if len(pos) == len(current) else torch.tensor(pos, dtype=torch.long)
+
+
+def _attach_hidden(v, hidden: torch.Tensor) -> list:
+    pos = _kept_positions(v, hidden)
+    if pos is None:
+        return []
+    sites = v.hidden_sites()
+    handles = []
+    for norm in sites.norms + [n for lv in v.layers for n in lv.norms]:
+        handles.append(norm.register_forward_hook(_masked_norm(pos)))
+    for lin in sites.writers + [m for lv in v.layers for m in (lv.o, lv.down)]:
+        handles.append(lin.register_forward_hook(_zero_removed(pos)))
+    return handles
+
+
+def masked_layer_norm(x: torch.Tensor, norm: nn.LayerNorm, pos: torch.Tensor) -> torch.Tensor:
+    """LayerNorm of ``x`` [..., D] over the dimensions ``pos`` only; the other dimensions become 0.
+
+    This is what a LayerNorm whose weight and bias were sliced to ``pos`` computes, scattered back.
+    """
+    pos = pos.to(x.device)
+    w = None if norm.weight is None else norm.weight.index_select(0, pos)
+    b = None if norm.bias is None else norm.bias.index_select(0, pos)
+    kept = F.layer_norm(x.index_select(-1, pos), (len(pos),), w, b, norm.eps)  # [..., k]
+    return torch.zeros_like(x).index_copy(-1, pos, kept)
+
+
+def _masked_norm(pos: torch.Tensor):
+    def hook(module, args, output):
+        return masked_layer_norm(args[0], module, pos)
+
+    return hook
+
+
+def _zero_removed(pos: torch.Tensor):
+    def hook(module, args, output):
+        return torch.zeros_like(output).index_copy(
+            -1, pos.to(output.device), output.index_select(-1, pos.to(output.device))
+        )
+
+    return hook
 
 
 def _skip_layer(module, args, kwargs, output):

@@ -1,7 +1,7 @@
 """`Mask` and `Scores`: the small typed values exchanged between scoring, allocation and surgery.
 
-Both are in the *original* model's coordinates (``[layers, heads]`` and ``[layers, intermediate]``),
-so they keep their meaning when a model is pruned more than once.
+Both are in the *original* model's coordinates (``[layers, heads]``, ``[layers, intermediate]``,
+``[layers]`` and ``[hidden]``), so they keep their meaning when a model is pruned more than once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from .arch import view
 class Scores:
     """Importance of every head (``head: [L, H]``) and FFN neuron (``ffn: [L, I]``); higher = keep.
 
+    Optional: whole layers (``layer: [L]``, see :func:`structprune.score_layers`) and residual-stream
+    dimensions (``hidden: [D]``, see :func:`structprune.score_hidden`), needed by ``allocate(layers=...)``
+    (else layers are ranked by their summed head and neuron scores) and ``allocate(hidden=...)``.
     Structures a model no longer has score 0 and are never selected by :func:`structprune.allocate`.
     """
 
@@ -28,6 +31,8 @@ class Scores:
     ffn: torch.Tensor
     method: str = ""
     meta: dict = field(default_factory=dict)
+    hidden: torch.Tensor | None = None
+    layer: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.head.dim() != 2 or self.ffn.dim() != 2 or self.head.shape[0] != self.ffn.shape[0]:
@@ -35,11 +40,20 @@ class Scores:
                 f"Scores need head [L, H] and ffn [L, I] with the same L; got {tuple(self.head.shape)} "
                 f"and {tuple(self.ffn.shape)}."
             )
+        if self.layer is not None and tuple(self.layer.shape) != (self.head.shape[0],):
+            raise ValueError(
+                f"Scores.layer needs one score per layer [{self.head.shape[0]}], got {tuple(self.layer.shape)}."
+            )
+        if self.hidden is not None and self.hidden.dim() != 1:
+            raise ValueError(
+                f"Scores.hidden needs one score per hidden dimension [D], got {tuple(self.hidden.shape)}."
+            )
 
 
 @dataclass
 class Mask:
-    """Which heads (``head: bool[L, H]``) and FFN neurons (``ffn: bool[L, I]``) to keep.
+    """Which heads (``head: bool[L, H]``), FFN neurons (``ffn: bool[L, I]``) and residual-stream
+    dimensions (``hidden: bool[D]``; ``None`` keeps them all) to keep.
 
     A layer with no head and no neuron kept is dropped from the model.
 
@@ -52,6 +66,7 @@ class Mask:
 
     head: torch.Tensor
     ffn: torch.Tensor
+    hidden: torch.Tensor | None = None
 
     def __post_init__(self):
         self.head = torch.as_tensor(self.head, dtype=torch.bool).cpu()
@@ -61,6 +76,12 @@ class Mask:
                 f"A Mask needs head bool[L, H] and ffn bool[L, I] with the same L; got "
                 f"{tuple(self.head.shape)} and {tuple(self.ffn.shape)}."
             )
+        if self.hidden is not None:
+            self.hidden = torch.as_tensor(self.hidden, dtype=torch.bool).cpu()
+            if self.hidden.dim() != 1:
+                raise ValueError(f"Mask.hidden must be bool[D], got shape {tuple(self.hidden.shape)}.")
+            if not self.hidden.any():
+                raise ValueError("Mask.hidden keeps no hidden dimension; keep at least one.")
 
     @classmethod
     def full(cls, model) -> Mask:
@@ -71,7 +92,15 @@ class Mask:
         for orig, heads, neurons in zip(s.layers, s.heads, s.ffn, strict=True):
             head[orig, heads] = True
             ffn[orig, neurons] = True
-        return cls(head, ffn)
+        hidden = None
+        if s.hidden is not None:
+            hidden = torch.zeros(s.hidden_size, dtype=torch.bool)
+            hidden[s.hidden] = True
+        return cls(head, ffn, hidden)
+
+    def hidden_or_full(self, size: int) -> torch.Tensor:
+        """``hidden`` as a ``bool[size]`` tensor (all True when ``None``)."""
+        return torch.ones(size, dtype=torch.bool) if self.hidden is None else self.hidden
 
     @property
     def num_layers(self) -> int:
@@ -98,17 +127,31 @@ class Mask:
             "ffn": self.ffn.numel(),
             "heads_per_layer": self.heads_per_layer(),
             "ffn_per_layer": self.ffn_per_layer(),
+            **(
+                {}
+                if self.hidden is None
+                else {"hidden_kept": int(self.hidden.sum()), "hidden": self.hidden.numel()}
+            ),
         }
 
     def __and__(self, other: Mask) -> Mask:
-        return Mask(self.head & other.head, self.ffn & other.ffn)
+        if self.hidden is None or other.hidden is None:
+            hidden = other.hidden if self.hidden is None else self.hidden
+        else:
+            hidden = self.hidden & other.hidden
+        return Mask(self.head & other.head, self.ffn & other.ffn, hidden)
 
     def __eq__(self, other) -> bool:
-        return (
+        if not (
             isinstance(other, Mask)
             and torch.equal(self.head, other.head)
             and torch.equal(self.ffn, other.ffn)
-        )
+        ):
+            return False
+        a, b = self.hidden, other.hidden
+        if a is None or b is None:  # None means "keep every dimension"
+            return bool((b if a is None else a).all()) if (a is not None or b is not None) else True
+        return torch.equal(a, b)
 
     def check_compatible(self, model) -> None:
         """Raise ``ValueError`` unless this mask fits ``model`` and keeps only what it still has."""
@@ -127,6 +170,19 @@ class Mask:
                 "no longer has (pruned earlier); pruning can only remove structure. Intersect it with "
                 "Mask.full(model) first."
             )
+        size = view(model).structure.hidden_size
+        if self.hidden is not None:
+            if self.hidden.numel() != size:
+                raise ValueError(
+                    f"Mask.hidden has {self.hidden.numel()} dimensions but the model's original hidden size "
+                    f"is {size}. Build the mask from this model's scores."
+                )
+            gone = self.hidden & ~full.hidden_or_full(size)
+            if gone.any():
+                raise ValueError(
+                    f"The mask keeps {int(gone.sum())} hidden dimensions that the model no longer has (pruned "
+                    "earlier); intersect it with Mask.full(model) first."
+                )
 
     # --- serialization (JSON or safetensors; never pickle) -------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -138,9 +194,14 @@ class Mask:
                 "head": self.head.int().tolist(),
                 "ffn": self.ffn.int().tolist(),
             }
+            if self.hidden is not None:
+                data["hidden"] = self.hidden.int().tolist()
             tmp.write_text(json.dumps(data))
         elif path.suffix == ".safetensors":
-            save_file({"head": self.head.to(torch.uint8), "ffn": self.ffn.to(torch.uint8)}, str(tmp))
+            tensors = {"head": self.head.to(torch.uint8), "ffn": self.ffn.to(torch.uint8)}
+            if self.hidden is not None:
+                tensors["hidden"] = self.hidden.to(torch.uint8)
+            save_file(tensors, str(tmp))
         else:
             raise ValueError(f"Save a Mask as .json or .safetensors, not {path.suffix or 'no suffix'!r}.")
         os.replace(tmp, path)
@@ -154,10 +215,11 @@ class Mask:
         try:
             if path.suffix == ".json":
                 data = json.loads(path.read_text())
-                return cls(torch.tensor(data["head"]), torch.tensor(data["ffn"]))
+                hidden = torch.tensor(data["hidden"]) if "hidden" in data else None
+                return cls(torch.tensor(data["head"]), torch.tensor(data["ffn"]), hidden)
             if path.suffix == ".safetensors":
                 t = load_file(str(path))
-                return cls(t["head"], t["ffn"])
+                return cls(t["head"], t["ffn"], t.get("hidden"))
         except Exception as err:  # json/safetensors/shape errors all mean a damaged file
             raise ValueError(f"{path} is not a valid structprune mask file: {err}") from None
         raise ValueError(f"Load a Mask from .json or .safetensors, not {path.suffix or 'no suffix'!r}.")

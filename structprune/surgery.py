@@ -1,4 +1,4 @@
-"""Surgery: physically remove heads, FFN neurons and emptied layers, in place.
+"""Surgery: physically remove heads, FFN neurons, emptied layers and residual-stream dimensions, in place.
 
 Weights, module attributes and the config change together in :func:`prune_`; the result is a smaller
 dense model whose ``config.structprune`` records what it keeps (original coordinates).
@@ -75,7 +75,7 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
     _check(v, mask)
     s, spec = v.structure, v.spec
 
-    new_layers, new_heads, new_ffn, dropped = [], [], [], []
+    new_layers, new_heads, new_ffn, dropped, kept = [], [], [], [], []
     for lv in v.layers:
         head_pos = _positions(lv.heads, mask.head[lv.orig])
         ffn_pos = _positions(lv.ffn, mask.ffn[lv.orig])
@@ -95,12 +95,20 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
             idx = torch.tensor(ffn_pos, dtype=torch.long)
             slice_linear(lv.up, idx, 0)
             slice_linear(lv.down, idx, 1)
+        kept.append(lv)
         new_layers.append(lv.orig)
         new_heads.append([lv.heads[j] for j in head_pos])
         new_ffn.append([lv.ffn[j] for j in ffn_pos])
 
     for i in reversed(dropped):
         del v.layer_list[i]
+    new_hidden = s.hidden
+    if mask.hidden is not None:
+        current = s.hidden_dims
+        pos = [j for j, d in enumerate(current) if mask.hidden[d]]
+        if len(pos) != len(current):
+            _slice_hidden(v, kept, torch.tensor(pos, dtype=torch.long))
+            new_hidden = [current[j] for j in pos]
     structure = Structure(
         num_layers=s.num_layers,
         num_heads=s.num_heads,
@@ -110,17 +118,69 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
         layers=new_layers,
         heads=new_heads,
         ffn=new_ffn,
+        hidden=new_hidden,
     )
     if spec.head_bias:
         _slice_head_bias(v, s, structure)
     v.write_structure(structure)
     logger.info(
-        "pruned to %d layers, %d heads, %d FFN neurons",
+        "pruned to %d layers, %d heads, %d FFN neurons, hidden size %d",
         len(new_layers),
         sum(structure.heads_per_layer),
         sum(structure.ffn_per_layer),
+        structure.hidden_width,
     )
     return model
+
+
+@torch.no_grad()
+def _slice_hidden(v: ModelView, layers: list, pos: torch.Tensor) -> None:
+    """Keep residual-stream positions ``pos`` everywhere the stream appears (``view.hidden_sites()`` and
+    each kept layer's q/k/v/up inputs, o/down outputs and LayerNorms). Tied weights (an MLM decoder
+    sharing the word embeddings) stay tied: each parameter is sliced once and shared again."""
+    memo: dict[tuple[int, int], tuple[nn.Parameter, nn.Parameter]] = {}  # holds the old one: ids stay unique
+
+    def cut(module: nn.Module, name: str, dim: int) -> None:
+        p = getattr(module, name, None)
+        if p is None:
+            return
+        key = (id(p), dim)
+        if key not in memo:
+            sliced = p.index_select(dim, pos.to(p.device)).clone()
+            memo[key] = (p, nn.Parameter(sliced, requires_grad=p.requires_grad))
+        setattr(module, name, memo[key][1])
+
+    def read(lin: nn.Linear) -> None:  # input columns
+        cut(lin, "weight", 1)
+        lin.in_features = len(pos)
+
+    def write(lin: nn.Linear) -> None:  # output rows
+        cut(lin, "weight", 0)
+        cut(lin, "bias", 0)
+        lin.out_features = len(pos)
+
+    def norm(ln: nn.LayerNorm) -> None:
+        cut(ln, "weight", 0)
+        cut(ln, "bias", 0)
+        ln.normalized_shape = (len(pos),)
+
+    sites = v.hidden_sites()
+    for emb in sites.embeddings:
+        cut(emb, "weight", 1)
+        emb.embedding_dim = len(pos)
+    for ln in sites.norms:
+        norm(ln)
+    for lin in sites.readers:
+        read(lin)
+    for lin in sites.writers:
+        write(lin)
+    for lv in layers:
+        for lin in (lv.q, lv.k, lv.v, lv.up):
+            read(lin)
+        write(lv.o)
+        write(lv.down)
+        for ln in lv.norms:
+            norm(ln)
 
 
 def _union(structure: Structure) -> list[int]:

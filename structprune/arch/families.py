@@ -17,6 +17,27 @@ BERT = register_architecture(
         attn="attention.self",
         # RoBERTa, XLM-RoBERTa, ELECTRA and CamemBERT reuse BERT's layer layout.
         model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert"),
+        embeddings=(
+            "embeddings.word_embeddings",
+            "embeddings.position_embeddings",
+            "embeddings.token_type_embeddings",
+        ),
+        embedding_norm="embeddings.LayerNorm",
+        embedding_project="embeddings_project",  # ELECTRA when embedding_size != hidden_size
+        layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        # pooler (BERT/RoBERTa base models), RoBERTa/ELECTRA classification heads, QA span heads
+        residual_readers=("pooler.dense", "classifier.dense", "qa_outputs"),
+        pooled_readers=("classifier",),  # BERT: after the pooler; token classification: the residual
+        poolers=("pooler",),
+        lm_heads=(
+            (
+                "cls.predictions.transform.dense",
+                "cls.predictions.transform.LayerNorm",
+                "cls.predictions.decoder",
+            ),
+            ("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder"),
+            ("generator_predictions.dense", "generator_predictions.LayerNorm", "generator_lm_head"),
+        ),
     )
 )
 
@@ -37,6 +58,13 @@ DISTILBERT = register_architecture(
         config_heads="n_heads",
         config_ffn="hidden_dim",
         config_hidden="dim",
+        embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        embedding_norm="embeddings.LayerNorm",
+        layer_norms=("sa_layer_norm", "output_layer_norm"),
+        residual_readers=("pre_classifier", "qa_outputs"),
+        pooled_readers=("classifier",),  # after pre_classifier (sequence), else the residual (token)
+        poolers=("pre_classifier",),
+        lm_heads=(("vocab_transform", "vocab_layer_norm", "vocab_projector"),),
     )
 )
 
@@ -55,5 +83,12 @@ MPNET = register_architecture(
         # and passed to each layer's attention as `position_bias` (3rd positional argument).
         head_bias="encoder.relative_attention_bias",
         head_bias_arg=("position_bias", 2),
+        embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+        embedding_norm="embeddings.LayerNorm",
+        layer_norms=("attention.LayerNorm", "output.LayerNorm"),
+        residual_readers=("pooler.dense", "classifier.dense", "qa_outputs"),
+        pooled_readers=("classifier",),
+        poolers=("pooler",),
+        lm_heads=(("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder"),),
     )
 )

@@ -58,6 +58,30 @@ class ArchSpec:
     model_types: tuple[str, ...] = field(default=())
     """``config.model_type`` values this spec serves (defaults to ``(name,)``)."""
 
+    # --- the residual stream (hidden-size pruning); paths that do not resolve in a model are skipped ----
+    embeddings: tuple[str, ...] = ()
+    """``nn.Embedding`` modules of the embedding space (word/position/token-type), relative to the base model."""
+    embedding_norm: str | None = None
+    """LayerNorm over the embedding space, relative to the base model."""
+    embedding_project: str | None = None
+    """Linear from the embedding space to the hidden size (ELECTRA's ``embeddings_project``), relative to the
+    base model. Where a model has it, the embedding space is separate and hidden pruning leaves it whole;
+    where it has not, the embedding space *is* the residual stream."""
+    layer_norms: tuple[str, ...] = ()
+    """LayerNorms over the residual stream in each layer, relative to the layer."""
+    residual_readers: tuple[str, ...] = ()
+    """Task-head Linears reading the residual stream (their input columns shrink), relative to the model or,
+    failing that, to its base model (e.g. ``pooler.dense``, ``qa_outputs``)."""
+    pooled_readers: tuple[str, ...] = ()
+    """Task-head Linears that read a pooled vector when a module of ``poolers`` exists (BERT's sequence
+    ``classifier`` after the pooler), else the residual stream (a token ``classifier``)."""
+    poolers: tuple[str, ...] = ()
+    """Modules (relative to the model or its base model) whose presence makes ``pooled_readers`` read them."""
+    lm_heads: tuple[tuple[str, str, str], ...] = ()
+    """MLM heads as ``(dense, norm, decoder)`` paths relative to the model: ``dense`` reads the residual
+    stream; its output, ``norm`` and the (usually word-embedding-tied) ``decoder`` input live in the
+    embedding space, so they shrink too when that space is the residual stream."""
+
     @property
     def projections(self) -> dict[str, str]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "up": self.up, "down": self.down}

@@ -8,7 +8,7 @@ scores and masks keep one meaning across repeated pruning, distillation maps and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from torch import nn
 
@@ -22,7 +22,10 @@ class Structure:
     """What a (possibly pruned) model keeps, in the original model's coordinates.
 
     ``layers[i]`` is the original index of current layer ``i``; ``heads[i]`` and ``ffn[i]`` are the
-    original head and neuron indices it keeps (sorted).
+    original head and neuron indices it keeps (sorted). ``hidden`` lists the original residual-stream
+    dimensions kept (``None``: all ``hidden_size`` of them). The size fields (``num_layers``, ``num_heads``,
+    ``head_size``, ``intermediate_size``, ``hidden_size``) always describe the *original* model: a loader
+    builds those shapes and then applies the record. The head size never shrinks.
     """
 
     num_layers: int
@@ -33,6 +36,7 @@ class Structure:
     layers: list[int]
     heads: list[list[int]]
     ffn: list[list[int]]
+    hidden: list[int] | None = None
 
     @property
     def is_pruned(self) -> bool:
@@ -40,7 +44,18 @@ class Structure:
             len(self.layers) != self.num_layers
             or any(len(h) != self.num_heads for h in self.heads)
             or any(len(f) != self.intermediate_size for f in self.ffn)
+            or self.hidden_width != self.hidden_size
         )
+
+    @property
+    def hidden_width(self) -> int:
+        """Current width of the residual stream (``hidden_size`` unless hidden dimensions were pruned)."""
+        return self.hidden_size if self.hidden is None else len(self.hidden)
+
+    @property
+    def hidden_dims(self) -> list[int]:
+        """Original indices of the residual-stream dimensions kept."""
+        return list(range(self.hidden_size)) if self.hidden is None else list(self.hidden)
 
     @property
     def heads_per_layer(self) -> list[int]:
@@ -55,12 +70,14 @@ class Structure:
 
     @classmethod
     def from_dict(cls, data: dict) -> Structure:
-        try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except KeyError as err:
+        """Read a record; fields added later (``hidden``) take their defaults in older records."""
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
             raise ValueError(
-                f"config.{CONFIG_KEY} is missing the key {err}; the checkpoint is damaged."
-            ) from None
+                f"config.{CONFIG_KEY} is missing the key {missing[0]!r}; the checkpoint is damaged."
+            )
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass
@@ -79,6 +96,40 @@ class LayerView:
     down: nn.Linear
     heads: list[int]
     ffn: list[int]
+    norms: list[nn.LayerNorm] = field(default_factory=list)
+    """LayerNorms over the residual stream in this layer (``ArchSpec.layer_norms``)."""
+
+
+@dataclass
+class HiddenSites:
+    """Every module outside the encoder layers that touches the residual stream (``view(m).hidden_sites()``).
+
+    Surgery, the cost model, the masked reference (:class:`structprune.Gates`) and hidden scoring all read
+    this one list. Per-layer sites are on :class:`LayerView` (q/k/v/up read, o/down write, ``norms``).
+    """
+
+    embeddings: list[nn.Embedding]
+    """Embeddings whose vectors are residual-stream vectors (empty when a projection separates the spaces)."""
+    norms: list[nn.LayerNorm]
+    """LayerNorms over residual-stream coordinates (the embedding LayerNorm, MLM transform LayerNorms)."""
+    writers: list[nn.Linear]
+    """Linears whose output rows are residual-stream coordinates (ELECTRA's projection, MLM transforms)."""
+    readers: list[nn.Linear]
+    """Linears whose input columns are residual-stream coordinates (pooler, classifier, QA, MLM layers)."""
+
+
+def _find(roots: list[nn.Module], path: str | None) -> nn.Module | None:
+    """The module at ``path`` under the first of ``roots`` that has it, else ``None``."""
+    if not path:
+        return None
+    for root in roots:
+        try:
+            module = resolve(root, path)
+        except AttributeError:
+            continue
+        if module is not None:
+            return module
+    return None
 
 
 class ModelView:
@@ -104,6 +155,34 @@ class ModelView:
                 f"{len(self.layer_list)}; the config and the weights are out of step."
             )
         self.layers = [self._layer(i, m) for i, m in enumerate(self.layer_list)]
+
+    def hidden_sites(self) -> HiddenSites:
+        """Resolve the spec's residual-stream modules in this model (see :class:`HiddenSites`)."""
+        s, roots = self.spec, [self.model, self.base]
+        project = _find([self.base], s.embedding_project)
+        shared = project is None  # no projection: the embedding space is the residual stream
+        embeddings = [m for p in s.embeddings if isinstance(m := _find([self.base], p), nn.Embedding)]
+        norms: list[nn.LayerNorm] = []
+        writers: list[nn.Linear] = [project] if isinstance(project, nn.Linear) else []
+        readers: list[nn.Linear] = []
+        if shared and isinstance(norm := _find([self.base], s.embedding_norm), nn.LayerNorm):
+            norms.append(norm)
+        pooled = any(_find(roots, p) is not None for p in s.poolers)
+        for path in s.residual_readers + (() if pooled else s.pooled_readers):
+            if isinstance(m := _find(roots, path), nn.Linear) and m not in readers:
+                readers.append(m)
+        for dense_path, norm_path, decoder_path in s.lm_heads:
+            dense = _find([self.model], dense_path)
+            if not isinstance(dense, nn.Linear):
+                continue
+            readers.append(dense)
+            if shared:
+                writers.append(dense)
+                if isinstance(norm := _find([self.model], norm_path), nn.LayerNorm):
+                    norms.append(norm)
+                if isinstance(decoder := _find([self.model], decoder_path), nn.Linear):
+                    readers.append(decoder)
+        return HiddenSites(embeddings if shared else [], norms, writers, readers)
 
     @property
     def head_bias(self) -> nn.Embedding | None:
@@ -137,6 +216,7 @@ class ModelView:
             attn=resolve(module, s.attn),
             heads=st.heads[i],
             ffn=st.ffn[i],
+            norms=[m for p in s.layer_norms if isinstance(m := _find([module], p), nn.LayerNorm)],
             **{name: resolve(module, path) for name, path in s.projections.items()},
         )
         if lv.q.out_features != len(lv.heads) * st.head_size or lv.up.out_features != len(lv.ffn):
@@ -144,10 +224,20 @@ class ModelView:
                 f"Layer {i}: weights hold {lv.q.out_features // st.head_size} heads and {lv.up.out_features} "
                 f"FFN neurons but config.{CONFIG_KEY} records {len(lv.heads)} and {len(lv.ffn)}."
             )
+        if lv.q.in_features != st.hidden_width:
+            raise ValueError(
+                f"Layer {i}: weights read a residual stream of width {lv.q.in_features} but "
+                f"config.{CONFIG_KEY} records {st.hidden_width} hidden dimensions."
+            )
         return lv
 
     def write_structure(self, structure: Structure) -> None:
-        """Record ``structure`` in the config (``config.structprune`` plus the stock size keys)."""
+        """Record ``structure`` in the config (``config.structprune`` plus the stock size keys).
+
+        ``config.hidden_size`` keeps the original width even when hidden dimensions are pruned: families
+        derive the head size from it at init, so a loader builds the original shapes and then applies the
+        record (whose ``hidden`` lists the dimensions kept).
+        """
         s = self.spec
         setattr(self.config, CONFIG_KEY, structure.to_dict())
         setattr(self.config, s.config_layers, len(structure.layers))
