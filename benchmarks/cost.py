@@ -1,0 +1,273 @@
+"""Cost of each pipeline stage: wall time and peak memory, and how it grows with data and model size.
+
+1. Stages on the SST-2 MiniLM teacher with ``--examples`` (default 1,000) calibration examples: scoring
+   with every scorer, ``allocate``, ``search``, ``prune_``, ``reconstruct``, the one-call ``compress``,
+   and distillation (one pass over the examples) - each stage that exists in the library (stages whose
+   module has not landed are marked "not available").
+2. Scaling with the calibration-set size (Taylor scoring and reconstruction, 128..2048 examples).
+3. Scaling with the model size: tiny random BERT configs of growing width and depth (the same stages
+   on a fixed number of examples).
+
+Peak memory = the largest increase of the process' resident set during the stage (sampled every 2 ms);
+Python-level peaks (tracemalloc) are listed separately; torch's tensors are not seen by tracemalloc.
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/cost.py
+    .venv/bin/python benchmarks/cost.py --smoke --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import structprune as sp  # noqa: E402
+
+logger = logging.getLogger("cost")
+SCORERS = ["magnitude", "random", "activation", "taylor", "fisher"]
+
+
+def parse_args(argv=None):
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", type=Path, default=C.SST2_TEACHER)
+    p.add_argument("--examples", type=int, default=1000, help="calibration examples of the stage table")
+    p.add_argument("--budget", type=float, default=0.5, help="encoder FLOPs kept")
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
+    p.add_argument("--scaling-examples", type=int, default=256, help="examples of the model-size table")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
+    p.add_argument("--no-distill", action="store_true", help="skip the distillation stage")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.examples = 16
+        args.sizes = [8, 16]
+        args.scaling_examples = 8
+        args.sizes = [8]
+        args.widths = [32]
+        args.depths = [1]
+    return args
+
+
+def stage(name: str, fn: Callable | None, examples: int | None = None, note: str = "") -> dict:
+    if fn is None:
+        return {"stage": name, "examples": examples, "note": note or "not available"}
+    m = C.measure(fn)
+    row = {
+        "stage": name,
+        "examples": examples,
+        "seconds": m.seconds,
+        "s / 1k examples": (1000 * m.seconds / examples) if examples else None,
+        "peak RSS MB": m.peak_rss_mb,
+        "peak Python MB": m.peak_python_mb,
+        "note": note,
+    }
+    logger.info("%s", row)
+    row["_result"] = m.result
+    return row
+
+
+def pipeline_rows(model, batches, n_examples: int, args, *, teacher=None, train_loader=None) -> list[dict]:
+    """One row per stage; each stage works on its own copy where it changes the model."""
+    rows = []
+    scores = {}
+    for method in ["magnitude", "taylor"] if args.smoke else SCORERS:
+        r = stage(
+            f"score: {method}",
+            lambda m=method: sp.score(model, batches, method=m, progress=False),
+            None if method in ("magnitude", "random") else n_examples,
+        )
+        scores[method] = r.pop("_result")
+        rows.append(r)
+    fisher = scores.get("fisher", scores["taylor"])
+    r = stage("allocate (global)", lambda: sp.allocate(fisher, model, flops=args.budget))
+    mask = r.pop("_result")
+    rows.append(r)
+    search = C.optional("structprune.search", "search")
+    r = stage("search (constrained)", search and (lambda: search(fisher, model, flops=args.budget)))
+    r.pop("_result", None)
+    rows.append(r)
+    work = copy.deepcopy(model)
+    r = stage("prune_", lambda: sp.prune_(work, mask))
+    r.pop("_result", None)
+    rows.append(r)
+    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    if reconstruct is not None:
+        work = copy.deepcopy(model)
+        fn = lambda: reconstruct(work, mask, batches, progress=False)  # noqa: E731
+    else:
+        fn = None
+    r = stage("reconstruct (masked model, weights fit)", fn, n_examples)
+    r.pop("_result", None)
+    rows.append(r)
+    compress = C.optional("structprune.compress", "compress")
+    if compress is not None:
+        work = copy.deepcopy(model)
+        fn = lambda: compress(work, batches, flops=args.budget, progress=False)  # noqa: E731
+    else:
+        fn = None
+    r = stage("compress (score + search + reconstruct + prune)", fn, n_examples)
+    result = r.pop("_result", None)
+    if result is not None:
+        report = result[1]
+        r["note"] = "library's own split: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    rows.append(r)
+    rows += distill_rows(model, teacher, train_loader, n_examples, args)
+    return rows
+
+
+def distill_rows(model, teacher, train_loader, n_examples, args) -> list[dict]:
+    distill = C.optional("structprune.distill", "distill")
+    config_cls = C.optional("structprune.distill", "DistillConfig")
+    if args.no_distill:
+        return [{"stage": "distill (logit KD)", "note": "skipped (--no-distill)"}]
+    if distill is None or teacher is None or train_loader is None:
+        return [{"stage": "distill (logit KD)", "note": "not available"}]
+    rows = []
+    variants = [
+        ("distill (logit KD), 1 pass", {}),
+        ("distill (logit + hidden KD), 1 pass", {"hidden_weight": 1.0}),
+    ]
+    for name, extra in variants[:1] if args.smoke else variants:
+        student = copy.deepcopy(model)
+        sp.prune_(student, sp.allocate(sp.score(student, method="magnitude"), student, flops=args.budget))
+        cfg = config_cls(task="sst2", num_epochs=1, progress=False, **extra)
+        r = stage(
+            name, lambda s=student, c=cfg: distill(s, teacher, train_loader, None, config=c), n_examples
+        )
+        r.pop("_result", None)
+        r["note"] = f"{args.budget:.0%}-FLOPs student, batch 32, AdamW"
+        rows.append(r)
+    return rows
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    C.setup(args)
+    if args.smoke:
+        model = C.tiny_bert()
+        tok = C.tokenizer_for()
+    else:
+        model = C.load_teacher(args.teacher)
+        tok = C.tokenizer_for(args.teacher)
+    teacher = model
+    n_max = max([args.examples, *args.sizes])
+    pool = C.load_examples("sst2", "train", limit=n_max, seed=args.seed)
+    batches = C.make_batches(pool[: args.examples], tok, "sst2", batch_size=32)
+    train_loader = _loader(pool[: args.examples], tok)
+
+    rows = pipeline_rows(model, batches, args.examples, args, teacher=teacher, train_loader=train_loader)
+
+    # calibration-set size
+    size_rows = []
+    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    for n in args.sizes:
+        b = C.make_batches(pool[:n], tok, "sst2", batch_size=32)
+        r = stage("score: taylor", lambda b=b: sp.score(model, b, method="taylor", progress=False), n)
+        scores = r.pop("_result")
+        size_rows.append(r)
+        if reconstruct is not None:
+            mask = sp.allocate(scores, model, flops=args.budget)
+            work = copy.deepcopy(model)
+            r = stage("reconstruct", lambda w=work, b=b, m=mask: reconstruct(w, m, b, progress=False), n)
+            r.pop("_result", None)
+            size_rows.append(r)
+            del work
+
+    # model size
+    shape_rows = []
+    b = C.make_batches(pool[: args.scaling_examples], tok, "sst2", batch_size=32)
+    shapes = [(w, 4) for w in args.widths] + [(128 if not args.smoke else 32, d) for d in args.depths]
+    for hidden, layers in shapes:
+        tiny = C.tiny_bert(hidden=hidden, layers=layers, heads=max(hidden // 32, 2), intermediate=4 * hidden)
+        params = sp.dense_cost(tiny).encoder_params
+        for r in pipeline_rows_small(tiny, b, args.scaling_examples, args):
+            shape_rows.append({"hidden": hidden, "layers": layers, "encoder params (M)": params / 1e6, **r})
+
+    text = C.header("Cost of each stage", note=args.note)
+    text += (
+        f"\nModel: {'tiny random BERT (smoke run)' if args.smoke else args.teacher.name}. Calibration data: SST-2 "
+        f"train examples (seed {args.seed}), batches of 32, dynamic padding, max length 128 (SST-2 sentences "
+        f"are short: ~25 tokens on average). Budget: {args.budget:.0%} of encoder FLOPs. {args.threads} threads. "
+        "'s / 1k examples' scales the time linearly to 1,000 examples. Peak RSS = largest increase of the "
+        "resident set during the stage.\n\n"
+    )
+    cols = ["stage", "examples", "seconds", "s / 1k examples", "peak RSS MB", "peak Python MB", "note"]
+    text += f"## Stages, {args.examples} calibration examples\n\n" + C.md_table(rows, cols)
+    text += "\n## Calibration-set size\n\n" + C.md_table(size_rows, cols[:-1])
+    text += (
+        f"\n## Model size (tiny random BERTs, {args.scaling_examples} examples; heads of size 32, FFN 4x)\n\n"
+        + C.md_table(shape_rows, ["hidden", "layers", "encoder params (M)", *cols[:-1]])
+    )
+    out = C.write_atomic(args.out / "cost.md", text)
+    _plot(size_rows, shape_rows, args.out / "cost.png")
+    logger.info("wrote %s", out)
+    return out
+
+
+def pipeline_rows_small(model, batches, n, args) -> list[dict]:
+    rows = []
+    r = stage("score: taylor", lambda: sp.score(model, batches, method="taylor", progress=False), n)
+    scores = r.pop("_result")
+    rows.append(r)
+    r = stage("allocate", lambda: sp.allocate(scores, model, flops=args.budget))
+    mask = r.pop("_result")
+    rows.append(r)
+    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    if reconstruct is not None:
+        work = copy.deepcopy(model)
+        r = stage("reconstruct", lambda: reconstruct(work, mask, batches, progress=False), n)
+        r.pop("_result", None)
+        rows.append(r)
+    work = copy.deepcopy(model)
+    r = stage("prune_", lambda: sp.prune_(work, mask))
+    r.pop("_result", None)
+    rows.append(r)
+    return rows
+
+
+def _loader(rows, tok):
+    make = C.optional("structprune.data", "make_dataloader")
+    if make is None:
+        return None
+    import datasets
+
+    return make(datasets.Dataset.from_list(rows), tok, "sst2", batch_size=32, shuffle=True, seed=0)
+
+
+def _plot(size_rows, shape_rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for st in sorted({r["stage"] for r in size_rows}):
+        pts = [r for r in size_rows if r["stage"] == st]
+        a.plot([r["examples"] for r in pts], [r["seconds"] for r in pts], marker="o", label=st)
+    a.set_xscale("log", base=2)
+    a.set_xlabel("calibration examples")
+    a.set_ylabel("seconds")
+    a.set_title("Cost vs calibration-set size")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    for st in sorted({r["stage"] for r in shape_rows}):
+        pts = [r for r in shape_rows if r["stage"] == st]
+        b.plot([r["encoder params (M)"] for r in pts], [r["seconds"] for r in pts], "o", label=st)
+    b.set_xlabel("encoder parameters (M)")
+    b.set_ylabel("seconds")
+    b.set_title("Cost vs model size")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    C.save_figure(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

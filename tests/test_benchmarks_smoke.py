@@ -1,0 +1,79 @@
+"""Each benchmark script runs end to end on a tiny random BERT (``--smoke``) so the scripts do not rot.
+
+The numbers mean nothing here; the tests check that every script writes its results file with the
+reproducibility header and a table, and its plot where it makes one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+pytestmark = pytest.mark.slow  # reads real GLUE examples (tokenized by the MiniLM tokenizer)
+
+
+@pytest.fixture(autouse=True)
+def _needs_shared():
+    if not (SHARED / "data" / "glue" / "SST-2" / "validation.jsonl").exists():
+        pytest.skip("shared/data/glue is not beside the repository; the benchmark scripts read SST-2 from it")
+
+
+def _script(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_header(text: str, title: str) -> None:
+    assert text.startswith(f"# {title}")
+    for field in ("- Command:", "- Date:", "- Machine:", "- Versions:"):
+        assert field in text, f"missing {field!r} in the results header"
+    assert "|---|" in text, "no Markdown table"
+
+
+def test_latency_smoke(tmp_path):
+    out = _script("latency").main(["--smoke", "--out", str(tmp_path)])
+    text = out.read_text()
+    _check_header(text, "Latency")
+    assert "| PyTorch |" in text and "| ONNX Runtime |" in text
+    assert "multiple_of" in text
+    assert (tmp_path / "latency.png").stat().st_size > 1000
+
+
+def test_cost_smoke(tmp_path):
+    out = _script("cost").main(["--smoke", "--out", str(tmp_path)])
+    text = out.read_text()
+    _check_header(text, "Cost of each stage")
+    for stage in ("score: taylor", "allocate", "prune_", "Calibration-set size", "Model size"):
+        assert stage in text
+    assert (tmp_path / "cost.png").exists()
+
+
+def test_peers_smoke(tmp_path):
+    methods = ["structprune taylor (global)", "Torch-Pruning taylor (uniform)"]
+    out = _script("peers").main(["--smoke", "--out", str(tmp_path), "--methods", *methods])
+    text = out.read_text()
+    _check_header(text, "Peers side by side")
+    assert "| structprune taylor (global) | 50% |" in text
+    assert "Save and reload" in text
+    # the pruned model's kept FLOPs are recomputed from its shapes and match the budget
+    row = next(line for line in text.splitlines() if line.startswith("| structprune taylor (global) | 50% |"))
+    assert "| 50.0% |" in row
+
+
+def test_pareto_smoke(tmp_path):
+    paths = _script("pareto").main(["--smoke", "--out", str(tmp_path), "--scorers", "taylor"])
+    text = paths[0].read_text()
+    _check_header(text, "Accuracy vs encoder FLOPs kept: SST2")
+    assert "| taylor | none | 50% |" in text
+    assert "dense teacher" in text
+    assert (tmp_path / "pareto_sst2.png").stat().st_size > 1000
