@@ -13,6 +13,7 @@ from .allocate import allocate
 from .arch import ArchSpec, register_architecture, supported_families, view
 from .cost import Cost, cost, dense_cost
 from .depth import score_layers
+from .distill import DistillConfig, distill, finetune
 from .evaluation import evaluate
 from .gates import Gates
 from .hidden import score_hidden
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchSpec",
     "Cost",
+    "DistillConfig",
     "Gates",
     "Mask",
     "Scores",
@@ -34,7 +36,9 @@ __all__ = [
     "available_scorers",
     "cost",
     "dense_cost",
+    "distill",
     "evaluate",
+    "finetune",
     "measure_latency",
     "prune_",
     "register_architecture",

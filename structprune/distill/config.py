@@ -1,0 +1,196 @@
+"""`DistillConfig`: every option of the training loop (fine-tuning, distillation, gradual pruning)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+PRUNE_METHODS = ("taylor", "fisher", "activation", "magnitude")
+
+
+@dataclass
+class DistillConfig:
+    """Options of :func:`structprune.distill` and :func:`structprune.finetune` (one loop for both).
+
+    The loss is ``task_weight * task + logit_weight * KD(T) + hidden_weight * hidden MSE +
+    attention_weight * attention KL``; any weight may be 0 (with no teacher only the task term runs).
+    Setting ``prune_to`` turns on gradual pruning: the student is re-scored and physically pruned
+    ``prune_steps`` times between ``prune_start`` and ``prune_end`` (fractions of training), following a
+    cubic schedule from its current size down to ``prune_to`` of the unpruned model's encoder FLOPs.
+
+    Example::
+
+        cfg = DistillConfig(output_dir="runs/sst2", task="sst2", num_epochs=3, hidden_weight=1.0)
+        student, history = sp.distill(student, teacher, train_dl, eval_dl, config=cfg)
+    """
+
+    # --- run folder, checkpoints, logging ---------------------------------------------------------
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run folder: metrics.jsonl, checkpoints/, best/. None keeps everything in memory."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a previous run in output_dir."})
+    resume_from: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint folder to continue from, or 'latest' (newest one in output_dir)."},
+    )
+    save_every: int | None = field(
+        default=None, metadata={"help": "Save an accelerate checkpoint every N optimizer steps."}
+    )
+    save_total_limit: int = field(default=2, metadata={"help": "Number of step checkpoints kept."})
+    log_every: int = field(default=10, metadata={"help": "Log training losses every N optimizer steps."})
+    report_to: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (tensorboard if installed), 'tensorboard' or 'none'; JSONL is always written."
+        },
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (main process only)."})
+
+    # --- task and evaluation ----------------------------------------------------------------------
+    task: str | None = field(
+        default=None, metadata={"help": "GLUE task name (metrics of eval_data, e.g. 'sst2')."}
+    )
+    eval_every: int | None = field(
+        default=None, metadata={"help": "Evaluate every N optimizer steps (default: end of each epoch)."}
+    )
+    load_best_at_end: bool = field(
+        default=True, metadata={"help": "Return the weights with the best eval main metric."}
+    )
+
+    # --- optimisation -----------------------------------------------------------------------------
+    num_epochs: float = field(default=3.0, metadata={"help": "Epochs over train_data."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps (overrides num_epochs)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/norms)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps of linear warmup."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; None = off."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "'no', 'bf16' or 'fp16' (fp16/bf16 need hardware support)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of weights init, dropout and data order."})
+
+    # --- distillation terms -----------------------------------------------------------------------
+    task_weight: float = field(default=1.0, metadata={"help": "Weight of the task loss (labels)."})
+    logit_weight: float = field(default=1.0, metadata={"help": "Weight of logit KD (KL at T, x T^2)."})
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    hidden_weight: float = field(default=0.0, metadata={"help": "Weight of hidden-state MSE."})
+    attention_weight: float = field(default=0.0, metadata={"help": "Weight of attention KD (kept heads)."})
+    layer_map: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer of each student layer (0-based). None: read from the pruned student's "
+            "config.structprune."
+        },
+    )
+
+    # --- gradual pruning --------------------------------------------------------------------------
+    prune_to: float | None = field(
+        default=None, metadata={"help": "Target fraction of the unpruned encoder FLOPs; None = no pruning."}
+    )
+    prune_steps: int = field(default=4, metadata={"help": "Number of pruning events."})
+    prune_start: float = field(default=0.0, metadata={"help": "Fraction of training at the first event."})
+    prune_end: float = field(default=0.5, metadata={"help": "Fraction of training at the last event."})
+    prune_method: str = field(default="taylor", metadata={"help": "Importance scorer between events."})
+    prune_batches: int = field(default=8, metadata={"help": "Training batches used to score at each event."})
+    prune_seq_len: int = field(default=128, metadata={"help": "Sequence length of the FLOPs budget."})
+    prune_multiple_of: int = field(default=1, metadata={"help": "Round FFN widths to this multiple."})
+    prune_min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps."})
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(msg)
+
+        need(self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}.")
+        need(
+            self.max_steps is None or self.max_steps > 0,
+            f"max_steps must be a positive step count or None, got {self.max_steps}.",
+        )
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
+        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        need(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}.",
+        )
+        need(
+            self.gradient_accumulation_steps >= 1,
+            f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}.",
+        )
+        need(
+            self.mixed_precision in MIXED_PRECISION,
+            f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}.",
+        )
+        need(
+            self.report_to in ("auto", "tensorboard", "none"),
+            "report_to must be 'auto', 'tensorboard' or 'none'.",
+        )
+        for name in ("task_weight", "logit_weight", "hidden_weight", "attention_weight"):
+            value = getattr(self, name)
+            need(
+                math.isfinite(value) and value >= 0,
+                f"{name} must be a finite number >= 0 (0 turns the term off), got {value}.",
+            )
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}.")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
+        for name in ("save_every", "eval_every"):
+            value = getattr(self, name)
+            need(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}.")
+        need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}.")
+        need(
+            self.save_every is None or self.output_dir is not None,
+            "save_every needs an output_dir to write checkpoints to.",
+        )
+        need(
+            self.resume_from is None or self.output_dir is not None,
+            "resume_from needs the run's output_dir (metrics and new checkpoints go there).",
+        )
+        need(
+            not (self.overwrite and self.resume_from),
+            "overwrite=True would delete the run that resume_from continues; set only one of them.",
+        )
+        if self.layer_map is not None:
+            need(
+                all(isinstance(i, int) and i >= 0 for i in self.layer_map),
+                f"layer_map must list a teacher layer index (int >= 0) per student layer, got {self.layer_map}.",
+            )
+        if self.prune_to is not None:
+            need(0 < self.prune_to < 1, f"prune_to is a FLOPs fraction in (0, 1), got {self.prune_to}.")
+            need(self.prune_steps >= 1, f"prune_steps must be >= 1, got {self.prune_steps}.")
+            need(
+                0 <= self.prune_start <= self.prune_end <= 1,
+                f"Need 0 <= prune_start <= prune_end <= 1, got {self.prune_start} and {self.prune_end}.",
+            )
+            need(
+                self.prune_method in PRUNE_METHODS,
+                f"prune_method must be one of {PRUNE_METHODS}, got {self.prune_method!r}.",
+            )
+            need(self.prune_batches >= 1, f"prune_batches must be >= 1, got {self.prune_batches}.")
+            need(self.prune_seq_len >= 1, f"prune_seq_len must be >= 1, got {self.prune_seq_len}.")
+            need(
+                self.prune_multiple_of >= 1, f"prune_multiple_of must be >= 1, got {self.prune_multiple_of}."
+            )
+            need(self.prune_min_heads >= 0, f"prune_min_heads must be >= 0, got {self.prune_min_heads}.")
+
+    @property
+    def uses_hidden(self) -> bool:
+        return self.hidden_weight > 0
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.attention_weight > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DistillConfig:
+        """Build from a dict (e.g. a YAML recipe); unknown keys raise ``ValueError`` naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown DistillConfig option(s) {unknown}; valid options: {sorted(names)}.")
+        return cls(**data)
