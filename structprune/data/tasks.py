@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["GLUE_TASKS", "TaskInfo", "get_task", "glue_task_names"]
@@ -102,6 +104,27 @@ class TaskInfo:
     def is_pair(self) -> bool:
         """True when each example is a pair of texts (e.g. MRPC, RTE)."""
         return len(self.text_keys) == 2
+
+    def main_score(self, metrics: dict[str, float]) -> float:
+        """The number that ranks checkpoints: `metrics[main_metric]`, or for per-split results (keys like
+        "validation_matched/accuracy", as `evaluate` returns for a dict of loaders) that of the first
+        validation split.
+
+        Example::
+
+            get_task("mrpc").main_score({"f1": 0.88, "accuracy": 0.84})  # 0.88
+            get_task("mnli").main_score({"validation_matched/accuracy": 0.8, "validation_mismatched/accuracy": 0.81})
+        """
+        candidates = [self.main_metric] + [f"{s}/{self.main_metric}" for s in self.validation_splits]
+        for key in candidates:
+            if key in metrics:
+                return float(metrics[key])
+        prefixed = sorted(k for k in metrics if k.endswith(f"/{self.main_metric}"))
+        if prefixed:
+            return float(metrics[prefixed[0]])
+        raise KeyError(
+            f"Task {self.name!r} ranks by {self.main_metric!r}, which is not among the metrics {sorted(metrics)}."
+        )
 
     @classmethod
     def custom(
@@ -243,10 +266,11 @@ def glue_task_names() -> list[str]:
     return list(GLUE_TASKS)
 
 
-def get_task(name: str | TaskInfo) -> TaskInfo:
+def get_task(name: str | TaskInfo | Mapping) -> TaskInfo:
     """Look up a GLUE task by name, case- and dash-insensitively ("SST-2", "sst2", "Sst_2" all work).
 
-    A `TaskInfo` passes through unchanged, so functions can accept either.
+    A `TaskInfo` passes through unchanged, so functions can accept either; a dict is given to
+    `TaskInfo.custom` (for your own data described in a recipe).
 
     Example::
 
@@ -255,8 +279,17 @@ def get_task(name: str | TaskInfo) -> TaskInfo:
     """
     if isinstance(name, TaskInfo):
         return name
+    if isinstance(name, Mapping):  # e.g. a recipe's `task: {text_keys: [review], num_labels: 3}`
+        valid = set(inspect.signature(TaskInfo.custom).parameters) - {"cls"}
+        unknown = sorted(set(name) - valid)
+        if unknown:
+            raise ValueError(f"Unknown task field(s) {unknown}; valid fields: {sorted(valid)}.")
+        return TaskInfo.custom(**name)
     if not isinstance(name, str):
-        raise TypeError(f"get_task expects a task name (str) or a TaskInfo, got {type(name).__name__}.")
+        raise TypeError(
+            f"get_task expects a task name (str), a TaskInfo or a dict of TaskInfo.custom fields, "
+            f"got {type(name).__name__}."
+        )
     key = _normalize(name)
     key = _ALIASES.get(key, key)
     if key not in GLUE_TASKS:
