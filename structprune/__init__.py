@@ -11,7 +11,9 @@ Example::
 
 from .allocate import allocate
 from .arch import ArchSpec, register_architecture, supported_families, view
+from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained, write_model_card
 from .cost import Cost, cost, dense_cost
+from .export import export_onnx, quantize_onnx
 from .depth import score_layers
 from .distill import DistillConfig, distill, finetune
 from .evaluation import evaluate
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchSpec",
+    "CardInfo",
     "Cost",
     "DistillConfig",
     "Gates",
@@ -36,17 +39,23 @@ __all__ = [
     "available_scorers",
     "cost",
     "dense_cost",
+    "export_onnx",
+    "from_pretrained",
     "distill",
     "evaluate",
     "finetune",
     "measure_latency",
     "prune_",
+    "push_to_hub",
+    "quantize_onnx",
     "register_architecture",
     "register_scorer",
+    "save_pretrained",
     "score",
     "score_hidden",
     "score_layers",
     "score_shape",
     "supported_families",
     "view",
+    "write_model_card",
 ]

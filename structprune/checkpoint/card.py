@@ -1,0 +1,311 @@
+"""The model card: README.md with Hub metadata, per-layer table and a PNG heatmap, all from the model.
+
+Every number in the card is computed here from the model itself (``config.structprune`` and
+:func:`structprune.cost`) or passed in by the code that produced it (:class:`CardInfo`); the table and the
+heatmap are drawn from the same :class:`LayerRow` list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from torch import nn
+
+from ..arch import view
+from ..cost import cost, dense_cost
+from .registry import base_model_type, is_stock
+
+logger = logging.getLogger(__name__)
+
+HEATMAP_FILE = "structure.png"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class CardInfo:
+    """What the model card says beyond what the model itself records. All fields are optional.
+
+    Example::
+
+        sp.CardInfo(base_model="sentence-transformers/all-MiniLM-L6-v2", method="taylor scores, global allocation",
+                    budget="50% encoder FLOPs", datasets=["nyu-mll/glue"], task="text-classification",
+                    metrics_before={"accuracy": 0.8635}, metrics_after={"accuracy": 0.85})
+    """
+
+    base_model: str | None = field(default=None, metadata={"help": "Hub id of the model that was pruned."})
+    teacher: str | None = field(
+        default=None, metadata={"help": "Teacher used for recovery (default: base_model)."}
+    )
+    method: str | None = field(
+        default=None, metadata={"help": "How heads/neurons were scored, chosen, recovered."}
+    )
+    budget: str | None = field(
+        default=None, metadata={"help": "The budget pruned to, e.g. '50% encoder FLOPs'."}
+    )
+    datasets: list[str] = field(default_factory=list, metadata={"help": "Hub ids of the data used."})
+    task: str | None = field(default=None, metadata={"help": "Hub pipeline tag, e.g. 'text-classification'."})
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Name of the evaluation set of the metrics."}
+    )
+    metrics_before: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "Metrics of the unpruned model."}
+    )
+    metrics_after: dict[str, float] = field(default_factory=dict, metadata={"help": "Metrics of this model."})
+    seq_len: int = field(default=128, metadata={"help": "Sequence length the FLOPs are counted at."})
+    license: str | None = field(default=None, metadata={"help": "License id for the Hub metadata."})
+    tags: list[str] = field(default_factory=list, metadata={"help": "Extra Hub tags."})
+    model_name: str | None = field(default=None, metadata={"help": "Title of the card (default: derived)."})
+    notes: str = field(default="", metadata={"help": "Free text appended to the card."})
+
+    def __post_init__(self):
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ValueError(
+                f"seq_len={self.seq_len!r}: give the positive number of tokens FLOPs are counted at."
+            )
+        for name in ("datasets", "tags"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name}={value!r}: give a list of strings, e.g. ['nyu-mll/glue'].")
+            setattr(self, name, list(value))
+        for name in ("metrics_before", "metrics_after"):
+            metrics = getattr(self, name)
+            if not isinstance(metrics, dict) or not all(
+                isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                for k, v in metrics.items()
+            ):
+                raise ValueError(
+                    f"{name}={metrics!r}: give a dict of metric name -> number, e.g. {{'accuracy': 0.9}}."
+                )
+
+
+@dataclass
+class LayerRow:
+    """One original encoder layer in the card: what it keeps (nothing when dropped) and what it costs."""
+
+    layer: int
+    heads: list[int]
+    num_heads: int
+    ffn: int
+    intermediate_size: int
+    params: int
+    flops: int
+
+    @property
+    def dropped(self) -> bool:
+        return not self.heads and self.ffn == 0
+
+
+def layer_rows(model: nn.Module, seq_len: int = 128) -> list[LayerRow]:
+    """One :class:`LayerRow` per original layer, read from ``config.structprune`` and :func:`structprune.cost`."""
+    s = view(model).structure
+    costs = {lc.layer: lc for lc in cost(model, seq_len).layers}
+    kept = dict(zip(s.layers, zip(s.heads, s.ffn, strict=True), strict=True))
+    rows = []
+    for layer in range(s.num_layers):
+        heads, ffn = kept.get(layer, ([], []))
+        lc = costs.get(layer)
+        rows.append(
+            LayerRow(
+                layer,
+                list(heads),
+                s.num_heads,
+                len(ffn),
+                s.intermediate_size,
+                lc.params if lc else 0,
+                lc.flops if lc else 0,
+            )
+        )
+    return rows
+
+
+def kept_heads_matrix(rows: list[LayerRow]) -> torch.Tensor:
+    """``bool[layers, heads]``: which original heads each original layer keeps (the heatmap's left panel)."""
+    out = torch.zeros(len(rows), rows[0].num_heads if rows else 0, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        out[i, row.heads] = True
+    return out
+
+
+def render_heatmap(rows: list[LayerRow], path: str | os.PathLike) -> Path:
+    """Draw kept heads (grid) and kept FFN neurons (bars) per layer into a PNG at ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    grid = kept_heads_matrix(rows).float().numpy()
+    ffn = [row.ffn / max(row.intermediate_size, 1) for row in rows]
+    n = len(rows)
+    fig = Figure(figsize=(9, 1.2 + 0.38 * n), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(grid.shape[1], 1), 6]}, sharey=True)
+    left.imshow(grid, cmap=ListedColormap(["#e8e8e8", "#1f77b4"]), vmin=0, vmax=1, aspect="auto")
+    left.set_xticks(range(grid.shape[1]))
+    left.set_yticks(range(n), [f"layer {r.layer}" + (" (dropped)" if r.dropped else "") for r in rows])
+    left.set_xlabel("attention head (blue = kept)")
+    left.set_xticks([x - 0.5 for x in range(grid.shape[1] + 1)], minor=True)
+    left.set_yticks([y - 0.5 for y in range(n + 1)], minor=True)
+    left.grid(which="minor", color="white", linewidth=1)
+    left.tick_params(which="minor", length=0)
+    right.barh(range(n), ffn, color="#ff7f0e")
+    right.set_xlim(0, 1)
+    right.set_xlabel("FFN neurons kept (fraction)")
+    for y, row in enumerate(rows):
+        right.text(min(ffn[y], 0.98) + 0.01, y, f"{row.ffn}/{row.intermediate_size}", va="center", fontsize=8)
+    fig.suptitle("What the pruned model keeps, per original layer")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return Path(path)
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _hub_id(name: str | None) -> str | None:
+    return name if name and _HUB_ID.match(name) and not os.path.exists(name) else None
+
+
+def card_data(model: nn.Module, info: CardInfo) -> ModelCardData:
+    """The Hub metadata block of the card."""
+    base = info.base_model or _hub_id(getattr(model.config, "_name_or_path", None))
+    family = base_model_type(model.config)
+    eval_results = None
+    if info.metrics_after:
+        dataset = info.eval_dataset or (info.datasets[0] if info.datasets else "unknown")
+        eval_results = [
+            EvalResult(
+                task_type=info.task or "text-classification",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                metric_type=name,
+                metric_value=float(value),
+            )
+            for name, value in info.metrics_after.items()
+        ]
+    return ModelCardData(
+        base_model=base,
+        library_name="transformers",
+        pipeline_tag=info.task,
+        license=info.license,
+        datasets=info.datasets or None,
+        metrics=sorted(info.metrics_after) or None,
+        tags=["structprune", "pruned", "structured-pruning", family, *info.tags],
+        model_name=info.model_name or "pruned-model",
+        eval_results=eval_results,
+    )
+
+
+def _how_to_load(stock: bool) -> str:
+    if stock:
+        return (
+            "Every kept layer has all its heads and one FFN width, so this is a stock transformers checkpoint:\n\n"
+            "```python\nfrom transformers import AutoModel  # or the AutoModelFor... of its task\n"
+            'model = AutoModel.from_pretrained("<this folder or repo>")\n```\n'
+        )
+    return (
+        "Layers keep different numbers of heads and FFN neurons, which config.json records under `structprune`.\n\n"
+        "```python\n# with structprune installed (never runs code from the checkpoint)\nimport structprune\n"
+        'model = structprune.from_pretrained("<this folder or repo>")\n\n'
+        "# without structprune: transformers runs the bundled modeling_structprune.py (torch + transformers only)\n"
+        "from transformers import AutoModelForSequenceClassification  # or the Auto class of its task\n"
+        'model = AutoModelForSequenceClassification.from_pretrained("<this folder or repo>", trust_remote_code=True)\n'
+        "```\n"
+    )
+
+
+def card_text(model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = None) -> str:
+    """The README.md text (metadata block + body) for ``model``."""
+    rows = rows if rows is not None else layer_rows(model, info.seq_len)
+    s = view(model).structure
+    now, dense = cost(model, info.seq_len), dense_cost(model, info.seq_len)
+    data = card_data(model, info)
+    teacher = info.teacher or data.base_model
+    lines = [f"# {data.model_name}", ""]
+    source = (
+        f"[{data.base_model}](https://huggingface.co/{data.base_model})"
+        if data.base_model
+        else "its base model"
+    )
+    lines += [
+        f"Structurally pruned from {source} with [structprune](https://github.com/structprune/structprune):",
+        "",
+    ]
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| Teacher | {teacher or 'not recorded'} |",
+        f"| Method | {info.method or 'not recorded'} |",
+        f"| Budget | {info.budget or 'not recorded'} |",
+        f"| Layers kept | {len(s.layers)} of {s.num_layers} |",
+        f"| Heads kept | {sum(s.heads_per_layer)} of {s.num_layers * s.num_heads} |",
+        f"| FFN neurons kept | {sum(s.ffn_per_layer)} of {s.num_layers * s.intermediate_size} |",
+        "",
+        "## Size",
+        "",
+        "| | before | after | after / before |",
+        "|---|---:|---:|---:|",
+        f"| Parameters (total) | {_fmt(dense.total_params)} | {_fmt(now.total_params)} | "
+        f"{now.total_params / dense.total_params:.1%} |",
+        f"| Encoder parameters | {_fmt(dense.encoder_params)} | {_fmt(now.encoder_params)} | "
+        f"{now.encoder_params / dense.encoder_params:.1%} |",
+        f"| Encoder FLOPs (one sequence of {info.seq_len} tokens) | {_fmt(dense.encoder_flops)} | "
+        f"{_fmt(now.encoder_flops)} | {now.encoder_flops / dense.encoder_flops:.1%} |",
+        "",
+    ]
+    if info.metrics_before or info.metrics_after:
+        where = f" on {info.eval_dataset}" if info.eval_dataset else ""
+        lines += [f"## Metrics{where}", "", "| metric | before | after |", "|---|---:|---:|"]
+        for name in dict.fromkeys([*info.metrics_before, *info.metrics_after]):
+            before, after = info.metrics_before.get(name), info.metrics_after.get(name)
+            lines.append(
+                f"| {name} | {'' if before is None else f'{before:.4g}'} | {'' if after is None else f'{after:.4g}'} |"
+            )
+        lines.append("")
+    lines += [
+        "## Kept per layer",
+        "",
+        f"![Heads and FFN neurons kept per layer]({HEATMAP_FILE})",
+        "",
+        "| layer | heads kept | head ids | FFN neurons kept | parameters | FLOPs |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.dropped:
+            lines.append(f"| {r.layer} | 0/{r.num_heads} | dropped | 0/{r.intermediate_size} | 0 | 0 |")
+        else:
+            ids = ", ".join(map(str, r.heads)) or "none"
+            lines.append(
+                f"| {r.layer} | {len(r.heads)}/{r.num_heads} | {ids} | {r.ffn}/{r.intermediate_size} | "
+                f"{_fmt(r.params)} | {_fmt(r.flops)} |"
+            )
+    lines += ["", "## How to load", "", _how_to_load(is_stock(s))]
+    if info.notes:
+        lines += ["## Notes", "", info.notes, ""]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+
+
+def write_model_card(model: nn.Module, folder: str | os.PathLike, info: CardInfo | None = None) -> Path:
+    """Write ``README.md`` and ``structure.png`` for ``model`` into ``folder``; return the README path.
+
+    Example::
+
+        sp.write_model_card(model, "out/pruned", sp.CardInfo(base_model="org/teacher", budget="50% FLOPs"))
+    """
+    info = info or CardInfo()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = layer_rows(model, info.seq_len)
+    render_heatmap(rows, folder / HEATMAP_FILE)
+    card = ModelCard(card_text(model, info, rows))  # parses and checks the metadata block
+    readme = folder / "README.md"
+    card.save(readme)
+    return readme

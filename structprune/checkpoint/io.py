@@ -1,0 +1,167 @@
+"""Save and load pruned checkpoints: config.json + safetensors + modeling file + tokenizer + model card."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import transformers
+from torch import nn
+
+from ..arch import view
+from . import registry
+from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config
+
+logger = logging.getLogger(__name__)
+
+_PENDING_CONFIG = ".config.json.pending"
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+)
+
+
+def _find_tokenizer(model: nn.Module):
+    """The tokenizer of the folder the model was loaded from, when that folder is local and has one."""
+    source = getattr(model.config, "_name_or_path", "") or ""
+    if not source or not os.path.isdir(source):
+        return None
+    if not any(os.path.isfile(os.path.join(source, name)) for name in _TOKENIZER_FILES):
+        return None
+    return transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+
+def save_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    tokenizer="auto",
+    card=None,
+    **kwargs,
+) -> Path:
+    """Save a (pruned) model so it loads everywhere, atomically; return the folder.
+
+    Writes config.json (per-layer sizes in ``structprune``), ``model.safetensors``, the self-contained
+    ``modeling_structprune.py`` (non-uniform structures only), the tokenizer and a README.md model card with a
+    ``structure.png`` heatmap. The folder appears complete or not at all. ``tokenizer="auto"`` saves the
+    tokenizer of the local folder the model was loaded from; pass one explicitly, or ``None`` to skip.
+    ``card`` is a :class:`structprune.CardInfo` (or ``False`` for no card). Extra keyword arguments go to
+    transformers' ``save_pretrained``.
+
+    Example::
+
+        sp.prune_(model, mask)
+        sp.save_pretrained(model, "out/pruned", tokenizer=tok, card=sp.CardInfo(base_model="org/teacher"))
+        sp.from_pretrained("out/pruned")
+    """
+    from .card import CardInfo, write_model_card
+
+    if not isinstance(model, transformers.PreTrainedModel):
+        raise TypeError(
+            f"save_pretrained expects a transformers PreTrainedModel, got {type(model).__name__}."
+        )
+    if card is not None and card is not False and not isinstance(card, CardInfo):
+        raise TypeError(f"card must be a structprune.CardInfo, None or False, not {type(card).__name__}.")
+    if tokenizer == "auto":
+        tokenizer = _find_tokenizer(model)
+        if tokenizer is None:
+            logger.warning(
+                "No tokenizer saved: the model was not loaded from a local folder with one. Pass tokenizer=... "
+                "to save it beside the model."
+            )
+    registry.adopt(model)
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp, **kwargs)
+        # Until the folder is complete, its config.json has another name: a save killed part-way leaves a
+        # temporary folder that no loader accepts as a model.
+        os.replace(tmp / CONFIG_FILE, tmp / _PENDING_CONFIG)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if card is not False:
+            write_model_card(model, tmp, card or CardInfo())
+        pickles = [p.name for p in tmp.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise RuntimeError(f"Refusing to write pickle files {pickles}; checkpoints are safetensors only.")
+        check_weights(tmp)
+        os.replace(tmp / _PENDING_CONFIG, tmp / CONFIG_FILE)
+    logger.info("saved %s to %s", type(model).__name__, path)
+    return Path(path)
+
+
+def _model_class(config, auto_class):
+    if auto_class is not None:
+        name = auto_class if isinstance(auto_class, str) else getattr(auto_class, "__name__", "")
+        if not name.startswith("Auto") or not hasattr(transformers, name):
+            raise ValueError(
+                f"auto_class must be a transformers Auto class such as 'AutoModel', got {auto_class!r}."
+            )
+        return getattr(transformers, name)
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        return transformers.AutoModel
+    name = architectures[0]
+    base = registry.base_model_type(config)
+    if name.startswith("StructPrune") and base in registry.model_types():
+        classes = registry.model_classes(base)
+        if name in classes:
+            return classes[name]
+    elif hasattr(transformers, name) and isinstance(getattr(transformers, name), type):
+        return getattr(transformers, name)
+    raise ValueError(
+        f"config.json names the class {name!r}, which neither transformers nor structprune provides. Pass "
+        "auto_class='AutoModelForSequenceClassification' (or another Auto class) to choose one."
+    )
+
+
+def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> transformers.PreTrainedModel:
+    """Load a checkpoint saved by :func:`save_pretrained` (or any transformers checkpoint), strictly.
+
+    Never runs code from the checkpoint (structprune's own classes build the pruned shapes); checks the
+    files first, so a corrupt or truncated file is named in the error; any missing, unexpected or
+    mis-shaped weight is an error rather than a warning. The class is the one recorded in config.json
+    unless ``auto_class`` (e.g. ``"AutoModelForSequenceClassification"``) says otherwise.
+
+    Example::
+
+        model = sp.from_pretrained("out/pruned")
+        model.config.structprune["heads"]   # original head ids kept per layer
+    """
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError(
+            "structprune.from_pretrained never runs code from a checkpoint; drop trust_remote_code (structprune "
+            "builds pruned models itself)."
+        )
+    if os.path.isdir(path):
+        read_config(path)
+        check_weights(path)
+    elif os.path.exists(path) or os.path.isabs(path) or str(path).startswith("."):
+        raise FileNotFoundError(
+            f"{path} is not a folder; give a folder holding config.json and model.safetensors, or a Hub repo id."
+        )
+    config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
+        path, trust_remote_code=False
+    )
+    cls = _model_class(config, auto_class)
+    try:
+        model, info = cls.from_pretrained(
+            path, config=config, trust_remote_code=False, output_loading_info=True, **kwargs
+        )
+    except RuntimeError as err:
+        if "mismatch" not in str(err):
+            raise
+        raise ValueError(
+            f"The weights in {path} do not match the model built from its config.json (shapes differ; see the "
+            "load report above): the config and the weights are out of step. Save the model again."
+        ) from None
+    problems = {key: sorted(value) for key, value in info.items() if value}
+    if problems:
+        raise ValueError(
+            f"The weights in {path} do not match the model built from its config.json: {problems}"
+        )
+    view(model)  # checks the recorded structure against the loaded shapes
+    model.eval()
+    return model
