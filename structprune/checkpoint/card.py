@@ -248,6 +248,11 @@ def card_text(model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = No
         f"| Layers kept | {len(s.layers)} of {s.num_layers} |",
         f"| Heads kept | {sum(s.heads_per_layer)} of {s.num_layers * s.num_heads} |",
         f"| FFN neurons kept | {sum(s.ffn_per_layer)} of {s.num_layers * s.intermediate_size} |",
+        *(
+            [f"| Hidden size (residual stream) | {len(s.hidden)} of {s.hidden_size} |"]
+            if getattr(s, "hidden", None) is not None
+            else []
+        ),
         "",
         "## Size",
         "",
