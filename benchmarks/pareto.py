@@ -69,6 +69,11 @@ def parse_args(argv=None):
     p.add_argument(
         "--quick", action="store_true", help="fewer points: distill at 50%% only, 1000 train examples"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the points already in <out>/pareto_<task>.json and compute only the missing ones",
+    )
     p.add_argument("--teacher-sst2", type=Path, default=TEACHERS["sst2"])
     p.add_argument("--teacher-mrpc", type=Path, default=TEACHERS["mrpc"])
     args = p.parse_args(argv)
@@ -200,16 +205,27 @@ def run_task(task: str, teacher_path: Path, args, start: float) -> Path:
     train_loader = _loader(train_rows, tok, task)
     ctx = Context(task, teacher, calib, train_loader, args)
 
-    dense = C.metrics(teacher, val, task)
-    rows = [{"scorer": "-", "recovery": "dense teacher", "target": "100%", "kept FLOPs": 100.0, **dense}]
+    previous = _previous_rows(task, args) if args.resume else []
+    dense_row = next((r for r in previous if r.get("recovery") == "dense teacher"), None)
+    if dense_row is None:
+        dense_row = {"scorer": "-", "recovery": "dense teacher", "target": "100%", "kept FLOPs": 100.0}
+        dense_row.update(C.metrics(teacher, val, task))
+    rows = [dense_row] + [r for r in previous if r is not dense_row and "accuracy" in r]
+    done = {(r["scorer"], r["recovery"], r["target"]) for r in rows}
     _write(task, rows, args)
-    scores_by = {}
-    for scorer in args.scorers:
-        seeds = range(args.random_seeds) if scorer == "random" else [None]
-        scores_by[scorer] = [
-            sp.score(teacher, calib, method=scorer, progress=False, **({"seed": s} if s is not None else {}))
-            for s in seeds
-        ]
+    scores_cache: dict[str, list] = {}
+
+    def scores_for(scorer: str) -> list:
+        if scorer not in scores_cache:  # scored on first use, once per run
+            seeds = range(args.random_seeds) if scorer == "random" else [None]
+            scores_cache[scorer] = [
+                sp.score(
+                    teacher, calib, method=scorer, progress=False, **({"seed": s} if s is not None else {})
+                )
+                for s in seeds
+            ]
+        return scores_cache[scorer]
+
     chosen = args.recoveries or list(RECOVERIES)
     for recovery in chosen:
         fn, module, trains, scorer_free = RECOVERIES[recovery]
@@ -224,10 +240,10 @@ def run_task(task: str, teacher_path: Path, args, start: float) -> Path:
         scorers = ["fisher"] if scorer_free else (args.distill_scorers if trains else args.scorers)
         fractions = args.distill_fractions if trains else args.fractions
         for scorer in scorers:
-            if not scorer_free and scorer not in scores_by:
-                continue
-            scores_list = [None] if scorer_free else scores_by[scorer]
             for fraction in fractions:
+                key = ("fisher+search" if scorer_free else scorer, recovery, f"{fraction:.0%}")
+                if key in done:
+                    continue
                 if trains and args.budget is not None and (time.perf_counter() - start) / 60 > args.budget:
                     rows.append(
                         {
@@ -238,6 +254,7 @@ def run_task(task: str, teacher_path: Path, args, start: float) -> Path:
                         }
                     )
                     continue
+                scores_list = [None] if scorer_free else scores_for(scorer)
                 rows.append(_point(ctx, fn, scorer, recovery, scores_list, fraction, val))
                 _write(task, rows, args)
     return _write(task, rows, args)
@@ -277,6 +294,18 @@ def _point(ctx, fn, scorer, recovery, scores_list, fraction, val) -> dict:
     return row
 
 
+def _previous_rows(task: str, args) -> list[dict]:
+    path = args.out / f"pareto_{task}.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    args.previous_commands = data.get("commands", [])
+    return data["rows"]
+
+
+_ORDER = ["dense teacher", *RECOVERIES]
+
+
 def _loader(rows, tok, task):
     make = C.optional("structprune.data", "make_dataloader")
     if make is None or not rows:
@@ -291,7 +320,12 @@ def _write(task: str, rows: list[dict], args, note: str = "") -> Path:
     for r in rows:
         if dense is not None and "accuracy" in r and r is not dense:
             r["drop"] = dense["accuracy"] - r["accuracy"]
+    command = " ".join(["python", *sys.argv])
+    commands = [c for c in getattr(args, "previous_commands", []) if c != command] + [command]
     text = C.header(f"Accuracy vs encoder FLOPs kept: {task.upper()}", note=note or args.note)
+    if len(commands) > 1:
+        text += "- Points accumulated with `--resume` over these commands (in order):\n"
+        text += "".join(f"  - `{c}`\n" for c in commands)
     teacher = args.teacher_sst2 if task == "sst2" else args.teacher_mrpc
     text += (
         f"\nTeacher: {'tiny random BERT (smoke run)' if args.smoke else teacher}. Calibration (scoring, "
@@ -308,9 +342,18 @@ def _write(task: str, rows: list[dict], args, note: str = "") -> Path:
     metric_cols = [c for c in ("accuracy", "f1", "drop", "seconds") if c in metric_cols] + [
         c for c in metric_cols if c not in ("accuracy", "f1", "drop", "seconds")
     ]
-    text += C.md_table(rows, ["scorer", "recovery", "target", "kept FLOPs", *metric_cols, "note"])
+    ordered = sorted(
+        rows,
+        key=lambda r: (
+            _ORDER.index(r["recovery"]) if r["recovery"] in _ORDER else 99,
+            str(r["scorer"]),
+            -float(r.get("kept FLOPs") or 0),
+        ),
+    )
+    text += C.md_table(ordered, ["scorer", "recovery", "target", "kept FLOPs", *metric_cols, "note"])
     out = C.write_atomic(args.out / f"pareto_{task}.md", text)
-    C.write_atomic(args.out / f"pareto_{task}.json", json.dumps(rows, indent=1, default=str))
+    data = {"commands": commands, "rows": rows}
+    C.write_atomic(args.out / f"pareto_{task}.json", json.dumps(data, indent=1, default=str))
     if rows:
         _plot(task, rows, args.out / f"pareto_{task}.png")
     return out
