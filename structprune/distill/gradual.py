@@ -97,8 +97,8 @@ def budget_counts(model: nn.Module, fraction: float, seq_len: int, min_heads: in
 def _reduce_scores(scores: Scores, accelerator) -> Scores:
     if accelerator is None or accelerator.num_processes == 1:
         return scores
-    head = accelerator.reduce(scores.head.to(accelerator.device), reduction="mean").cpu()
-    ffn = accelerator.reduce(scores.ffn.to(accelerator.device), reduction="mean").cpu()
+    head = accelerator.reduce(scores.head.to(accelerator.device), reduction="sum").cpu()
+    ffn = accelerator.reduce(scores.ffn.to(accelerator.device), reduction="sum").cpu()
     return Scores(head, ffn, method=scores.method, meta=scores.meta)
 
 
@@ -116,17 +116,23 @@ def prune_event(
 ) -> Mask:
     """Score ``model`` on ``batches``, allocate ``fraction`` of the dense FLOPs and prune it in place.
 
-    With an ``accelerator``, scores are averaged over processes so every process removes the same
-    structure. Returns the mask applied (original coordinates).
+    With an ``accelerator``, each process scores its own share of the batches and the scores are summed
+    over processes, so every process removes the same structure (``fisher`` sums per-example terms, so
+    its scores do not depend on how examples are split into batches or processes). Returns the mask applied (original coordinates).
 
     Example::
 
         mask = prune_event(student, train_dataloader, 0.5, method="taylor", max_batches=4)
     """
     device = next(model.parameters()).device
+    procs = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    # Process r scores batches r, r + P, ... of the first P * max_batches: P processes with per-process
+    # batch b see the examples one process with batch P * b would (same data order on every process).
     data = [
         {k: (t.to(device) if isinstance(t, torch.Tensor) else t) for k, t in b.items()}
-        for b in itertools.islice(iter(batches), max_batches)
+        for i, b in enumerate(itertools.islice(iter(batches), max_batches * procs))
+        if i % procs == rank
     ]
     options = {"max_batches": max_batches, "progress": False} if method != "magnitude" else {}
     scores = _reduce_scores(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping
 
 import torch
@@ -146,7 +147,11 @@ def _accelerator(cfg: DistillConfig) -> Accelerator:
             )
         AcceleratorState._reset_state()  # one process: a new run may pick another precision
     log_with = runstate.trackers(cfg)
+    # Launched on several processes (torchrun / accelerate launch) without a GPU: Accelerate only goes
+    # multi-CPU (gloo) when told cpu=True, which `accelerate launch --cpu` does and torchrun does not.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=multi_cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=log_with,
@@ -177,10 +182,11 @@ def _scheduler(opt, total: int, warmup: int, offset: int) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _seed_step(cfg: DistillConfig, accelerator: Accelerator, micro_step: int, salt: int = 0) -> None:
-    torch.manual_seed(
-        (cfg.seed * 1_000_003 + micro_step * 7919 + accelerator.process_index * 104_729 + salt) % 2**63
-    )
+def _seed_step(cfg: DistillConfig, accelerator: Accelerator | None, micro_step: int, salt: int = 0) -> None:
+    """Seed the global RNG from (seed, step, process): dropout masks replay exactly after a resume.
+    ``accelerator=None`` gives every process the same seed (the data order of a pruning event)."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    torch.manual_seed((cfg.seed * 1_000_003 + micro_step * 7919 + rank * 104_729 + salt) % 2**63)
 
 
 def _run(student, teacher, train_data, eval_data, cfg: DistillConfig) -> tuple[nn.Module, list[dict]]:
@@ -365,7 +371,7 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
 
 def _prune(accelerator, module, model, opt, sched, train_data, cfg, fraction, rs, total, warmup, teacher):
     """Run one gradual-pruning event, then rebuild and re-prepare optimizer, scheduler and DDP wrapper."""
-    _seed_step(cfg, accelerator, rs.step, salt=17)
+    _seed_step(cfg, None, rs.step, salt=17)
     accelerator.wait_for_everyone()
     student = module.student
     student.eval()
