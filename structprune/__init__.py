@@ -12,6 +12,7 @@ Example::
 from .allocate import allocate
 from .arch import ArchSpec, register_architecture, supported_families, view
 from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained, write_model_card
+from .compress import CompressConfig, CompressReport, compress
 from .cost import Cost, cost, dense_cost
 from .export import export_onnx, quantize_onnx
 from .depth import score_layers
@@ -22,6 +23,8 @@ from .hidden import score_hidden
 from .importance import available_scorers, register_scorer, score
 from .latency import measure_latency
 from .mask import Mask, Scores
+from .reconstruct import ReconstructConfig, ReconstructReport, reconstruct
+from .search import GateGradients, gate_gradients, rearrange, search
 from .shape import score_shape
 from .surgery import prune_
 
@@ -30,13 +33,19 @@ __version__ = "0.1.0"
 __all__ = [
     "ArchSpec",
     "CardInfo",
+    "CompressConfig",
+    "CompressReport",
     "Cost",
     "DistillConfig",
+    "GateGradients",
     "Gates",
     "Mask",
+    "ReconstructConfig",
+    "ReconstructReport",
     "Scores",
     "allocate",
     "available_scorers",
+    "compress",
     "cost",
     "dense_cost",
     "export_onnx",
@@ -44,10 +53,13 @@ __all__ = [
     "distill",
     "evaluate",
     "finetune",
+    "gate_gradients",
     "measure_latency",
     "prune_",
     "push_to_hub",
     "quantize_onnx",
+    "rearrange",
+    "reconstruct",
     "register_architecture",
     "register_scorer",
     "save_pretrained",
@@ -55,6 +67,7 @@ __all__ = [
     "score_hidden",
     "score_layers",
     "score_shape",
+    "search",
     "supported_families",
     "view",
     "write_model_card",

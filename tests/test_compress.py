@@ -1,0 +1,120 @@
+"""The one-call retraining-free path (structprune.compress), on tiny models and on the real SST-2 teacher."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import tiny
+import torch
+
+import structprune as sp
+from structprune.compress import CompressConfig, compress
+
+pytestmark = pytest.mark.filterwarnings("ignore:Only .* calibration examples")
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+TEACHER = SHARED / "models" / "minilm-l6-sst2"
+GLUE = SHARED / "data" / "glue"
+
+
+def _calib(n=6, **kw):
+    return tiny.batches(n, batch_size=8, seq_len=12, **kw)
+
+
+@pytest.mark.parametrize("label_free", [False, True])
+def test_compress_meets_budget_and_reports(label_free):
+    model = tiny.model("bert")
+    dense = copy.deepcopy(model)
+    calib = _calib(labels=None) if label_free else _calib()
+    out, report = compress(model, calib, flops=0.5, progress=False)
+    assert out is model
+    assert report.label_free is label_free
+    assert report.flops_kept <= 0.5
+    assert sp.cost(model).encoder_flops <= 0.5 * sp.dense_cost(dense).encoder_flops
+    assert report.params_after < report.params_before
+    assert report.examples == 48
+    assert report.reconstruction is not None
+    assert report.reconstruction.error_after < report.reconstruction.error_before
+    assert set(report.seconds) >= {"score", "search", "prune", "reconstruct", "total"}
+    d = report.to_dict()
+    assert d["mask"]["heads_kept"] == int(report.mask.head.sum())
+    assert sp.Mask.full(model) == report.mask  # the model holds exactly the reported mask
+
+
+def test_compress_without_search_or_reconstruction_is_the_allocate_path():
+    model = tiny.model("bert")
+    calib = _calib()
+    ref = copy.deepcopy(model)
+    scores = sp.score(ref, calib, method="taylor", progress=False)
+    sp.prune_(ref, sp.allocate(scores, ref, flops=0.5))
+    compress(model, calib, flops=0.5, method="taylor", search=False, reconstruct=False, progress=False)
+    batch = tiny.batch(seed=9)
+    torch.testing.assert_close(tiny.outputs(model, batch), tiny.outputs(ref, batch))
+
+
+def test_compress_num_examples_and_params_budget():
+    model = tiny.model("bert")
+    _, report = compress(model, _calib(), params=0.7, num_examples=20, fit="scales", progress=False)
+    assert report.examples == 20
+    assert report.reconstruction.fit == "scales"
+
+
+def test_compress_bad_input():
+    calib = _calib()
+    with pytest.raises(ValueError, match="outside the model's 3 classes"):
+        compress(tiny.model("bert"), _calib(num_labels=7), flops=0.5, progress=False)
+    regression_labels = [{**b, "labels": torch.rand(len(b["labels"]))} for b in calib]
+    with pytest.raises(ValueError, match="regression task"):
+        compress(tiny.model("bert"), regression_labels, flops=0.5, progress=False)
+    with pytest.raises(ValueError, match="regression head"):
+        compress(tiny.model("bert", num_labels=1), calib, flops=0.5, progress=False)
+    bad_ids = [{**b, "input_ids": b["input_ids"] + 1000} for b in calib]
+    with pytest.raises(ValueError, match="another tokenizer"):
+        compress(tiny.model("bert"), bad_ids, flops=0.5, progress=False)
+    with pytest.raises(ValueError, match="smallest feasible budget is flops=") as err:
+        compress(tiny.model("bert"), calib, flops=0.02, min_heads=2, progress=False)
+    smallest = float(re.search(r"flops=([0-9.]+) \(", str(err.value)).group(1))
+    model, report = compress(tiny.model("bert"), calib, flops=smallest, min_heads=2, progress=False)
+    assert report.mask.heads_per_layer() == [2, 2, 2]
+    with pytest.raises(ValueError, match="empty"):
+        compress(tiny.model("bert"), [], flops=0.5, progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        CompressConfig(flops=0.5, params=0.5)
+    with pytest.raises(ValueError, match="Unknown method"):
+        CompressConfig(method="vibes")
+    with pytest.raises(TypeError, match="not both"):
+        compress(tiny.model("bert"), calib, flops=0.5, config=CompressConfig())
+    with pytest.warns(UserWarning, match="calibration examples"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        compress(tiny.model("bert"), calib[:1], flops=0.6, progress=False)
+
+
+@pytest.mark.slow
+def test_reconstruction_beats_plain_pruning_on_real_sst2():
+    if not TEACHER.is_dir() or not (GLUE / "SST-2").is_dir():
+        pytest.skip(f"needs the SST-2 teacher and GLUE data under {SHARED} (shared/ beside the repo)")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from structprune.data import load_split, make_dataloader
+    from structprune.evaluation import evaluate
+
+    tok = AutoTokenizer.from_pretrained(TEACHER)
+    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER).eval()
+    train = load_split("sst2", "train", data_dir=GLUE)
+    calib = list(
+        make_dataloader(train, tok, "sst2", batch_size=32, max_length=64, limit=256, limit_mode="random")
+    )
+    val = make_dataloader(
+        load_split("sst2", "validation", data_dir=GLUE), tok, "sst2", batch_size=64, limit=300
+    )
+
+    plain, _ = compress(copy.deepcopy(teacher), calib, flops=0.4, reconstruct=False, progress=False)
+    fitted, report = compress(copy.deepcopy(teacher), calib, flops=0.4, progress=False)
+    acc_plain = evaluate(plain, val, "sst2", progress=False)["accuracy"]
+    acc_fitted = evaluate(fitted, val, "sst2", progress=False)["accuracy"]
+    assert report.mask == sp.Mask.full(plain)  # same mask: the difference is the reconstruction
+    assert acc_fitted > acc_plain, (acc_plain, acc_fitted)
