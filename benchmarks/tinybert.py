@@ -1,0 +1,308 @@
+"""TinyBERT-shaped students: <= 10% of the teacher's encoder FLOPs, recovered by distillation.
+
+The student is the teacher pruned in depth (``layers``), width (``hidden``) and then, gradually while it
+is distilled, in heads and FFN neurons down to ``--flops`` of the teacher's encoder FLOPs (DISTILL's
+gradual pruning), with logit, hidden-state and attention distillation:
+
+1. ``sp.score_shape`` scores heads, neurons, layers (loss increase when skipped) and hidden dimensions
+   (LayerNorm-output magnitude) on a few training batches;
+2. ``sp.allocate(scores, student, layers=L, hidden=D)`` + ``sp.prune_`` cut the depth and the width;
+3. ``sp.distill(student, teacher, ..., DistillConfig(prune_to=flops, hidden_weight, attention_weight))``.
+
+Two stages, so that training can run on a GPU machine and the report on this CPU::
+
+    python benchmarks/tinybert.py train --task sst2 --out runs/tinybert-sst2 [--device cuda ...]
+    python benchmarks/tinybert.py report --runs runs/tinybert-sst2 runs/tinybert-mrpc
+
+``train`` writes ``mask.json`` (what the student keeps, original coordinates), the student's weights
+except the frozen word embeddings (``student-*.safetensors``; they are the teacher's, sliced to the kept
+hidden dimensions) and ``train.json``. ``report`` rebuilds each student from its teacher + mask +
+weights, evaluates teacher and student on the full validation split, measures CPU latency at batch 32 x
+seq 128 with ``sp.measure_latency`` (alternating) and writes ``benchmarks/results/tinybert.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import structprune as sp  # noqa: E402
+from structprune.data import get_task, load_split, make_dataloader  # noqa: E402
+from structprune.distill import DistillConfig, distill  # noqa: E402
+
+SHARED = REPO / ".." / "shared"
+TEACHERS = {
+    "sst2": SHARED / "models" / "minilm-l6-sst2",
+    "mrpc": Path("/work/cache/teachers/minilm-l6-mrpc"),
+}
+RESULTS = REPO / "benchmarks" / "results" / "tinybert.md"
+SHARD_BYTES = 15_000_000
+logger = logging.getLogger("tinybert")
+
+
+def _load_teacher(path: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _word_embedding_names(model) -> set[str]:
+    weight = model.get_input_embeddings().weight
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if p is weight}
+
+
+def train(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    teacher, tok = _load_teacher(Path(args.teacher or TEACHERS[args.task]))
+    task = get_task(args.task)
+    train_ds = load_split(task, "train", data_dir=args.data_dir)
+    eval_ds = load_split(task, "validation", data_dir=args.data_dir)
+    train_dl = make_dataloader(
+        train_ds, tok, task, batch_size=args.batch_size, max_length=args.max_length, shuffle=True,
+        seed=args.seed, limit=args.max_train, limit_mode="random",
+    )  # fmt: skip
+    eval_dl = make_dataloader(eval_ds, tok, task, batch_size=128, max_length=128)
+    device = torch.device(args.device)
+    t0 = time.time()
+
+    student = copy.deepcopy(teacher).to(device)
+    calib = [
+        {k: v.to(device) for k, v in b.items()}
+        for b, _ in zip(train_dl, range(args.score_batches), strict=False)
+    ]
+    scores = sp.score_shape(student, calib, method="taylor", hidden_method=args.hidden_method, progress=False)
+    shape = sp.allocate(scores, student, layers=args.layers, hidden=args.hidden)
+    sp.prune_(student, shape)
+    after_shape = sp.cost(student).encoder_flops / sp.dense_cost(student).encoder_flops
+    logger.info("shape %s: %.1f%% of the teacher's encoder FLOPs", shape.summary(), 100 * after_shape)
+    student.get_input_embeddings().weight.requires_grad_(False)  # kept as the teacher's (sliced)
+
+    cfg = DistillConfig(
+        output_dir=str(Path(args.run_dir) if args.run_dir else out / "run"), overwrite=True, task=task.name, num_epochs=args.epochs,
+        learning_rate=args.lr, warmup_ratio=0.06, weight_decay=0.01, seed=args.seed,
+        task_weight=args.task_weight, logit_weight=1.0, temperature=args.temperature,
+        hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
+        prune_to=args.flops, prune_steps=args.prune_steps, prune_start=0.0, prune_end=args.prune_end,
+        prune_method="taylor", prune_batches=8, prune_seq_len=128, prune_multiple_of=args.multiple_of,
+        eval_every=args.eval_every, load_best_at_end=True, progress=False, report_to="none",
+        mixed_precision=args.mixed_precision, log_every=50,
+    )  # fmt: skip
+    student, history = distill(student, teacher, train_dl, eval_dl, config=cfg)
+    wall = time.time() - t0
+    student = student.cpu().eval()
+
+    mask = sp.Mask.full(student)
+    mask.save(out / "mask.json")
+    skip = _word_embedding_names(student)
+    state = {k: v.detach().float().contiguous() for k, v in student.state_dict().items() if k not in skip}
+    _save_shards(state, out)
+    c, dense = sp.cost(student), sp.dense_cost(student)
+    record = {
+        "task": task.name,
+        "teacher": str(args.teacher or TEACHERS[args.task]),
+        "command": "python benchmarks/tinybert.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "args": vars(args),
+        "wall_s": wall,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "flops_fraction": c.encoder_flops / dense.encoder_flops,
+        "shape_flops_fraction": after_shape,
+        "history": history,
+    }
+    (out / "train.json").write_text(json.dumps(record, indent=1, default=str))
+    if args.latency_threads:  # CPU latency on this machine (e.g. an idle GPU host), fresh sdpa models
+        torch.set_num_threads(args.latency_threads)
+        fresh, _ = _load_teacher(Path(args.teacher or TEACHERS[args.task]))
+        lat = sp.measure_latency({"teacher": fresh, "student": rebuild(out, fresh)}, 32, 128, 2, 10)
+        record["cpu_latency"] = {"threads": args.latency_threads, "cpu": _cpu(), **lat}
+        (out / "train.json").write_text(json.dumps(record, indent=1, default=str))
+    logger.info("done in %.0f s: %.2f%% FLOPs", wall, 100 * record["flops_fraction"])
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _save_shards(state: dict, out: Path) -> None:
+    for old in out.glob("student-*.safetensors"):
+        old.unlink()
+    shard, size, n = {}, 0, 0
+    for k, v in state.items():
+        if size + v.numel() * 4 > SHARD_BYTES and shard:
+            save_file(shard, str(out / f"student-{n}.safetensors"))
+            shard, size, n = {}, 0, n + 1
+        shard[k] = v
+        size += v.numel() * 4
+    save_file(shard, str(out / f"student-{n}.safetensors"))
+
+
+def rebuild(run: Path, teacher):
+    """The trained student: the teacher pruned to ``mask.json`` with the saved weights loaded."""
+    student = copy.deepcopy(teacher)
+    sp.prune_(student, sp.Mask.load(run / "mask.json"))
+    state = {}
+    for shard in sorted(run.glob("student-*.safetensors")):
+        state.update(load_file(str(shard)))
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    frozen = _word_embedding_names(student)
+    if unexpected or set(missing) - frozen - {k for k in missing if k.endswith("position_ids")}:
+        raise ValueError(f"{run}: weights do not fit the pruned teacher: {missing} / {unexpected}")
+    return student.eval()
+
+
+def report(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    rows = []
+    for run in map(Path, args.runs):
+        rec = json.loads((run / "train.json").read_text())
+        task = get_task(rec["task"])
+        # The student is rebuilt from the teacher it was trained with (possibly an fp16 copy carried to a GPU
+        # host); the teacher row is the original teacher.
+        trained_with, tok = _load_teacher(Path(rec["teacher"]))
+        student = rebuild(run, trained_with)
+        original = TEACHERS.get(task.name)
+        teacher = _load_teacher(original)[0] if original and original.is_dir() else trained_with
+        if args.save:
+            sp.save_pretrained(student, run / "student", tokenizer=tok)
+        eval_dl = make_dataloader(load_split(task, "validation", data_dir=args.data_dir), tok, task, 128, 128)
+        t_metrics = sp.evaluate(teacher, eval_dl, task, progress=False)
+        s_metrics = sp.evaluate(student, eval_dl, task, progress=False)
+        lat = sp.measure_latency(
+            {"teacher": teacher, "student": student},
+            batch_size=32,
+            seq_len=128,
+            warmup=2,
+            repeats=args.repeats,
+        )
+        c, dense = sp.cost(student), sp.dense_cost(student)
+        s = sp.view(student).structure
+        rows.append(
+            {
+                "task": task.name,
+                "teacher_acc": 100 * t_metrics["accuracy"],
+                "student_acc": 100 * s_metrics["accuracy"],
+                "flops": c.encoder_flops / dense.encoder_flops,
+                "params": c.total_params,
+                "teacher_params": dense.total_params,
+                "teacher_ms": lat["teacher"]["median_ms"],
+                "student_ms": lat["student"]["median_ms"],
+                "layers": s.layers,
+                "hidden": s.hidden_width,
+                "heads": s.heads_per_layer,
+                "ffn": s.ffn_per_layer,
+                "train": rec,
+            }
+        )
+        logger.info("%s: %s", task.name, {k: v for k, v in rows[-1].items() if k != "train"})
+    _write(rows, args)
+
+
+def _write(rows: list[dict], args: argparse.Namespace) -> None:
+    import platform
+
+    lines = [
+        "# TinyBERT-shaped students (issue 7)",
+        "",
+        "Students at <= 10% of the teacher's encoder FLOPs (seq 128), made by depth + hidden-size pruning and then",
+        "gradual head/FFN pruning during distillation (logit + hidden-state + attention KD). Accuracy on the full",
+        "validation split; latency: `sp.measure_latency` (teacher and student alternately), batch 32 x seq 128,",
+        f"{args.threads} torch threads, {platform.processor() or platform.machine()} CPU of the machine named below.",
+        "",
+        f"Report command: `python benchmarks/tinybert.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+        "",
+        "| task | teacher acc | student acc | delta | encoder FLOPs | FLOPs reduction | teacher ms | student ms "
+        "| speedup | speedup / FLOPs reduction | params (student / teacher) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        red = 1 / r["flops"]
+        speed = r["teacher_ms"] / r["student_ms"]
+        lines.append(
+            f"| {r['task']} | {r['teacher_acc']:.2f} | {r['student_acc']:.2f} | {r['student_acc'] - r['teacher_acc']:+.2f} "
+            f"| {100 * r['flops']:.2f}% | {red:.1f}x | {r['teacher_ms']:.0f} | {r['student_ms']:.0f} | {speed:.2f}x "
+            f"| {speed / red:.2f} | {r['params'] / 1e6:.2f}M / {r['teacher_params'] / 1e6:.2f}M |"
+        )
+    lines += ["", "## Students", ""]
+    for r in rows:
+        t = r["train"]
+        lines += [
+            f"### {r['task']}",
+            "",
+            f"- kept layers (teacher indices): {r['layers']}; hidden size {r['hidden']}; heads per layer {r['heads']}; "
+            f"FFN per layer {r['ffn']}",
+            f"- training: `{t['command']}` on {t['device']}, {t['wall_s']:.0f} s",
+            f"- after depth + width pruning, before head/FFN pruning: {100 * t['shape_flops_fraction']:.1f}% FLOPs",
+            "",
+        ]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(RESULTS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="build and distil one student")
+    t.add_argument("--task", required=True, choices=sorted(TEACHERS))
+    t.add_argument("--teacher", default=None, help="teacher folder (default: the task's shared teacher)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--data-dir", default=None, help="GLUE folder (default: ../shared/data/glue)")
+    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--hidden", type=int, default=256)
+    t.add_argument("--flops", type=float, default=0.095)
+    t.add_argument("--hidden-method", default="activation", choices=["activation", "taylor"])
+    t.add_argument("--multiple-of", type=int, default=16)
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--max-train", type=int, default=None)
+    t.add_argument("--max-length", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--task-weight", type=float, default=0.5)
+    t.add_argument("--temperature", type=float, default=2.0)
+    t.add_argument("--hidden-weight", type=float, default=1.0)
+    t.add_argument("--attention-weight", type=float, default=1.0)
+    t.add_argument("--prune-steps", type=int, default=6)
+    t.add_argument("--prune-end", type=float, default=0.5)
+    t.add_argument("--score-batches", type=int, default=16)
+    t.add_argument("--eval-every", type=int, default=None)
+    t.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--run-dir", default=None, help="DistillConfig.output_dir (default: OUT/run)")
+    t.add_argument("--latency-threads", type=int, default=0, help="also time teacher vs student on this CPU")
+    r = sub.add_parser("report", help="evaluate students and teachers, measure latency, write the table")
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--repeats", type=int, default=10)
+    r.add_argument("--save", action="store_true", help="also save each student with sp.save_pretrained")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if getattr(args, "data_dir", None) is None:
+        args.data_dir = str(SHARED / "data" / "glue")
+    train(args) if args.cmd == "train" else report(args)
+
+
+if __name__ == "__main__":
+    main()
