@@ -173,6 +173,18 @@ def test_uniform_ffn_and_dropped_layers_save_a_stock_checkpoint(family, tmp_path
     assert torch.equal(tiny.outputs(loaded, b), tiny.outputs(model, b))
 
 
+def test_a_pruned_model_saved_under_its_stock_model_type_gives_a_clear_error(tmp_path):
+    # What a plain model.save_pretrained writes for a pruned model that was never adopted.
+    folder = sp.save_pretrained(pruned("bert"), tmp_path / "plain", tokenizer=None, card=False)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="bert", architectures=["BertForSequenceClassification"])
+    for key in ("auto_map", rm.ARCH_KEY):
+        del config[key]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="structprune.save_pretrained"):
+        sp.from_pretrained(folder)
+
+
 def test_pruning_further_turns_a_stock_model_into_a_structprune_one_and_back(tmp_path):
     model = pruned("bert", stock=True)
     assert type(model) is BertForSequenceClassification

@@ -176,16 +176,16 @@ def _hub_id(name: str | None) -> str | None:
 
 def card_data(model: nn.Module, info: CardInfo) -> ModelCardData:
     """The Hub metadata block of the card."""
-    base = info.base_model or _hub_id(getattr(model.config, "_name_or_path", None))
+    base = info.base_model or _hub_id(info.teacher) or _hub_id(getattr(model.config, "_name_or_path", None))
     family = base_model_type(model.config)
     eval_results = None
     if info.metrics_after:
-        dataset = info.eval_dataset or (info.datasets[0] if info.datasets else "unknown")
+        dataset = info.datasets[0] if info.datasets else (info.eval_dataset or "unknown")  # a Hub dataset id
         eval_results = [
             EvalResult(
                 task_type=info.task or "text-classification",
                 dataset_type=dataset,
-                dataset_name=dataset,
+                dataset_name=info.eval_dataset or dataset,
                 metric_type=name,
                 metric_value=float(value),
             )

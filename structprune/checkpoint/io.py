@@ -9,8 +9,9 @@ from pathlib import Path
 import transformers
 from torch import nn
 
-from ..arch import view
+from ..arch import Structure, view
 from . import registry
+from . import remote_modeling as rm
 from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,20 @@ def _model_class(config, auto_class):
     )
 
 
+def _check_adopted(config: dict, path) -> None:
+    """A non-uniform structure saved under a stock model type cannot be built by any loader: say why."""
+    record = config.get(rm.CONFIG_KEY)
+    if not record or str(config.get("model_type", "")).startswith(rm.MODEL_TYPE_PREFIX):
+        return
+    if not registry.is_stock(Structure.from_dict(record)):
+        raise ValueError(
+            f"{path} holds a pruned model with per-layer sizes under the stock model type "
+            f"{config.get('model_type')!r} (it was saved with a plain model.save_pretrained before "
+            "structprune.checkpoint.adopt(model)). Load the model you saved it from and save it again with "
+            "structprune.save_pretrained(model, path)."
+        )
+
+
 def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> transformers.PreTrainedModel:
     """Load a checkpoint saved by :func:`save_pretrained` (or any transformers checkpoint), strictly.
 
@@ -136,7 +151,7 @@ def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> tr
             "builds pruned models itself)."
         )
     if os.path.isdir(path):
-        read_config(path)
+        _check_adopted(read_config(path), path)
         check_weights(path)
     elif os.path.exists(path) or os.path.isabs(path) or str(path).startswith("."):
         raise FileNotFoundError(

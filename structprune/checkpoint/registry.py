@@ -121,7 +121,13 @@ def is_stock(structure: Structure) -> bool:
 
 
 def _stock_model_class(cls: type) -> type:
-    return next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, rm.StructPruneMixin))
+    """The stock transformers class under a pruned-model class (also one loaded as remote code, whose
+    mixin is another copy of ``StructPruneMixin``)."""
+    return next(
+        c
+        for c in cls.__mro__
+        if issubclass(c, nn.Module) and not any(b.__name__ == rm.StructPruneMixin.__name__ for b in c.__mro__)
+    )
 
 
 def adopt(model: nn.Module, *, strict: bool = True) -> nn.Module:
