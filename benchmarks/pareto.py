@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shlex
 import statistics
 import sys
 import time
@@ -320,7 +321,7 @@ def _write(task: str, rows: list[dict], args, note: str = "") -> Path:
     for r in rows:
         if dense is not None and "accuracy" in r and r is not dense:
             r["drop"] = dense["accuracy"] - r["accuracy"]
-    command = " ".join(["python", *sys.argv])
+    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     commands = [c for c in getattr(args, "previous_commands", []) if c != command] + [command]
     text = C.header(f"Accuracy vs encoder FLOPs kept: {task.upper()}", note=note or args.note)
     if len(commands) > 1:
