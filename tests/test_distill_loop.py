@@ -44,7 +44,7 @@ def quiet(**kw):
 
 
 def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # a GPU run moves models
 
 
 def same(a, b, atol=0.0):

@@ -274,7 +274,7 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
         accelerator.init_trackers("structprune", config=runstate.flat_config(cfg))
 
     bar = tqdm(total=total, initial=rs.step, desc="distill" if distil else "finetune",
-               disable=not (cfg.progress and accelerator.is_local_main_process))  # fmt: skip
+               disable=not (cfg.progress and accelerator.is_main_process))  # fmt: skip
     sums: dict[str, float] = {}
     count = 0
     pruning_done = lambda: not [s for s, _ in events if s >= rs.step]  # noqa: E731
