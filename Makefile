@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	HF_HUB_OFFLINE=1 .venv/bin/python -m structprune.demo
+	HF_HUB_OFFLINE=1 .venv/bin/structprune run recipes/glue/sst2-demo.yaml
 
 test: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
