@@ -185,7 +185,7 @@ def search(
 
     ``flops`` / ``params`` is the fraction of the *unpruned* encoder's FLOPs (at ``seq_len`` tokens) or
     parameters to keep; the result never exceeds it and leaves less than one neuron's cost unused
-    (``multiple_of`` neurons with rounding). Every layer keeps at least ``min_heads`` heads; with
+    (``multiple_of`` neurons with rounding; less than one head's cost when every neuron is kept). Every layer keeps at least ``min_heads`` heads; with
     ``min_heads=0`` a layer may lose every head, and then its neurons too (the layer is dropped).
 
     Example::

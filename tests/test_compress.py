@@ -112,9 +112,26 @@ def test_reconstruction_beats_plain_pruning_on_real_sst2():
         load_split("sst2", "validation", data_dir=GLUE), tok, "sst2", batch_size=64, limit=300
     )
 
-    plain, _ = compress(copy.deepcopy(teacher), calib, flops=0.4, reconstruct=False, progress=False)
-    fitted, report = compress(copy.deepcopy(teacher), calib, flops=0.4, progress=False)
+    grads = sp.gate_gradients(teacher, calib, progress=False)  # one scoring pass for both
+    plain, _ = compress(
+        copy.deepcopy(teacher), calib, 0.4, gradients=grads, reconstruct=False, progress=False
+    )
+    fitted, report = compress(copy.deepcopy(teacher), calib, 0.4, gradients=grads, progress=False)
     acc_plain = evaluate(plain, val, "sst2", progress=False)["accuracy"]
     acc_fitted = evaluate(fitted, val, "sst2", progress=False)["accuracy"]
     assert report.mask == sp.Mask.full(plain)  # same mask: the difference is the reconstruction
     assert acc_fitted > acc_plain, (acc_plain, acc_fitted)
+
+
+def test_compress_reuses_gradients_across_budgets():
+    model = tiny.model("bert")
+    calib = _calib()
+    grads = sp.gate_gradients(model, calib, progress=False)
+    a, rep_a = compress(copy.deepcopy(model), calib, flops=0.6, gradients=grads, progress=False)
+    b, rep_b = compress(copy.deepcopy(model), calib, flops=0.6, progress=False)
+    assert rep_a.mask == rep_b.mask  # same scores, same mask, whether scored here or passed in
+    assert "score" in rep_a.seconds and rep_a.seconds["score"] < 1.0
+    with pytest.raises(ValueError, match="another model"):
+        compress(tiny.model("bert", num_hidden_layers=2), calib, flops=0.5, gradients=grads, progress=False)
+    with pytest.raises(ValueError, match="method='fisher'"):
+        compress(copy.deepcopy(model), calib, flops=0.5, gradients=grads, method="taylor", progress=False)
