@@ -12,6 +12,7 @@ from torch import nn
 from ..arch import Structure, view
 from . import registry
 from . import remote_modeling as rm
+from .card import CardInfo, write_model_card
 from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config
 
 logger = logging.getLogger(__name__)
@@ -59,15 +60,13 @@ def save_pretrained(
         sp.save_pretrained(model, "out/pruned", tokenizer=tok, card=sp.CardInfo(base_model="org/teacher"))
         sp.from_pretrained("out/pruned")
     """
-    from .card import CardInfo, write_model_card
-
     if not isinstance(model, transformers.PreTrainedModel):
         raise TypeError(
             f"save_pretrained expects a transformers PreTrainedModel, got {type(model).__name__}."
         )
     if card is not None and card is not False and not isinstance(card, CardInfo):
         raise TypeError(f"card must be a structprune.CardInfo, None or False, not {type(card).__name__}.")
-    if tokenizer == "auto":
+    if isinstance(tokenizer, str) and tokenizer == "auto":
         tokenizer = _find_tokenizer(model)
         if tokenizer is None:
             logger.warning(
