@@ -284,13 +284,10 @@ def allocate(
                 f"size {d}: the smallest feasible budget is {kind}={smallest / dense_total:.4f}. Raise the "
                 "budget, or lower min_heads, layers or hidden."
             )
-        # Heads and neurons keep the same share of their cost in the kept shape; neurons fill what is left.
-        shape_share = (
-            units.of(n_alive_h, n_alive_f)
-            / (dense.encoder_flops if flops is not None else dense.encoder_params)
-            if shaped
-            else 1.0
-        )
+        # Heads and neurons keep the same share of their cost in the model's current shape (the whole dense
+        # cost for an unpruned model); neurons then fill what is left.
+        dense_total = dense.encoder_flops if flops is not None else dense.encoder_params
+        shape_share = units.of(n_alive_h, n_alive_f) / dense_total
         head_fraction = min(fraction / shape_share, 1.0) if shape_share > 0 else 1.0
         n_heads = max(min(round(head_fraction * n_alive_h), n_alive_h), min_keep)
         if strategy == "uniform":  # the same number of heads in every layer

@@ -207,3 +207,18 @@ def test_a_hidden_pruned_model_trains():
         m(**b).loss.backward()
         opt.step()
     assert m(**b).loss.item() < before
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_shaped_student_saves_reloads_and_exports(family, tmp_path):
+    """A student with dropped layers, a pruned residual stream and pruned heads/FFN round-trips through
+    sp.save_pretrained / sp.from_pretrained and ONNX export with identical outputs."""
+    m = tiny.model(family, "seq-cls")
+    sp.prune_(m, _random_mask(m, seed=3))
+    b = tiny.batch(labels=None)
+    expected = tiny.outputs(m, b)
+    folder = sp.save_pretrained(m, tmp_path / "student", tokenizer=None, card=False)
+    loaded = sp.from_pretrained(folder)
+    assert sp.view(loaded).structure == sp.view(m).structure
+    torch.testing.assert_close(tiny.outputs(loaded, b), expected, rtol=1e-5, atol=1e-6)
+    sp.export_onnx(loaded, tmp_path / "student.onnx")  # checks onnxruntime == PyTorch on two batch shapes
