@@ -24,6 +24,7 @@ from .importance import available_scorers, score
 from .mask import Mask, Scores
 from .reconstruct import FITS, ReconstructConfig, ReconstructReport, reconstruct, take_examples
 from .search import GateGradients, gate_gradients, rearrange, retained, search
+from .shape import score_shape
 from .surgery import prune_
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class CompressConfig:
     min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps at least."})
     multiple_of: int = field(default=1, metadata={"help": "Round every layer's FFN width to a multiple of this."})  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    layers: int | None = field(default=None, metadata={"help": "Target depth: keep this many layers (sp.score_layers), before the head/FFN budget."})  # fmt: skip
+    hidden: int | None = field(default=None, metadata={"help": "Target hidden size: keep this many residual-stream dimensions (sp.score_hidden), before the head/FFN budget."})  # fmt: skip
 
     def __post_init__(self):
         if self.flops is None and self.params is None:
@@ -197,6 +200,10 @@ def compress(
         )
     params_before = sum(p.numel() for p in model.parameters())
     budget = {"flops": cfg.flops} if cfg.flops is not None else {"params": cfg.params}
+    # A target shape (depth / width) is cut first; the FLOPs/params budget then goes to heads and neurons.
+    if cfg.layers is not None or cfg.hidden is not None:
+        shape = score_shape(model, batches, label_free=label_free, progress=cfg.progress)
+        prune_(model, allocate(shape, model, layers=cfg.layers, hidden=cfg.hidden))
 
     t = time.perf_counter()
     grads = gradients

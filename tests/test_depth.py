@@ -93,3 +93,13 @@ def test_bad_shapes_are_refused_with_what_to_do():
     mask = sp.allocate(scores, m, layers=2)
     totals = scores.head.sum(1) + scores.ffn.sum(1)
     assert mask.kept_layers == totals.topk(2).indices.sort().values.tolist()
+
+
+def test_compress_with_a_target_shape():
+    m = tiny.model("bert", intermediate_size=64, num_attention_heads=8, num_hidden_layers=4)
+    student, report = sp.compress(
+        m, tiny.batches(2), flops=0.2, layers=2, hidden=24, search=False, reconstruct=False, progress=False
+    )
+    s = sp.view(student).structure
+    assert len(s.layers) == 2 and s.hidden_width == 24
+    assert report.flops_kept <= 0.2 + 1e-9
