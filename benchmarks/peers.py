@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--latency-repeat", type=int, default=5)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--methods", nargs="*", default=None, help="subset of method names (default: all)")
+    p.add_argument(
+        "--resume", action="store_true", help="keep the rows in <out>/peers.json; run only the missing ones"
+    )
     p.add_argument("--textpruner-python", type=Path, default=TEXTPRUNER_PYTHON)
     p.add_argument("--textpruner-timeout", type=int, default=1800)
     args = p.parse_args(argv)
@@ -321,57 +325,91 @@ def main(argv=None) -> Path:
         C.load_examples("sst2", "validation", limit=args.eval_limit), tok, "sst2", batch_size=64
     )
 
+    state = _load_state(args) if args.resume else {"rows": [], "reloads": {}, "commands": [], "notes": {}}
+    state["commands"] = [c for c in state["commands"] if c != _command()] + [_command()]
+    rows, reloads = state["rows"], state["reloads"]
     teacher_acc = C.accuracy(dense, val)
     logger.info("dense teacher: %.2f", teacher_acc)
-    rows = [{"method": "dense teacher", "budget": "100%", "accuracy": teacher_acc, "kept FLOPs": "100.0%"}]
-    reloads: dict[str, dict[str, str]] = {}
+    rows[:] = [r for r in rows if r["method"] != "dense teacher"]
+    rows.insert(
+        0, {"method": "dense teacher", "budget": "100%", "accuracy": teacher_acc, "kept FLOPs": "100.0%"}
+    )
+    done = {(r["method"], r["budget"]) for r in rows if "accuracy" in r}
     for name, method in methods(args).items():
         for budget in args.budgets:
-            model = copy.deepcopy(dense)
-            model.eval()
-            try:
-                pruned, seconds = method(model, calib, budget)
-            except Exception as err:  # noqa: BLE001 - a peer failing is a result, not a crash
-                logger.exception("%s at %s failed", name, budget)
-                rows.append({"method": name, "budget": f"{budget:.0%}", "note": _describe(err)})
+            if (name, f"{budget:.0%}") in done:
                 continue
-            pruned.eval()
-            frac, heads, ffn = kept_flops(pruned)
-            acc = C.accuracy(pruned, val)
-            row = {
-                "method": name,
-                "budget": f"{budget:.0%}",
-                "accuracy": acc,
-                "drop": teacher_acc - acc,
-                "kept FLOPs": f"{frac:.1%}",
-                "heads": heads,
-                "FFN": ffn,
-                "prune s": seconds,
-            }
-            if not args.no_latency:
-                lat = sp.measure_latency(
-                    {"dense": dense, "pruned": pruned},
-                    batch_size=args.latency_batch,
-                    seq_len=16 if args.smoke else 128,
-                    warmup=1,
-                    repeats=args.latency_repeat,
-                )
-                row["speedup"] = lat["dense"]["median_ms"] / lat["pruned"]["median_ms"]
-            logger.info("%s @ %.0f%%: %s", name, 100 * budget, row)
-            rows.append(row)
-            if budget == args.budgets[0]:
-                reloads[name] = reload_checks(pruned, val[0])
-            del model, pruned
+            rows.append(_measure(name, method, dense, calib, val, budget, teacher_acc, args, reloads))
+            _write(state, args)
 
-    tp_rows, tp_note = textpruner_rows(args)
-    rows += [{**r, "drop": teacher_acc - r["accuracy"]} if "accuracy" in r else r for r in tp_rows]
-    for r in tp_rows:
-        if "reload" in r:
-            reloads[r["method"]] = r.pop("reload")
+    if args.methods is None or any("textpruner" in m.lower() for m in args.methods):
+        tp_rows, tp_note = textpruner_rows(args)
+        state["notes"]["TextPruner"] = tp_note
+        rows[:] = [r for r in rows if not r["method"].startswith("TextPruner")]
+        rows += [{**r, "drop": teacher_acc - r["accuracy"]} if "accuracy" in r else r for r in tp_rows]
+        for r in tp_rows:
+            if "reload" in r:
+                reloads[r["method"]] = r.pop("reload")
+    return _write(state, args)
 
+
+def _measure(name, method, dense, calib, val, budget, teacher_acc, args, reloads) -> dict:
+    model = copy.deepcopy(dense)
+    model.eval()
+    try:
+        pruned, seconds = method(model, calib, budget)
+    except Exception as err:  # noqa: BLE001 - a peer failing is a result, not a crash
+        logger.exception("%s at %s failed", name, budget)
+        return {"method": name, "budget": f"{budget:.0%}", "note": _describe(err)}
+    pruned.eval()
+    frac, heads, ffn = kept_flops(pruned)
+    acc = C.accuracy(pruned, val)
+    row = {
+        "method": name,
+        "budget": f"{budget:.0%}",
+        "accuracy": acc,
+        "drop": teacher_acc - acc,
+        "kept FLOPs": f"{frac:.1%}",
+        "heads": heads,
+        "FFN": ffn,
+        "prune s": seconds,
+    }
+    if not args.no_latency:
+        lat = sp.measure_latency(
+            {"dense": dense, "pruned": pruned},
+            batch_size=args.latency_batch,
+            seq_len=16 if args.smoke else 128,
+            warmup=1,
+            repeats=args.latency_repeat,
+        )
+        row["speedup"] = lat["dense"]["median_ms"] / lat["pruned"]["median_ms"]
+    logger.info("%s @ %.0f%%: %s", name, 100 * budget, row)
+    if budget == args.budgets[0] and name not in reloads:
+        reloads[name] = reload_checks(pruned, val[0])
+    return row
+
+
+def _command() -> str:
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+
+
+def _load_state(args) -> dict:
+    path = args.out / "peers.json"
+    if not path.exists():
+        return {"rows": [], "reloads": {}, "commands": [], "notes": {}}
+    state = json.loads(path.read_text())
+    state.setdefault("notes", {})
+    return state
+
+
+def _write(state: dict, args) -> Path:
+    rows, reloads = state["rows"], state["reloads"]
     text = C.header(
         "Peers side by side at the same budgets", note=args.note, extra_packages=["torch-pruning"]
     )
+    if len(state["commands"]) > 1:
+        text += "- Rows accumulated with `--resume` over these commands (in order):\n"
+        text += "".join(f"  - `{c}`\n" for c in state["commands"])
     text += (
         f"\nTeacher: {'tiny random BERT (smoke run)' if args.smoke else args.teacher}. Calibration: "
         f"{args.calib_batches} x 32 SST-2 train examples (seed {args.seed}), the same for every method. "
@@ -395,16 +433,22 @@ def main(argv=None) -> Path:
         "speedup",
         "note",
     ]
-    for budget in args.budgets:
-        sel = [r for r in rows if r.get("budget") == f"{budget:.0%}" or r["method"] == "dense teacher"]
-        text += f"## {budget:.0%} of encoder FLOPs\n\n" + C.md_table(sel, cols) + "\n"
-    if tp_note:
-        text += f"TextPruner: {tp_note}\n\n"
-    text += f"## Save and reload (models pruned to {args.budgets[0]:.0%})\n\n"
+    budgets = sorted(
+        {r["budget"] for r in rows if r["method"] != "dense teacher"}, key=lambda b: -int(b[:-1])
+    )
+    budgets.sort(key=lambda b: b != "50%")
+    for budget in budgets:
+        sel = [r for r in rows if r.get("budget") == budget or r["method"] == "dense teacher"]
+        text += f"## {budget} of encoder FLOPs\n\n" + C.md_table(sel, cols) + "\n"
+    for name, note in state["notes"].items():
+        if note:
+            text += f"{name}: {note}\n\n"
+    text += "## Save and reload (models pruned to the first budget of their run, 50% by default)\n\n"
     reload_rows = [{"method": k, **v} for k, v in reloads.items()]
     text += C.md_table(reload_rows, sorted({c for r in reload_rows for c in r}, key=lambda c: c != "method"))
     text += _reference_section(args)
     out = C.write_atomic(args.out / "peers.md", text)
+    C.write_atomic(args.out / "peers.json", json.dumps(state, indent=1, default=str))
     logger.info("wrote %s", out)
     return out
 
