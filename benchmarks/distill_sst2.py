@@ -45,6 +45,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--student-epochs", type=float, default=1.0)
     p.add_argument("--student-lr", type=float, default=1e-4)
     p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--task-weight", type=float, default=1.0, help="label loss weight when distilling")
+    p.add_argument("--teacher-dir", default=None, help="reuse a teacher saved by an earlier run")
+    p.add_argument("--tag", default="", help="prefix of this run's folders under --work")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="FLOPs fractions")
     p.add_argument("--flops-seq-len", type=int, default=128, help="sequence length of the FLOPs budget")
@@ -87,8 +90,8 @@ class Report:
             f"AdamW lr {a.teacher_lr:g}, 10% warmup, linear decay, seed 0.",
             f"- Students: the teacher pruned by Taylor importance ({a.score_batches} train batches) to a fraction of "
             f"its encoder FLOPs at sequence length {a.flops_seq_len} (`sp.allocate(..., flops=f)`, global), then "
-            f"`structprune.distill`: {a.student_epochs:g} epoch, lr {a.student_lr:g}, loss = task CE + KD(T="
-            f"{a.temperature:g}) + {a.hidden_weight:g} x hidden-state MSE (layer map from config.structprune).",
+            f"`structprune.distill`: {a.student_epochs:g} epoch, lr {a.student_lr:g}, loss = {a.task_weight:g} x task CE + "
+            f"KD(T={a.temperature:g}) + {a.hidden_weight:g} x hidden-state MSE (layer map from config.structprune).",
             "- No-teacher baseline: the same pruned student, same data and schedule, `structprune.finetune` "
             "(task loss only).",
             "- Gradual: start from the dense teacher; `distill(..., DistillConfig(prune_to=f, prune_steps=4, "
@@ -143,7 +146,7 @@ def main() -> None:
 
     def cfg(name: str, **kw) -> sp.DistillConfig:
         base = dict(
-            output_dir=str(work / name), overwrite=True, task="sst2", progress=True, log_every=20,
+            output_dir=str(work / f"{args.tag}{name}"), overwrite=True, task="sst2", progress=True, log_every=20,
             load_best_at_end=False, seed=0,
         )  # fmt: skip
         return sp.DistillConfig(**{**base, **kw})
@@ -151,13 +154,19 @@ def main() -> None:
     # --- teacher --------------------------------------------------------------------------------------
     t0 = time.time()
     torch.manual_seed(0)
-    teacher = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
-    teacher, _ = sp.finetune(
-        teacher, train, config=cfg("teacher", num_epochs=args.teacher_epochs, learning_rate=args.teacher_lr)
-    )
+    if args.teacher_dir:
+        teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher_dir)
+        report.notes.append(f"Teacher loaded from `{args.teacher_dir}` (fine-tuned by an earlier run).")
+    else:
+        teacher = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
+        teacher, _ = sp.finetune(
+            teacher,
+            train,
+            config=cfg("teacher", num_epochs=args.teacher_epochs, learning_rate=args.teacher_lr),
+        )
+        teacher.save_pretrained(work / "teacher")
+        tok.save_pretrained(work / "teacher")
     wall = time.time() - t0
-    teacher.save_pretrained(work / "teacher")
-    tok.save_pretrained(work / "teacher")
     acc_t = accuracy(teacher)
     report.add(
         name="teacher (dense, fine-tuned)",
@@ -168,7 +177,7 @@ def main() -> None:
 
     student_cfg = dict(
         num_epochs=args.student_epochs, learning_rate=args.student_lr, hidden_weight=args.hidden_weight,
-        temperature=args.temperature,
+        temperature=args.temperature, task_weight=args.task_weight,
     )  # fmt: skip
     pruned = {}
     for f in args.targets:
