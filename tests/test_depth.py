@@ -12,8 +12,9 @@ from structprune.distill import build_map
 def test_dropped_layers_equal_skipped_layers_and_cost_is_exact(family):
     m = tiny.model(family, num_hidden_layers=4)
     b = tiny.batch()
-    scores = sp.score_shape(m, tiny.batches(2), progress=False)
-    assert scores.layer.shape == (4,) and scores.hidden.shape == (32,)
+    scores = sp.score(m, method="magnitude")
+    scores.layer = sp.score_layers(m, tiny.batches(1), progress=False)
+    assert scores.layer.shape == (4,)
     mask = sp.allocate(scores, m, layers=2)
     kept = scores.layer.topk(2).indices.sort().values.tolist()
     assert mask.kept_layers == kept
@@ -39,12 +40,12 @@ def test_layer_map_follows_the_kept_layers():
 
 def test_score_layers_reflects_damage():
     m = tiny.model("bert", num_hidden_layers=3)
-    labelled = sp.score_layers(m, tiny.batches(2), progress=False)
-    free = sp.score_layers(m, tiny.batches(2, labels=None), progress=False)
+    labelled = sp.score_layers(m, tiny.batches(1), progress=False)
+    free = sp.score_layers(m, tiny.batches(1, labels=None), progress=False)
     assert labelled.shape == free.shape == (3,)
     assert (free > 0).all()  # skipping any layer changes the logits
     sp.prune_(m, sp.allocate(sp.Scores(torch.ones(3, 4), torch.ones(3, 48), layer=free), m, layers=2))
-    again = sp.score_layers(m, tiny.batches(2, labels=None), progress=False)
+    again = sp.score_layers(m, tiny.batches(1, labels=None), progress=False)
     assert int((again == 0).sum()) == 1  # the dropped layer scores 0
     base = tiny.model("bert", "base")
     assert (sp.score_layers(base, tiny.batches(1, labels=None), progress=False) > 0).all()
@@ -52,7 +53,8 @@ def test_score_layers_reflects_damage():
 
 def test_target_shape_with_a_flops_budget_is_met_and_exact():
     m = tiny.model("bert", intermediate_size=64, num_attention_heads=8, num_hidden_layers=4)
-    scores = sp.score_shape(m, tiny.batches(2), progress=False)
+    scores = sp.score_shape(m, tiny.batches(1), progress=False)
+    assert scores.layer.shape == (4,) and scores.hidden.shape == (32,)
     for kwargs in (dict(flops=0.2), dict(params=0.25), dict(heads=6, ffn=40)):
         mask = sp.allocate(scores, m, layers=3, hidden=24, **kwargs)
         assert len(mask.kept_layers) == 3 and int(mask.hidden.sum()) == 24
