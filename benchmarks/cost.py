@@ -162,10 +162,17 @@ def main(argv=None) -> Path:
     batches = C.make_batches(pool[: args.examples], tok, "sst2", batch_size=32)
     train_loader = _loader(pool[: args.examples], tok)
 
-    rows = pipeline_rows(model, batches, args.examples, args, teacher=teacher, train_loader=train_loader)
+    rows: list[dict] = []
+    size_rows: list[dict] = []
+    shape_rows: list[dict] = []
+
+    def write() -> Path:  # after every section, so a stopped run still leaves what it measured
+        return _write(rows, size_rows, shape_rows, args)
+
+    rows += pipeline_rows(model, batches, args.examples, args, teacher=teacher, train_loader=train_loader)
+    write()
 
     # calibration-set size
-    size_rows = []
     reconstruct = C.optional("structprune.reconstruct", "reconstruct")
     for n in args.sizes:
         b = C.make_batches(pool[:n], tok, "sst2", batch_size=32)
@@ -179,9 +186,9 @@ def main(argv=None) -> Path:
             r.pop("_result", None)
             size_rows.append(r)
             del work
+        write()
 
     # model size
-    shape_rows = []
     b = C.make_batches(pool[: args.scaling_examples], tok, "sst2", batch_size=32)
     shapes = [(w, 4) for w in args.widths] + [(128 if not args.smoke else 32, d) for d in args.depths]
     for hidden, layers in shapes:
@@ -189,7 +196,13 @@ def main(argv=None) -> Path:
         params = sp.dense_cost(tiny).encoder_params
         for r in pipeline_rows_small(tiny, b, args.scaling_examples, args):
             shape_rows.append({"hidden": hidden, "layers": layers, "encoder params (M)": params / 1e6, **r})
+        write()
+    out = write()
+    logger.info("wrote %s", out)
+    return out
 
+
+def _write(rows, size_rows, shape_rows, args) -> Path:
     text = C.header("Cost of each stage", note=args.note)
     text += (
         f"\nModel: {'tiny random BERT (smoke run)' if args.smoke else args.teacher.name}. Calibration data: SST-2 "
@@ -206,8 +219,8 @@ def main(argv=None) -> Path:
         + C.md_table(shape_rows, ["hidden", "layers", "encoder params (M)", *cols[:-1]])
     )
     out = C.write_atomic(args.out / "cost.md", text)
-    _plot(size_rows, shape_rows, args.out / "cost.png")
-    logger.info("wrote %s", out)
+    if size_rows or shape_rows:
+        _plot(size_rows, shape_rows, args.out / "cost.png")
     return out
 
 
