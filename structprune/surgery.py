@@ -130,7 +130,10 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
         sum(structure.ffn_per_layer),
         structure.hidden_width,
     )
-    return model
+    # Give the model the classes its new structure saves and loads with (model.save_pretrained works).
+    from .checkpoint.registry import adopt
+
+    return adopt(model, strict=False)
 
 
 @torch.no_grad()

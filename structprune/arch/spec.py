@@ -137,7 +137,8 @@ def _base(model: nn.Module) -> nn.Module:
 def get_spec(model: nn.Module) -> ArchSpec:
     """Return the :class:`ArchSpec` for ``model`` or raise a ``TypeError`` saying how to add one."""
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+    # A pruned checkpoint's config is "structprune-<family>"; it records the family it came from.
+    model_type = getattr(config, "structprune_base_model_type", None) or getattr(config, "model_type", None)
     if model_type is None:
         raise TypeError(
             f"{type(model).__name__} is not a Hugging Face PreTrainedModel (no config.model_type); "
