@@ -9,8 +9,9 @@ Example::
 
 from .config import DistillConfig
 from .gradual import cubic_fractions, flops_fraction, prune_event, prune_schedule
-from .loop import DistillModule, NonFiniteLossError, distill, finetune
+from .loop import NonFiniteLossError, distill, finetune
 from .maps import DistillMap, build_map
+from .module import DistillModule
 
 __all__ = [
     "DistillConfig",
