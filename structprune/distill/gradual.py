@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from ..allocate import allocate
-from ..arch import view
-from ..cost import cost, dense_cost, head_flops, neuron_flops
+from ..cost import cost, dense_cost
 from ..importance import score
 from ..mask import Mask, Scores
 from ..surgery import prune_
@@ -66,32 +65,6 @@ def prune_schedule(
     first = min(first, last)
     steps = [first + round((last - first) * k / (n - 1)) if n > 1 else last for k in range(n)]
     return list(zip(steps, cubic_fractions(current, target, n), strict=True))
-
-
-def budget_counts(model: nn.Module, fraction: float, seq_len: int, min_heads: int = 1) -> tuple[int, int]:
-    """Heads and FFN neurons to keep so the model costs ``fraction`` of the *dense* encoder FLOPs.
-
-    Heads keep ``fraction`` of the dense head count (never more than the model still has) and neurons
-    take the rest of the budget; what neurons cannot use (all already kept) goes back to heads. This is
-    computed here rather than by ``allocate(flops=...)``, which, on an already-pruned model, keeps
-    ``fraction`` of the heads *still alive* and so undershoots the budget at every later event.
-
-    Example::
-
-        budget_counts(model, 0.5, seq_len=128)   # (36, 4608) for MiniLM-L6 (12 heads, 1536 neurons x 6)
-    """
-    st = view(model).structure
-    alive = Mask.full(model)
-    alive_h, alive_f = int(alive.head.sum()), int(alive.ffn.sum())
-    d = getattr(st, "hidden_width", st.hidden_size)
-    hf, nf = head_flops(d, st.head_size, seq_len), neuron_flops(d, seq_len)
-    budget = fraction * dense_cost(model, seq_len).encoder_flops
-    min_keep = min_heads * len(st.layers)
-    n_heads = max(min(round(fraction * st.num_layers * st.num_heads), alive_h), min_keep)
-    n_ffn = max(0, min(int((budget - n_heads * hf) // nf), alive_f))
-    if n_ffn == alive_f:
-        n_heads = max(min(alive_h, int((budget - n_ffn * nf) // hf)), min_keep)
-    return n_heads, n_ffn
 
 
 def _reduce_scores(scores: Scores, accelerator) -> Scores:
@@ -138,8 +111,9 @@ def prune_event(
     scores = _reduce_scores(
         score(model, data if method != "magnitude" else None, method=method, **options), accelerator
     )
-    n_heads, n_ffn = budget_counts(model, fraction, seq_len, min_heads)
-    mask = allocate(scores, model, heads=n_heads, ffn=n_ffn, multiple_of=multiple_of, min_heads=min_heads)
+    mask = allocate(
+        scores, model, flops=fraction, seq_len=seq_len, multiple_of=multiple_of, min_heads=min_heads
+    )
     mask = mask & Mask.full(model)
     prune_(model, mask)
     logger.info(
