@@ -147,7 +147,7 @@ def run_task(task: str, args, log) -> tuple[list[dict], dict]:
         row["ffn"] = rep.mask.ffn_per_layer()
         row["drop"] = base - row["ours"]
         if budget == 0.5 or not timing:  # the full pass = the scoring pass above + this call's stages
-            timing = {"score": grads_s, **{k: v for k, v in rep.seconds.items() if k != "total"}}
+            timing = {**{k: v for k, v in rep.seconds.items() if k != "total"}, "score": grads_s}
             timing["wall_s"] = grads_s + rep.seconds["total"]
             timing["load_after"] = C.load_average()
             timing["flops"] = budget
