@@ -14,10 +14,10 @@ from .arch import ArchSpec, register_architecture, supported_families, view
 from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained, write_model_card
 from .compress import CompressConfig, CompressReport, compress
 from .cost import Cost, cost, dense_cost
-from .export import export_onnx, quantize_onnx
 from .depth import score_layers
 from .distill import DistillConfig, distill, finetune
 from .evaluation import evaluate
+from .export import export_onnx, quantize_onnx
 from .gates import Gates
 from .hidden import score_hidden
 from .importance import available_scorers, register_scorer, score
@@ -48,11 +48,11 @@ __all__ = [
     "compress",
     "cost",
     "dense_cost",
-    "export_onnx",
-    "from_pretrained",
     "distill",
     "evaluate",
+    "export_onnx",
     "finetune",
+    "from_pretrained",
     "gate_gradients",
     "measure_latency",
     "prune_",
@@ -62,10 +62,10 @@ __all__ = [
     "reconstruct",
     "register_architecture",
     "register_scorer",
-    "save_pretrained",
     "score",
     "score_hidden",
     "score_layers",
+    "save_pretrained",
     "score_shape",
     "search",
     "supported_families",
