@@ -297,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"] and not {"-h", "--help"} & set(argv[1:2]):
+        from . import demo
+
+        return demo.main(argv[1:])  # its own options (python -m structprune.demo --help)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
