@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from .arch import ModelView, Structure, view
+from .checkpoint.remote_modeling import HEAD_BIAS_INDEX as BIAS_INDEX  # noqa: F401  (one definition)
+from .checkpoint.remote_modeling import install_head_bias_selector
 from .mask import Mask
 
 logger = logging.getLogger(__name__)
-
-BIAS_INDEX = "structprune_head_bias_index"
 
 
 @torch.no_grad()
@@ -206,22 +206,3 @@ def _slice_head_bias(v: ModelView, old: Structure, new: Structure) -> None:
         attn = module.get_submodule(v.spec.attn)
         index = torch.tensor([new_union.index(h) for h in heads], dtype=torch.long)
         install_head_bias_selector(attn, index, v.spec.head_bias_arg)
-
-
-def install_head_bias_selector(attn: nn.Module, index: torch.Tensor, arg: tuple[str, int]) -> None:
-    """Make ``attn`` pick its own heads ``index`` out of the shared per-head bias it receives."""
-    if hasattr(attn, BIAS_INDEX):
-        setattr(attn, BIAS_INDEX, index.to(getattr(attn, BIAS_INDEX).device))
-        return
-    attn.register_buffer(BIAS_INDEX, index, persistent=False)
-    name, pos = arg
-
-    def select(module, args, kwargs):
-        idx = getattr(module, BIAS_INDEX)
-        if name in kwargs and kwargs[name] is not None:
-            kwargs[name] = kwargs[name].index_select(1, idx)  # [B, heads_all, T, T] -> [B, heads_kept, T, T]
-        elif len(args) > pos and args[pos] is not None:
-            args = (*args[:pos], args[pos].index_select(1, idx), *args[pos + 1 :])
-        return args, kwargs
-
-    attn.register_forward_pre_hook(select, with_kwargs=True)
