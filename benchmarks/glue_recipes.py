@@ -1,6 +1,6 @@
 """Run GLUE recipes end to end and collect teacher vs 50%-FLOPs student into one table.
 
-    python benchmarks/glue_recipes.py --tasks mrpc rte stsb cola --out benchmarks/results/glue_recipes.md
+    python benchmarks/glue_recipes.py --tasks mrpc rte stsb cola [--set key=value ...]
 
 Each task runs `structprune run recipes/glue/<task>.yaml output.dir=<runs>/<task>` (teacher fine-tuned by
 the recipe itself, pruned with search + reconstruction, distilled, evaluated on the full validation set).
@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tasks", nargs="+", default=["mrpc", "rte", "stsb", "cola"])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "glue")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "glue_recipes.md")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides passed to every recipe")
+    ap.add_argument(
+        "--set", nargs="*", default=[], dest="overrides", help="key=value overrides for every recipe"
+    )
     args = ap.parse_args(argv)
     rows, walls = [], {}
     for task in args.tasks:
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> Path:
     header = [
         "# GLUE recipes: teacher vs 50%-FLOPs student",
         "",
-        f"- Command: `python benchmarks/glue_recipes.py --tasks {' '.join(args.tasks)}`",
+        f"- Command: `python benchmarks/glue_recipes.py --tasks {' '.join(args.tasks)}"
+        + (f" --set {' '.join(args.overrides)}`" if args.overrides else "`"),
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Machine: {platform.processor() or platform.machine()}, 2 CPU cores; Python {platform.python_version()}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}",
@@ -62,10 +65,11 @@ def main(argv: list[str] | None = None) -> Path:
         "",
     ]
     table = markdown_table(
-        ["task", "model", "params", "encoder GFLOPs", "validation metrics (%)", "CPU latency ms", "wall s"], rows
+        ["task", "model", "params", "encoder GFLOPs", "validation metrics (%)", "CPU latency ms", "wall s"],
+        rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header) + table + "\n")
+    args.out.write_text("\n".join(header) + "\n" + table + "\n")
     print(table)
     return args.out
 
