@@ -38,6 +38,8 @@ from safetensors.torch import load_file, save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import _common as C  # noqa: E402
+
 import structprune as sp  # noqa: E402
 from structprune.data import get_task, load_split, make_dataloader  # noqa: E402
 from structprune.distill import DistillConfig, distill  # noqa: E402
@@ -128,19 +130,9 @@ def train(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.latency_threads)
         fresh, _ = _load_teacher(Path(args.teacher or TEACHERS[args.task]))
         lat = sp.measure_latency({"teacher": fresh, "student": rebuild(out, fresh)}, 32, 128, 2, 10)
-        record["cpu_latency"] = {"threads": args.latency_threads, "cpu": _cpu(), **lat}
+        record["cpu_latency"] = {"threads": args.latency_threads, "cpu": C.cpu_model(), **lat}
         (out / "train.json").write_text(json.dumps(record, indent=1, default=str))
     logger.info("done in %.0f s: %.2f%% FLOPs", wall, 100 * record["flops_fraction"])
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _save_shards(state: dict, out: Path) -> None:
@@ -208,7 +200,7 @@ def report(args: argparse.Namespace) -> None:
                 "flops": c.encoder_flops / dense.encoder_flops,
                 "params": c.total_params,
                 "teacher_params": dense.total_params,
-                "latency_here": {"threads": args.threads, "cpu": _cpu(), **lat},
+                "latency_here": {"threads": args.threads, "cpu": C.cpu_model(), **lat},
                 "latency_idle": rec.get("cpu_latency"),
                 "layers": s.layers,
                 "hidden": s.hidden_width,

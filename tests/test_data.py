@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 from transformers import BertTokenizer
 
@@ -29,26 +30,7 @@ from structprune.data import (
 )
 
 GLUE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue"
-WORDS = [
-    "the",
-    "a",
-    "movie",
-    "was",
-    "good",
-    "bad",
-    "great",
-    "awful",
-    "not",
-    "very",
-    "fun",
-    "boring",
-    "plot",
-    "actors",
-    "film",
-    "and",
-    "it",
-    "is",
-]
+WORDS = tiny.WORDS
 
 
 def glue_dir() -> Path:
@@ -58,10 +40,7 @@ def glue_dir() -> Path:
 
 
 def tiny_tokenizer() -> BertTokenizer:
-    """A WordPiece tokenizer over WORDS built in-process (ids < 99, the vocabulary of tests/tiny.py)."""
-    return BertTokenizer(
-        vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    )
+    return tiny.tokenizer()
 
 
 def rows(n: int, seed: int = 0, pair: bool = False, regression: bool = False) -> list[dict]:

@@ -20,32 +20,11 @@ from structprune.data import TaskInfo, compute_metrics, get_task, load_split, ma
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
-WORDS = [
-    "the",
-    "a",
-    "movie",
-    "was",
-    "good",
-    "bad",
-    "great",
-    "awful",
-    "not",
-    "very",
-    "fun",
-    "boring",
-    "plot",
-    "actors",
-    "film",
-    "and",
-    "it",
-    "is",
-]
+WORDS = tiny.WORDS
 
 
 def tiny_tokenizer() -> BertTokenizer:
-    return BertTokenizer(
-        vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    )
+    return tiny.tokenizer()
 
 
 def rows(n: int, seed: int = 0, num_labels: int = 2, pair: bool = False) -> list[dict]:

@@ -18,6 +18,19 @@ from transformers import (
 )
 
 VOCAB = 99
+WORDS = ["the", "a", "movie", "was", "good", "bad", "great", "awful", "not", "very", "fun", "boring", "plot",
+         "actors", "film", "and", "it", "is"]  # fmt: skip
+
+
+def tokenizer():
+    """A WordPiece tokenizer over WORDS built in-process (ids < VOCAB)."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer(
+        vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    )
+
+
 COMMON = dict(
     vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48
 )
