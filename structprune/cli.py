@@ -1,6 +1,7 @@
 """The ``structprune`` command line: thin commands over the same functions the Python API uses.
 
     structprune run recipes/glue/sst2.yaml prune.flops=0.4 output.dir=runs/sst2-40
+    structprune teacher recipes/glue/mrpc.yaml
     structprune prune MODEL --task sst2 --flops 0.5 --out pruned/
     structprune distill STUDENT --teacher TEACHER --task sst2 --out distilled/
     structprune evaluate MODEL --task sst2
@@ -101,6 +102,26 @@ def cmd_run(args) -> int:
     summary = run(recipe)
     _out(summary_markdown(summary))
     _out(f"\nwritten to {summary['output_dir']} (summary.json, summary.md, student/)")
+    return 0
+
+
+def cmd_teacher(args) -> int:
+    from .data import get_task
+    from .pipeline import prepare_teacher
+    from .recipe import load_recipe
+    from .report import markdown_table
+    from .teachers import read_teacher_record
+
+    recipe = load_recipe(args.recipe, list(args.overrides))
+    path = prepare_teacher(recipe)
+    record = read_teacher_record(path)
+    if record and record.get("curve"):
+        task = get_task(recipe.data.task)
+        keys = [k for k in record["curve"][-1] if k.startswith("eval_") and k != "eval_loss"]
+        rows = [[c.get("epoch"), c["step"], *(c.get(k) for k in keys)] for c in record["curve"]]
+        _out(f"{task.name} teacher, validation curve:")
+        _out(markdown_table(["epoch", "step", *(k[5:] for k in keys)], rows))
+    _out(f"teacher: {path}")
     return 0
 
 
@@ -241,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--overwrite", action="store_true", help="Replace a different run in the output folder.")
     r.set_defaults(func=cmd_run)
+
+    te = sub.add_parser(
+        "teacher",
+        help="Fine-tune a recipe's teacher (or find it in the cache) and print its validation curve.",
+    )
+    te.add_argument("recipe", help="Recipe YAML, e.g. recipes/glue/mrpc.yaml.")
+    te.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. teacher.train.learning_rate=3e-5."
+    )
+    te.set_defaults(func=cmd_teacher)
 
     def data_options(q, train=True):
         q.add_argument("--task", required=True, help="GLUE task, e.g. sst2.")

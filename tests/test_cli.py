@@ -5,9 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import BertConfig
 
 from structprune import cli
 from structprune.compress import CompressConfig
@@ -54,6 +53,21 @@ def test_recipe_errors_name_what_is_valid(tmp_path):
     assert load_recipe(path, ["prune.flops=0.4"]).prune.flops == 0.4
 
 
+def test_recipe_values_are_checked_against_their_types():
+    path = RECIPES[0]
+    # YAML reads 1e-4 (no dot) as a string: it is still the float the user meant
+    assert load_recipe(path, ["teacher.train.learning_rate=1e-4"]).teacher.train.learning_rate == 1e-4
+    for override, message in [
+        ("prune.flops=abc", "prune.flops must be a float, got 'abc'"),
+        ("data.batch_size=1.5", "data.batch_size must be an int, got 1.5"),
+        ("output.latency=maybe", "output.latency must be a bool, got 'maybe'"),
+        ("skip=prune", "skip must be a list, got 'prune'"),
+        ("distill.layer_map=[0, x]", r"distill.layer_map\[1\] must be an int"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_recipe(path, [override])
+
+
 def test_help_everywhere(capsys):
     for cmd in ([], ["run"], ["prune"], ["distill"], ["evaluate"], ["export"], ["push"], ["info"]):
         with pytest.raises(SystemExit) as exit_:
@@ -61,19 +75,6 @@ def test_help_everywhere(capsys):
         assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--learning-rate" in out and "--flops" in out and "key=value" in out
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory, minilm_path):
-    """A tiny random BERT *base* model (no task head) with the real MiniLM tokenizer."""
-    path = tmp_path_factory.mktemp("tiny-base")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-    )
-    BertModel(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(path)
-    return path
 
 
 @pytest.mark.slow

@@ -51,6 +51,15 @@ def same(a, b, atol=0.0):
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
 
 
+def test_checkpoints_need_a_run_folder():
+    # a recipe's teacher.train may name save_every before the run folder is known; the loop checks it
+    model = tiny.model("bert")
+    before = weights(model)
+    with pytest.raises(ValueError, match="save_every needs an output_dir"):
+        finetune(model, loader(), None, quiet(save_every=10))
+    assert same(weights(model), before)
+
+
 def test_finetune_learns_and_writes_the_run_folder(tmp_path):
     model = tiny.model("bert", hidden_dropout_prob=0.0)
     before = sp.evaluation.evaluate(model, loader(shuffle=False), "mnli", progress=False)["loss"]

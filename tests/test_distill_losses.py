@@ -100,7 +100,6 @@ def test_attention_kd_uses_the_kept_heads():
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"prune_to": 1.5}, "prune_to"),
         ({"prune_to": 0.5, "prune_start": 0.8, "prune_end": 0.2}, "prune_start"),
-        ({"save_every": 10}, "output_dir"),
         ({"output_dir": "x", "overwrite": True, "resume_from": "latest"}, "only one"),
         ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
         ({"layer_map": [0, -1]}, "layer_map"),

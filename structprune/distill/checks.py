@@ -35,6 +35,8 @@ def _vocab(model: nn.Module) -> int | None:
 
 def check_inputs(student, teacher, train_data, eval_data, cfg: DistillConfig) -> None:
     """Raise a clear ``TypeError``/``ValueError`` for inputs the loop cannot train on."""
+    if cfg.save_every is not None and cfg.output_dir is None:
+        raise ValueError("save_every needs an output_dir to write checkpoints to.")
     if not isinstance(student, nn.Module) or not hasattr(student, "config"):
         raise TypeError(f"The model to train must be a transformers model, got {type(student).__name__}.")
     for name, dl in (("train_data", train_data), ("eval_data", eval_data)):

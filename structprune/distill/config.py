@@ -141,10 +141,6 @@ class DistillConfig:
             need(value is None or value >= 1, f"{name} must be >= 1 or None, got {value}.")
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}.")
         need(
-            self.save_every is None or self.output_dir is not None,
-            "save_every needs an output_dir to write checkpoints to.",
-        )
-        need(
             self.resume_from is None or self.output_dir is not None,
             "resume_from needs the run's output_dir (metrics and new checkpoints go there).",
         )

@@ -373,7 +373,8 @@ def _evaluate(module, eval_dl, task_info, accelerator, rs, out_dir, may_keep: bo
 
     metrics = evaluate(module.student, eval_dl, task_info, accelerator=accelerator, progress=False)
     module.train()
-    record = {"step": rs.step, **{f"eval_{k}": float(v) for k, v in metrics.items()}}
+    record = {"step": rs.step, "epoch": round(rs.step / rs.steps_per_epoch, 4)}
+    record.update({f"eval_{k}": float(v) for k, v in metrics.items()})
     main = metrics.get(task_info.main_metric)
     if may_keep and main is not None and (rs.best is None or main > rs.best["value"]):
         rs.best = {"step": rs.step, "metric": task_info.main_metric, "value": float(main)}
