@@ -34,10 +34,16 @@ from pathlib import Path
 
 import torch
 
+from structprune.run.teachers import cache_root
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 SST2_TEACHER = SHARED / "models" / "minilm-l6-sst2"
-MRPC_TEACHER = Path("/work/cache/teachers/minilm-l6-mrpc")
+# Benchmark folders live in structprune's cache ($STRUCTPRUNE_CACHE, default ~/.cache/structprune), never
+# in the repository; every script takes the paths as flags with these defaults.
+CACHE = cache_root()
+MRPC_TEACHER = CACHE / "teachers" / "minilm-l6-mrpc"
+TEXTPRUNER_VENV = CACHE / "textpruner-venv"
 GLUE_DIR = SHARED / "data" / "glue"
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -8,7 +8,7 @@ JSON rows in the format of ``peers.py``.
 
 Run by ``peers.py``; by hand::
 
-    /tmp/tp-venv/bin/python benchmarks/_textpruner_worker.py --teacher ../shared/models/minilm-l6-sst2 \
+    $STRUCTPRUNE_CACHE/textpruner-venv/bin/python benchmarks/_textpruner_worker.py --teacher ../shared/models/minilm-l6-sst2 \
         --glue ../shared/data/glue/SST-2 --out /tmp/tp.json
 """
 

@@ -89,7 +89,7 @@ def pipeline_rows(model, batches, n_examples: int, args, *, teacher=None, train_
     r = stage("allocate (global)", lambda: sp.allocate(fisher, model, flops=args.budget))
     mask = r.pop("_result")
     rows.append(r)
-    search = C.optional("structprune.search", "search")
+    search = C.optional("structprune", "search")
     r = stage("search (constrained)", search and (lambda: search(fisher, model, flops=args.budget)))
     r.pop("_result", None)
     rows.append(r)
@@ -97,7 +97,7 @@ def pipeline_rows(model, batches, n_examples: int, args, *, teacher=None, train_
     r = stage("prune_", lambda: sp.prune_(work, mask))
     r.pop("_result", None)
     rows.append(r)
-    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    reconstruct = C.optional("structprune", "reconstruct")
     if reconstruct is not None:
         work = copy.deepcopy(model)
         fn = lambda: reconstruct(work, mask, batches, progress=False)  # noqa: E731
@@ -106,7 +106,7 @@ def pipeline_rows(model, batches, n_examples: int, args, *, teacher=None, train_
     r = stage("reconstruct (masked model, weights fit)", fn, n_examples)
     r.pop("_result", None)
     rows.append(r)
-    compress = C.optional("structprune.compress", "compress")
+    compress = C.optional("structprune", "compress")
     if compress is not None:
         work = copy.deepcopy(model)
         fn = lambda: compress(work, batches, flops=args.budget, progress=False)  # noqa: E731
@@ -123,8 +123,8 @@ def pipeline_rows(model, batches, n_examples: int, args, *, teacher=None, train_
 
 
 def distill_rows(model, teacher, train_loader, n_examples, args) -> list[dict]:
-    distill = C.optional("structprune.distill", "distill")
-    config_cls = C.optional("structprune.distill", "DistillConfig")
+    distill = C.optional("structprune", "distill")
+    config_cls = C.optional("structprune", "DistillConfig")
     if args.no_distill:
         return [{"stage": "distill (logit KD)", "note": "skipped (--no-distill)"}]
     if distill is None or teacher is None or train_loader is None:
@@ -173,7 +173,7 @@ def main(argv=None) -> Path:
     write()
 
     # calibration-set size
-    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    reconstruct = C.optional("structprune", "reconstruct")
     for n in args.sizes:
         b = C.make_batches(pool[:n], tok, "sst2", batch_size=32)
         r = stage("score: taylor", lambda b=b: sp.score(model, b, method="taylor", progress=False), n)
@@ -232,7 +232,7 @@ def pipeline_rows_small(model, batches, n, args) -> list[dict]:
     r = stage("allocate", lambda: sp.allocate(scores, model, flops=args.budget))
     mask = r.pop("_result")
     rows.append(r)
-    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    reconstruct = C.optional("structprune", "reconstruct")
     if reconstruct is not None:
         work = copy.deepcopy(model)
         r = stage("reconstruct", lambda: reconstruct(work, mask, batches, progress=False), n)

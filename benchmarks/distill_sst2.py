@@ -29,7 +29,7 @@ import _common  # noqa: E402
 
 import structprune as sp  # noqa: E402
 from structprune.data import load_split, make_dataloader  # noqa: E402
-from structprune.distill import flops_fraction  # noqa: E402
+from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 OUT = _common.RESULTS / "distill_sst2.md"
 
@@ -55,7 +55,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-baselines", action="store_true", help="skip the no-teacher fine-tuning rows")
     p.add_argument("--no-gradual", action="store_true", help="skip the gradual prune-while-distilling row")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
-    p.add_argument("--work", default="/work/cache/bench_distill_sst2", help="run folders and the teacher")
+    p.add_argument(
+        "--work", default=str(_common.CACHE / "bench_distill_sst2"), help="run folders and the teacher"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script end to end")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 import structprune as sp  # noqa: E402
-from structprune.distill import DistillConfig, distill  # noqa: E402
+from structprune.recovery.distill import DistillConfig, distill  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def check_surgery() -> list[list]:
         m = tiny.model(family).cuda()
         mask = sp.allocate(sp.score(m, method="magnitude"), m, flops=0.5)
         b = {k: v.cuda() for k, v in tiny.batch(seed=3).items() if k != "labels"}
-        with torch.no_grad(), sp.Gates.from_mask(mask).attach(m):
+        with torch.no_grad(), sp.gates.Gates.from_mask(mask).attach(m):
             ref = m(**b).logits
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 ref16 = m(**b).logits.float()

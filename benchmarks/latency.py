@@ -85,7 +85,7 @@ def pruned_copy(dense, scores, fraction: float, multiple_of: int = 1):
 
 def export_onnx(model, path: Path, inputs: dict) -> Path:
     """ONNX file of ``model`` (logits output): ``structprune.export_onnx`` when it exists, else torch's."""
-    export = C.optional("structprune", "export_onnx") or C.optional("structprune.export", "export_onnx")
+    export = C.optional("structprune", "export_onnx")
     if export is not None:
         try:
             result = export(model, path)
@@ -169,7 +169,7 @@ def main(argv=None) -> Path:
 
     def measure_model(model, fraction, multiple_of, batch_sizes, tag):
         kept = C.flops_fraction(model, args.seq)
-        st = sp.view(model).structure
+        st = sp.arch.view(model).structure
         heads, ffn = sum(st.heads_per_layer), sum(st.ffn_per_layer)
         out = []
         onnx_path = None
@@ -228,7 +228,7 @@ def main(argv=None) -> Path:
     )
     text += (
         f"\nModel: {'tiny random BERT (smoke run)' if args.smoke else args.teacher.name} (dense: "
-        f"{sum(sp.view(dense).structure.heads_per_layer)} heads, {sum(sp.view(dense).structure.ffn_per_layer)} FFN "
+        f"{sum(sp.arch.view(dense).structure.heads_per_layer)} heads, {sum(sp.arch.view(dense).structure.ffn_per_layer)} FFN "
         f"neurons). Scores: Taylor on {args.calib_batches} SST-2 train batches; `sp.allocate(scores, model, "
         f"flops=f)` (global) + `sp.prune_`. Inputs: random token ids, full length {args.seq}, no padding. "
         f"Timing (PyTorch: `sp.measure_latency`; ONNX Runtime: the same protocol): {args.warmup} warm-up rounds, then the median of {args.repeat} (batch < 8) / "

@@ -124,7 +124,7 @@ def recover_none(ctx: Context, scores, fraction: float):
 
 
 def recover_reconstruction(ctx: Context, scores, fraction: float):
-    reconstruct = C.optional("structprune.reconstruct", "reconstruct")
+    reconstruct = C.optional("structprune", "reconstruct")
     model = _fresh(ctx)
     mask = sp.allocate(scores, model, flops=fraction)
     reconstruct(model, mask, ctx.calib, progress=False)  # fit on the masked unpruned model
@@ -133,13 +133,13 @@ def recover_reconstruction(ctx: Context, scores, fraction: float):
 
 
 def recover_compress(ctx: Context, scores, fraction: float):
-    compress = C.optional("structprune.compress", "compress")
+    compress = C.optional("structprune", "compress")
     model, _report = compress(_fresh(ctx), ctx.calib, flops=fraction, progress=False)
     return model
 
 
 def _distill_config(ctx: Context, **extra):
-    cfg = C.optional("structprune.distill", "DistillConfig")
+    cfg = C.optional("structprune", "DistillConfig")
     return cfg(
         task=ctx.task,
         num_epochs=ctx.args.epochs,
@@ -151,14 +151,14 @@ def _distill_config(ctx: Context, **extra):
 
 
 def recover_distill(ctx: Context, scores, fraction: float):
-    distill = C.optional("structprune.distill", "distill")
+    distill = C.optional("structprune", "distill")
     student = recover_none(ctx, scores, fraction)
     student, _history = distill(student, ctx.teacher, ctx.train_loader, None, config=_distill_config(ctx))
     return student
 
 
 def recover_gradual(ctx: Context, scores, fraction: float):
-    distill = C.optional("structprune.distill", "distill")
+    distill = C.optional("structprune", "distill")
     cfg = _distill_config(ctx, prune_to=fraction, prune_method=scores.method)
     student, _history = distill(_fresh(ctx), ctx.teacher, ctx.train_loader, None, config=cfg)
     return student
@@ -167,10 +167,10 @@ def recover_gradual(ctx: Context, scores, fraction: float):
 # name -> (function, module it needs, needs training, scorer-independent)
 RECOVERIES: dict[str, tuple[Callable, str | None, bool, bool]] = {
     "none": (recover_none, None, False, False),
-    "reconstruction": (recover_reconstruction, "structprune.reconstruct", False, False),
-    "search+reconstruction": (recover_compress, "structprune.compress", False, True),
-    "distillation": (recover_distill, "structprune.distill", True, False),
-    "gradual prune+distill": (recover_gradual, "structprune.distill", True, False),
+    "reconstruction": (recover_reconstruction, "structprune", False, False),
+    "search+reconstruction": (recover_compress, "structprune", False, True),
+    "distillation": (recover_distill, "structprune", True, False),
+    "gradual prune+distill": (recover_gradual, "structprune", True, False),
 }
 
 

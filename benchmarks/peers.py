@@ -13,7 +13,7 @@ output and FFN down projections, pooler and classifier are ignored layers) so th
 heads and FFN neurons, like structprune. Uniform per-layer ratios (its default) and global ranking.
 
 TextPruner 1.1 pins transformers 4 and numpy < 1.22; it runs in a separate venv (``--textpruner-python``,
-default ``/tmp/tp-venv/bin/python``) through ``benchmarks/_textpruner_worker.py``.
+default ``$STRUCTPRUNE_CACHE/textpruner-venv/bin/python``) through ``benchmarks/_textpruner_worker.py``.
 
 Run (from the repository root)::
 
@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.allocation.cost import head_flops, neuron_flops  # noqa: E402
 from structprune.arch.spec import get_spec, resolve  # noqa: E402
-from structprune.cost import head_flops, neuron_flops  # noqa: E402
 
 logger = logging.getLogger("peers")
-TEXTPRUNER_PYTHON = Path("/tmp/tp-venv/bin/python")
+TEXTPRUNER_PYTHON = C.TEXTPRUNER_VENV / "bin" / "python"
 
 
 def parse_args(argv=None):
@@ -125,7 +125,7 @@ def structprune_method(scorer: str, strategy: str = "global", **score_options) -
 
 
 def compress_method(model, calib, budget):
-    compress = C.optional("structprune.compress", "compress")
+    compress = C.optional("structprune", "compress")
     t0 = time.perf_counter()
     pruned, _report = compress(model, calib, flops=budget, progress=False)
     return pruned, time.perf_counter() - t0
@@ -195,7 +195,7 @@ def methods(args) -> dict[str, Callable]:
         "structprune taylor (uniform)": structprune_method("taylor", "uniform"),
         "structprune magnitude L2 (global)": structprune_method("magnitude", norm="l2"),
     }
-    if C.optional("structprune.compress", "compress") is not None:
+    if C.optional("structprune", "compress") is not None:
         out["structprune compress (search + reconstruction)"] = compress_method
     if C.optional("torch_pruning") is not None:
         out["Torch-Pruning taylor (uniform)"] = torch_pruning_method("taylor", False)
@@ -278,11 +278,12 @@ def textpruner_rows(args) -> tuple[list[dict], str]:
     python = args.textpruner_python
     if args.smoke:
         return [], "not run in --smoke mode"
+    venv = python.parent.parent
     if not python.exists():
         return [], (
-            f"not run: {python} does not exist. Make it with: python -m venv /tmp/tp-venv; "
-            "/tmp/tp-venv/bin/pip install torch==2.13.0 'transformers<5' 'numpy<2'; "
-            "/tmp/tp-venv/bin/pip install --no-deps textpruner (its numpy<1.22 pin has no Python 3.11 wheel)"
+            f"not run: {python} does not exist. Make it with: python -m venv {venv}; "
+            f"{venv}/bin/pip install torch==2.13.0 'transformers<5' 'numpy<2'; "
+            f"{venv}/bin/pip install --no-deps textpruner (its numpy<1.22 pin has no Python 3.11 wheel)"
         )
     worker = Path(__file__).resolve().parent / "_textpruner_worker.py"
     with tempfile.TemporaryDirectory() as tmp:

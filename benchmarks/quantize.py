@@ -134,8 +134,8 @@ def main(argv=None) -> Path:
     text = C.header("Pruning + int8 quantization (MiniLM SST-2 teacher)", note=note)
     text += (
         f"\nPruned: Taylor scores on {len(calib_rows)} SST-2 train examples, `sp.allocate(flops={args.flops})`, "
-        f"no retraining: {len(sp.view(pruned).structure.layers)} layers, "
-        f"{sum(sp.view(pruned).structure.heads_per_layer)} heads, {sum(sp.view(pruned).structure.ffn_per_layer)} "
+        f"no retraining: {len(sp.arch.view(pruned).structure.layers)} layers, "
+        f"{sum(sp.arch.view(pruned).structure.heads_per_layer)} heads, {sum(sp.arch.view(pruned).structure.ffn_per_layer)} "
         "FFN neurons kept.\n"
         f"Accuracy: all {len(val_rows)} SST-2 validation examples. Latency: batch {args.batch} x {args.seq} tokens, "
         f"{args.threads} threads, median of {args.repeat} alternating runs. Size: the weights file "

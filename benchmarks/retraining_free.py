@@ -14,7 +14,7 @@ budget (Taylor is computed from the same per-example gradients, batch by batch, 
 scoring pass plus the stages of ``sp.compress(..., gradients=grads)`` (search, rearrangement, pruning,
 reconstruction): exactly the work one ``sp.compress`` call without ``gradients`` does.
 
-Teachers: ``../shared/models/minilm-l6-sst2`` and ``/work/cache/teachers/minilm-l6-mrpc`` (fine-tuned by
+Teachers: ``../shared/models/minilm-l6-sst2`` and ``$STRUCTPRUNE_CACHE/teachers/minilm-l6-mrpc`` (fine-tuned by
 engineer DISTILL); if the MRPC teacher is missing it is fine-tuned here with ``sp.finetune`` and cached.
 
 Run (from the repository root)::
@@ -70,7 +70,7 @@ def prepare_teacher(task: str, path: Path, data_dir: Path):
     return AutoModelForSequenceClassification.from_pretrained(path).eval(), tok
 
 
-def taylor_from(grads: sp.GateGradients, batch_sizes: list[int]) -> sp.Scores:
+def taylor_from(grads: sp.scoring.GateGradients, batch_sizes: list[int]) -> sp.Scores:
     """``sp.score(method="taylor")`` from stored per-example gradients: sum over batches of |batch mean|."""
     head, ffn, start = 0, 0, 0
     for n in batch_sizes:

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 from structprune.data import get_task  # noqa: E402
-from structprune.pipeline import prepare_teacher  # noqa: E402
-from structprune.recipe import load_recipe  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
-from structprune.teachers import read_teacher_record  # noqa: E402
+from structprune.run.pipeline import prepare_teacher  # noqa: E402
+from structprune.run.recipe import load_recipe  # noqa: E402
+from structprune.run.teachers import read_teacher_record  # noqa: E402
 
 RECIPES = _common.REPO / "recipes" / "glue"
 

@@ -42,12 +42,12 @@ import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
 from structprune.data import get_task, load_split, make_dataloader  # noqa: E402
-from structprune.distill import DistillConfig, distill  # noqa: E402
+from structprune.recovery.distill import DistillConfig, distill  # noqa: E402
 
 SHARED = REPO / ".." / "shared"
 TEACHERS = {
     "sst2": SHARED / "models" / "minilm-l6-sst2",
-    "mrpc": Path("/work/cache/teachers/minilm-l6-mrpc"),
+    "mrpc": C.MRPC_TEACHER,
 }
 RESULTS = REPO / "benchmarks" / "results" / "tinybert.md"
 SHARD_BYTES = 15_000_000
@@ -187,7 +187,7 @@ def report(args: argparse.Namespace) -> None:
             repeats=args.repeats,
         )
         c, dense = sp.cost(student), sp.dense_cost(student)
-        s = sp.view(student).structure
+        s = sp.arch.view(student).structure
         rows.append(
             {
                 "run": str(run),

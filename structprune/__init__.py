@@ -1,5 +1,20 @@
 """structprune: structured pruning and distillation for BERT-family Hugging Face encoders.
 
+The package reads like its pipeline; each stage is a folder and a verb here::
+
+    arch/        the only code that knows Hugging Face module names (ArchSpec rows, view(model))
+    scoring/     1. score heads, neurons, layers, hidden dimensions        -> Scores
+    allocation/  2. a budget (FLOPs, params, counts) or the constrained search -> Mask
+    surgery/     3. prune_(model, mask): a genuinely smaller dense model
+    recovery/    4. reconstruct (retraining-free) and distill (Accelerate loop)
+    checkpoint/  5. save_pretrained / from_pretrained / push_to_hub, model cards
+    export/         ONNX export and int8 quantization
+    run/         the one-call paths: compress, the recipe pipeline, teachers, the demo
+
+``batches.py`` (label keys, device moves, logits), ``mask.py`` (Mask, Scores), ``gates.py`` (the masked
+reference), ``data/`` and ``evaluation.py`` serve every stage. Low-level pieces (views, gates, cost
+internals, card writers) are imported from their modules, e.g. ``from structprune.gates import Gates``.
+
 Example::
 
     import structprune as sp
@@ -9,23 +24,24 @@ Example::
     sp.cost(model, seq_len=128)
 """
 
-from .allocate import allocate
-from .arch import ArchSpec, register_architecture, supported_families, view
-from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained, write_model_card
-from .compress import CompressConfig, CompressReport, compress
-from .cost import Cost, cost, dense_cost
-from .depth import score_layers
-from .distill import DistillConfig, distill, finetune
+from .allocation import allocate, cost, dense_cost, measure_latency, rearrange, search
+from .arch import ArchSpec, register_architecture
+from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained
 from .evaluation import evaluate
 from .export import export_onnx, quantize_onnx
-from .gates import Gates
-from .hidden import score_hidden
-from .importance import available_scorers, register_scorer, score
-from .latency import measure_latency
 from .mask import Mask, Scores
-from .reconstruct import ReconstructConfig, ReconstructReport, reconstruct
-from .search import GateGradients, gate_gradients, rearrange, search
-from .shape import score_shape
+from .recovery.distill import DistillConfig, distill, finetune
+from .recovery.reconstruct import ReconstructConfig, reconstruct
+from .run.compress import CompressConfig, compress
+from .scoring import (
+    available_scorers,
+    gate_gradients,
+    register_scorer,
+    score,
+    score_hidden,
+    score_layers,
+    score_shape,
+)
 from .surgery import prune_
 
 __version__ = "0.1.0"
@@ -34,14 +50,9 @@ __all__ = [
     "ArchSpec",
     "CardInfo",
     "CompressConfig",
-    "CompressReport",
-    "Cost",
     "DistillConfig",
-    "GateGradients",
-    "Gates",
     "Mask",
     "ReconstructConfig",
-    "ReconstructReport",
     "Scores",
     "allocate",
     "available_scorers",
@@ -62,13 +73,10 @@ __all__ = [
     "reconstruct",
     "register_architecture",
     "register_scorer",
+    "save_pretrained",
     "score",
     "score_hidden",
     "score_layers",
-    "save_pretrained",
     "score_shape",
     "search",
-    "supported_families",
-    "view",
-    "write_model_card",
 ]

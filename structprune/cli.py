@@ -80,7 +80,7 @@ def dataclass_from_args(cls, args: argparse.Namespace, **fixed):
 # --- commands ------------------------------------------------------------------------------------------
 def _load_task_model(path: str):
     from .checkpoint import from_pretrained
-    from .pipeline import resolve_model
+    from .run.pipeline import resolve_model
 
     return from_pretrained(resolve_model(path)).eval()
 
@@ -88,14 +88,14 @@ def _load_task_model(path: str):
 def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    from .pipeline import resolve_model
+    from .run.pipeline import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(path))
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run, summary_markdown
-    from .recipe import load_recipe
+    from .run.pipeline import run, summary_markdown
+    from .run.recipe import load_recipe
 
     overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
     recipe = load_recipe(args.recipe, overrides)
@@ -107,10 +107,10 @@ def cmd_run(args) -> int:
 
 def cmd_teacher(args) -> int:
     from .data import get_task
-    from .pipeline import prepare_teacher
-    from .recipe import load_recipe
     from .report import markdown_table
-    from .teachers import read_teacher_record
+    from .run.pipeline import prepare_teacher
+    from .run.recipe import load_recipe
+    from .run.teachers import read_teacher_record
 
     recipe = load_recipe(args.recipe, list(args.overrides))
     path = prepare_teacher(recipe)
@@ -127,10 +127,10 @@ def cmd_teacher(args) -> int:
 
 def cmd_prune(args) -> int:
     from .checkpoint import save_pretrained
-    from .compress import CompressConfig, compress
     from .data import get_task, load_split, make_dataloader
-    from .pipeline import resolve_data_dir
     from .report import layer_table, summary_table
+    from .run.compress import CompressConfig, compress
+    from .run.pipeline import resolve_data_dir
 
     cfg = dataclass_from_args(CompressConfig, args)
     model, tok = _load_task_model(args.model), _tokenizer(args.model)
@@ -138,7 +138,7 @@ def cmd_prune(args) -> int:
     train = load_split(task, "train", resolve_data_dir(args.data_dir))
     calib = make_dataloader(train, tok, task, batch_size=32, max_length=args.max_length,
                             limit=args.calibration_examples, limit_mode="random", seed=1)  # fmt: skip
-    from .cost import cost
+    from .allocation.cost import cost
 
     before = cost(model, cfg.seq_len)
     model, report = compress(model, calib, config=cfg)
@@ -152,8 +152,8 @@ def cmd_prune(args) -> int:
 def cmd_distill(args) -> int:
     from .checkpoint import save_pretrained
     from .data import get_task, load_split, make_dataloader
-    from .distill import DistillConfig, distill
-    from .pipeline import resolve_data_dir
+    from .recovery.distill import DistillConfig, distill
+    from .run.pipeline import resolve_data_dir
 
     task = get_task(args.task)
     cfg = dataclass_from_args(DistillConfig, args, task=task.name)
@@ -176,8 +176,8 @@ def cmd_distill(args) -> int:
 def cmd_evaluate(args) -> int:
     from .data import get_task, load_split, make_dataloader
     from .evaluation import evaluate
-    from .pipeline import resolve_data_dir
     from .report import markdown_table
+    from .run.pipeline import resolve_data_dir
 
     task = get_task(args.task)
     model, tok = _load_task_model(args.model), _tokenizer(args.model)
@@ -192,7 +192,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_onnx
+    from .export.onnx import export_onnx
 
     model = _load_task_model(args.model)
     path = export_onnx(model, args.out)
@@ -210,8 +210,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from .allocation.cost import cost, dense_cost
     from .arch import view
-    from .cost import cost, dense_cost
     from .report import layer_table, markdown_table
 
     model = _load_task_model(args.model)
@@ -246,8 +246,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compress import CompressConfig
-    from .distill import DistillConfig
+    from .recovery.distill import DistillConfig
+    from .run.compress import CompressConfig
 
     p = argparse.ArgumentParser(
         prog="structprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     de = sub.add_parser("demo", help="Score and prune the real MiniLM to 50%% FLOPs and print the table.")
-    de.add_argument("demo_args", nargs=argparse.REMAINDER, help="Options of python -m structprune.demo.")
+    de.add_argument("demo_args", nargs=argparse.REMAINDER, help="Options of python -m structprune.run.demo.")
     de.set_defaults(func=cmd_demo)
     return p
 
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["demo"] and not {"-h", "--help"} & set(argv[1:2]):
         from . import demo
 
-        return demo.main(argv[1:])  # its own options (python -m structprune.demo --help)
+        return demo.main(argv[1:])  # its own options (python -m structprune.run.demo --help)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

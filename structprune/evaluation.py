@@ -10,30 +10,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .batches import labels_of, logits_of, model_inputs, to_device
 from .data.metrics import compute_metrics
 from .data.tasks import TaskInfo, get_task
 
 __all__ = ["evaluate"]
 
 logger = logging.getLogger(__name__)
-
-_LABEL_KEYS = ("labels", "label")
-
-
-def _logits(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, Mapping):
-        logits = out.get("logits")
-    if logits is None and isinstance(out, (tuple, list)):
-        logits = out[0]
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(
-            f"evaluate: the model returned {type(out).__name__} without `logits`; pass a sequence-classification "
-            "model (e.g. AutoModelForSequenceClassification)."
-        )
-    return logits
 
 
 def _per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
@@ -52,9 +35,9 @@ def _evaluate_one(
     refs: list[torch.Tensor] = []
     losses: list[torch.Tensor] = []
     for batch in tqdm(dataloader, desc=desc, disable=not show, leave=False):
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        labels = next((batch.pop(k) for k in _LABEL_KEYS if k in batch), None)
-        logits = _logits(model(**batch))
+        batch = to_device(batch, device)
+        labels = labels_of(batch)
+        logits = logits_of(model(**model_inputs(batch)))
         if logits.ndim != 2 or logits.shape[-1] != task.num_labels:
             raise ValueError(
                 f"evaluate: logits of shape {tuple(logits.shape)} do not match task {task.name!r} "

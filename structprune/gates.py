@@ -51,7 +51,7 @@ class Gates:
 
     Example::
 
-        with sp.Gates.from_mask(mask).attach(model):
+        with sp.gates.Gates.from_mask(mask).attach(model):
             logits = model(**batch).logits       # what the pruned model would compute
     """
 

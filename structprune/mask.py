@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .arch import view
+from .arch import Structure, view
+from .atomic import atomic_write_text
 
 
 @dataclass
@@ -86,7 +87,12 @@ class Mask:
     @classmethod
     def full(cls, model) -> Mask:
         """The mask of everything ``model`` currently holds (original coordinates)."""
-        s = view(model).structure
+        return cls.from_structure(view(model).structure)
+
+    @classmethod
+    def from_structure(cls, structure) -> Mask:
+        """The mask of what a recorded ``Structure`` (or its dict, as in ``config.structprune``) keeps."""
+        s = Structure.from_dict(structure) if isinstance(structure, dict) else structure
         head = torch.zeros(s.num_layers, s.num_heads, dtype=torch.bool)
         ffn = torch.zeros(s.num_layers, s.intermediate_size, dtype=torch.bool)
         for orig, heads, neurons in zip(s.layers, s.heads, s.ffn, strict=True):
@@ -187,7 +193,6 @@ class Mask:
     # --- serialization (JSON or safetensors; never pickle) -------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         if path.suffix == ".json":
             data = {
                 "format": "structprune.mask/1",
@@ -196,16 +201,16 @@ class Mask:
             }
             if self.hidden is not None:
                 data["hidden"] = self.hidden.int().tolist()
-            tmp.write_text(json.dumps(data))
-        elif path.suffix == ".safetensors":
+            return atomic_write_text(path, json.dumps(data))
+        if path.suffix == ".safetensors":
             tensors = {"head": self.head.to(torch.uint8), "ffn": self.ffn.to(torch.uint8)}
             if self.hidden is not None:
                 tensors["hidden"] = self.hidden.to(torch.uint8)
+            tmp = path.with_name(f".{path.name}.tmp")
             save_file(tensors, str(tmp))
-        else:
-            raise ValueError(f"Save a Mask as .json or .safetensors, not {path.suffix or 'no suffix'!r}.")
-        os.replace(tmp, path)
-        return path
+            os.replace(tmp, path)
+            return path
+        raise ValueError(f"Save a Mask as .json or .safetensors, not {path.suffix or 'no suffix'!r}.")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Mask:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .cost import Cost
+from .allocation.cost import Cost
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

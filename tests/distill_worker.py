@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402
 
-from structprune import view  # noqa: E402
-from structprune.distill import DistillConfig, distill  # noqa: E402
+from structprune.arch import view  # noqa: E402
+from structprune.recovery.distill import DistillConfig, distill  # noqa: E402
 
 GLOBAL_EXAMPLES = 64
 

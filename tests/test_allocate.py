@@ -75,7 +75,7 @@ def test_min_heads_and_layer_dropping(model_and_scores):
     assert 2 not in mask.kept_layers
     assert int(mask.ffn.sum()) == 100  # the dropped layer's neurons went to the other layers
     sp.prune_(m, mask)
-    assert len(sp.view(m).layers) == 3
+    assert len(sp.arch.view(m).layers) == 3
 
 
 def test_infeasible_budget_names_the_smallest_feasible_one(model_and_scores):

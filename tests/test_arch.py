@@ -11,7 +11,7 @@ from structprune.arch.spec import _REGISTRY
 @pytest.mark.parametrize("task", list(tiny.TASKS))
 def test_view_resolves_every_family_and_task_head(family, task):
     m = tiny.model(family, task)
-    v = sp.view(m)
+    v = sp.arch.view(m)
     assert len(v.layers) == 3
     for lv in v.layers:
         assert lv.q.out_features == 32 and lv.o.in_features == 32
@@ -23,7 +23,7 @@ def test_view_resolves_every_family_and_task_head(family, task):
 def test_unknown_family_names_supported_and_how_to_register():
     m = AutoModel.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(TypeError) as err:
-        sp.view(m)
+        sp.arch.view(m)
     msg = str(err.value)
     assert "gpt2" in msg and "bert" in msg and "mpnet" in msg and "register_architecture" in msg
 
@@ -33,12 +33,12 @@ def test_unregistered_family_with_bert_layout_works_without_new_code():
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40
     )
     m = AutoModel.from_config(cfg).eval()
-    assert cfg.model_type not in sp.supported_families()
+    assert cfg.model_type not in sp.arch.supported_families()
     mask = sp.Mask.full(m)
     mask.head[0, :2] = False
     mask.ffn[1, ::2] = False
     b = {"input_ids": torch.randint(0, 50, (2, 5))}
-    with torch.no_grad(), sp.Gates.from_mask(mask).attach(m):
+    with torch.no_grad(), sp.gates.Gates.from_mask(mask).attach(m):
         ref = m(**b).last_hidden_state
     sp.prune_(m, mask)
     with torch.no_grad():
@@ -48,14 +48,14 @@ def test_unregistered_family_with_bert_layout_works_without_new_code():
 
 def test_model_without_attention_layers_is_refused():
     with pytest.raises(TypeError, match="not a Hugging Face"):
-        sp.view(torch.nn.Linear(3, 3))
+        sp.arch.view(torch.nn.Linear(3, 3))
 
 
 def test_registered_spec_with_wrong_layout_is_refused():
     m = tiny.model("bert", "base")
     del m.encoder.layer  # a model with no encoder layers where the spec expects them
     with pytest.raises(TypeError, match="no encoder layers"):
-        sp.view(m)
+        sp.arch.view(m)
 
 
 def test_register_architecture_refuses_silent_overwrite():
@@ -76,6 +76,6 @@ def test_register_architecture_refuses_silent_overwrite():
     )
     try:
         assert sp.register_architecture(custom) is custom
-        assert "my-family" in sp.supported_families()
+        assert "my-family" in sp.arch.supported_families()
     finally:
         _REGISTRY.pop("my-family", None)

@@ -22,9 +22,9 @@ from transformers import (
 )
 
 import structprune as sp
+from structprune.arch.head_bias import HEAD_BIAS_INDEX as BIAS_INDEX
 from structprune.checkpoint import registry
 from structprune.checkpoint import remote_modeling as rm
-from structprune.surgery import BIAS_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ HAS_HIDDEN = "hidden" in sp.Mask.__dataclass_fields__
 def hidden_mask(model) -> sp.Mask:
     """The non-uniform mask plus 5 of the 32 residual-stream dimensions removed."""
     mask = nonuniform_mask(model)
-    mask.hidden = torch.ones(sp.view(model).structure.hidden_size, dtype=torch.bool)
+    mask.hidden = torch.ones(sp.arch.view(model).structure.hidden_size, dtype=torch.bool)
     mask.hidden[[1, 5, 7, 20, 31]] = False
     return mask
 
@@ -101,7 +101,7 @@ def test_structprune_and_auto_load_identical_logits(family, tmp_path):
     for other in (loaded, auto):
         assert type(other) is type(model)
         assert torch.equal(tiny.outputs(other, b), want)
-        assert sp.view(other).structure == sp.view(model).structure
+        assert sp.arch.view(other).structure == sp.arch.view(model).structure
         assert sp.cost(other).total_params == sp.cost(model).total_params
 
 
@@ -114,7 +114,7 @@ def test_hidden_pruned_checkpoints_load(family, tmp_path):
         folder = sp.save_pretrained(model, tmp_path / task, tokenizer=None, card=False)
         assert (
             json.loads((folder / "config.json").read_text())["structprune"]["hidden"]
-            == sp.view(model).structure.hidden
+            == sp.arch.view(model).structure.hidden
         )
         assert torch.equal(tiny.outputs(sp.from_pretrained(folder), b), tiny.outputs(model, b))
 
@@ -154,7 +154,7 @@ def test_loaded_checkpoint_prunes_again(family, tmp_path):
     reloaded = sp.from_pretrained(sp.save_pretrained(loaded, tmp_path / "b", tokenizer=None, card=False))
     assert torch.equal(tiny.outputs(reloaded, b), tiny.outputs(model, b))
     if family == "mpnet":
-        attn = sp.view(reloaded).layers[1].attn
+        attn = sp.arch.view(reloaded).layers[1].attn
         assert getattr(attn, BIAS_INDEX).tolist() == [0, 1]  # union {1, 2}: layer 2 keeps heads 1, 2
 
 

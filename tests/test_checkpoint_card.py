@@ -47,7 +47,7 @@ def test_card_metadata_table_and_heatmap_come_from_the_model(family, tmp_path):
     assert data["datasets"] == ["nyu-mll/glue"] and data["metrics"] == ["accuracy"]
     assert data["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.85
 
-    s = sp.view(model).structure
+    s = sp.arch.view(model).structure
     rows = table_rows(card.text)
     assert [int(r[0]) for r in rows] == list(range(s.num_layers))
     kept = dict(zip(s.layers, zip(s.heads, s.ffn, strict=True), strict=True))
@@ -79,7 +79,7 @@ def test_stock_card_says_it_loads_with_plain_transformers(tmp_path):
 
 def test_card_without_info_still_renders(tmp_path):
     model = tiny.model("distilbert")
-    sp.write_model_card(model, tmp_path)
+    sp.checkpoint.write_model_card(model, tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
     assert "not recorded" in card.text and "100.0%" in card.text
     assert (tmp_path / HEATMAP_FILE).stat().st_size > 1000

@@ -48,7 +48,7 @@ def logits(model, batch) -> torch.Tensor:
 
 def test_minilm_pruned_to_half_the_flops_loads_everywhere(minilm, tmp_path):
     model, batches, folder = minilm
-    s = sp.view(model).structure
+    s = sp.arch.view(model).structure
     assert not registry.is_stock(s)  # non-uniform heads/FFN per layer: the hard case
     assert sp.cost(model).encoder_flops <= 0.5 * sp.dense_cost(model).encoder_flops * 1.01
     assert (folder / "model.safetensors").stat().st_size < 0.9 * (
@@ -89,5 +89,7 @@ def test_minilm_pruned_exports_to_onnx_with_parity(minilm, tmp_path):
     inputs = {k: v for k, v in batches[0].items() if k != "labels"}
     path = sp.export_onnx(model, tmp_path / "minilm.onnx", inputs=inputs)
     for batch in batches[1:3]:
-        diff = sp.export.onnx_max_abs_diff(model, path, {k: v for k, v in batch.items() if k != "labels"})
+        diff = sp.export.onnx.onnx_max_abs_diff(
+            model, path, {k: v for k, v in batch.items() if k != "labels"}
+        )
         assert diff < 1e-4

@@ -9,9 +9,9 @@ import yaml
 from transformers import BertConfig
 
 from structprune import cli
-from structprune.compress import CompressConfig
-from structprune.distill import DistillConfig
-from structprune.recipe import Recipe, load_recipe
+from structprune.recovery.distill import DistillConfig
+from structprune.run.compress import CompressConfig
+from structprune.run.recipe import Recipe, load_recipe
 
 RECIPES = sorted(glob.glob(str(Path(__file__).resolve().parents[1] / "recipes" / "glue" / "*.yaml")))
 

@@ -12,7 +12,7 @@ import tiny
 import torch
 
 import structprune as sp
-from structprune.compress import CompressConfig, compress
+from structprune.run.compress import CompressConfig, compress
 
 pytestmark = pytest.mark.filterwarnings("ignore:Only .* calibration examples")
 

@@ -5,7 +5,7 @@ import tiny
 import torch
 
 import structprune as sp
-from structprune.distill import build_map
+from structprune.recovery.distill import build_map
 
 
 @pytest.mark.parametrize("family", tiny.FAMILIES)
@@ -20,12 +20,12 @@ def test_dropped_layers_equal_skipped_layers_and_cost_is_exact(family):
     assert mask.kept_layers == kept
     assert bool(mask.head[kept].all()) and not mask.head[[i for i in range(4) if i not in kept]].any()
     skip = frozenset(range(4)) - set(kept)
-    with sp.Gates(skip_layers=skip).attach(m):  # the reference: those layers are the identity
+    with sp.gates.Gates(skip_layers=skip).attach(m):  # the reference: those layers are the identity
         ref = tiny.outputs(m, b)
     predicted = sp.cost(m, mask=mask)
     sp.prune_(m, mask)
     torch.testing.assert_close(tiny.outputs(m, b), ref, rtol=1e-4, atol=1e-5)
-    assert sp.view(m).structure.layers == kept  # the distillation layer map
+    assert sp.arch.view(m).structure.layers == kept  # the distillation layer map
     assert predicted.total_params == sum(p.numel() for p in m.parameters())
     assert len(predicted.layers) == 2
 
@@ -102,6 +102,6 @@ def test_compress_with_a_target_shape():
     student, report = sp.compress(
         m, tiny.batches(2), flops=0.2, layers=2, hidden=24, search=False, reconstruct=False, progress=False
     )
-    s = sp.view(student).structure
+    s = sp.arch.view(student).structure
     assert len(s.layers) == 2 and s.hidden_width == 24
     assert report.flops_kept <= 0.2 + 1e-9

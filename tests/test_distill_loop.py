@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import structprune as sp
-from structprune.distill import DistillConfig, NonFiniteLossError, distill, finetune, flops_fraction
-from structprune.distill.losses import logit_kd
+from structprune.recovery.distill import DistillConfig, NonFiniteLossError, distill, finetune, flops_fraction
+from structprune.recovery.distill.losses import logit_kd
 
 
 @pytest.fixture(autouse=True)

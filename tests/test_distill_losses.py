@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structprune.distill import DistillConfig
-from structprune.distill.losses import attention_kd, hidden_mse, logit_kd, task_loss
+from structprune.recovery.distill import DistillConfig
+from structprune.recovery.distill.losses import attention_kd, hidden_mse, logit_kd, task_loss
 
 
 def test_task_loss_classification_and_regression():

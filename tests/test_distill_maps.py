@@ -7,8 +7,8 @@ import tiny
 import torch
 
 import structprune as sp
-from structprune.distill import build_map
-from structprune.distill.losses import attention_kd, hidden_mse
+from structprune.recovery.distill import build_map
+from structprune.recovery.distill.losses import attention_kd, hidden_mse
 
 
 def _prune(model, drop_layer=None, heads=None):

@@ -10,7 +10,7 @@ import torch
 from test_checkpoint import pruned
 
 import structprune as sp
-from structprune.export import example_inputs, onnx_max_abs_diff
+from structprune.export.onnx import example_inputs, onnx_max_abs_diff
 
 # Exports take seconds each: the fast suite runs BERT and MPNet here and DistilBERT below (the three
 # layer layouts); the families sharing BERT's layout run in the slow suite.

@@ -13,7 +13,7 @@ from structprune.gates import masked_layer_norm
 
 
 def _random_mask(m, seed=0, drop_layer=1, hidden_keep=0.6):
-    s = sp.view(m).structure
+    s = sp.arch.view(m).structure
     g = torch.Generator().manual_seed(seed)
     head = torch.rand(s.num_layers, s.num_heads, generator=g) > 0.3
     ffn = torch.rand(s.num_layers, s.intermediate_size, generator=g) > 0.4
@@ -51,7 +51,7 @@ def test_pruned_equals_masked_layernorm_reference_and_cost_is_exact(family, task
     b = tiny.batch(labels=None)
     dense_before = sp.dense_cost(m, seq_len=16)
     full = _outputs(m, b)
-    with sp.Gates.from_mask(mask).attach(m):
+    with sp.gates.Gates.from_mask(mask).attach(m):
         ref = _outputs(m, b)
     predicted = sp.cost(m, seq_len=16, mask=mask)
     sp.prune_(m, mask)
@@ -70,7 +70,7 @@ def test_pruned_equals_masked_layernorm_reference_and_cost_is_exact(family, task
         dense_before.total_params,
         dense_before.encoder_flops,
     )
-    s = sp.view(m).structure
+    s = sp.arch.view(m).structure
     assert s.hidden == mask.hidden.nonzero().flatten().tolist()
     assert s.layers == mask.kept_layers
     assert sp.Mask.full(m) == mask & sp.Mask.full(m)
@@ -82,7 +82,7 @@ def test_tied_mlm_decoder_stays_tied(family):
     assert m.get_output_embeddings().weight is m.get_input_embeddings().weight
     sp.prune_(m, _random_mask(m, drop_layer=None))
     assert m.get_output_embeddings().weight is m.get_input_embeddings().weight
-    assert m.get_output_embeddings().in_features == sp.view(m).structure.hidden_width
+    assert m.get_output_embeddings().in_features == sp.arch.view(m).structure.hidden_width
 
 
 def test_electra_projection_keeps_the_embedding_space():
@@ -102,11 +102,11 @@ def test_pruning_twice_composes():
     first = _random_mask(m, seed=1, drop_layer=None, hidden_keep=0.8)
     sp.prune_(m, first)
     second = _random_mask(m, seed=2, drop_layer=2, hidden_keep=0.8) & sp.Mask.full(m)
-    with sp.Gates.from_mask(second).attach(m):  # the reference also works on a hidden-pruned model
+    with sp.gates.Gates.from_mask(second).attach(m):  # the reference also works on a hidden-pruned model
         masked = tiny.outputs(m, b)
     sp.prune_(m, second)
     torch.testing.assert_close(tiny.outputs(m, b), masked, rtol=1e-4, atol=1e-5)
-    with sp.Gates.from_mask(second).attach(ref_model):  # ... and equals the one-shot reference
+    with sp.gates.Gates.from_mask(second).attach(ref_model):  # ... and equals the one-shot reference
         once = tiny.outputs(ref_model, b)
     torch.testing.assert_close(tiny.outputs(m, b), once, rtol=1e-4, atol=1e-5)
     assert sp.cost(m).total_params == sum(p.numel() for p in m.parameters())
@@ -148,7 +148,7 @@ def test_mask_hidden_roundtrip_and_equality(tmp_path):
 
 def test_old_structure_records_load_without_hidden():
     m = tiny.model("bert")
-    record = sp.view(m).structure.to_dict()
+    record = sp.arch.view(m).structure.to_dict()
     del record["hidden"]
     s = Structure.from_dict(record)
     assert s.hidden is None and s.hidden_width == 32 and not s.is_pruned
@@ -219,7 +219,7 @@ def test_shaped_student_saves_reloads_and_exports(family, tmp_path):
     expected = tiny.outputs(m, b)
     folder = sp.save_pretrained(m, tmp_path / "student", tokenizer=None, card=False)
     loaded = sp.from_pretrained(folder)
-    assert sp.view(loaded).structure == sp.view(m).structure
+    assert sp.arch.view(loaded).structure == sp.arch.view(m).structure
     torch.testing.assert_close(tiny.outputs(loaded, b), expected, rtol=1e-5, atol=1e-6)
     if family not in ("roberta", "xlm-roberta"):  # same layout as bert: export once per layout
         sp.export_onnx(loaded, tmp_path / "student.onnx")  # checks onnxruntime == PyTorch on two batch shapes
@@ -246,7 +246,7 @@ def test_real_teacher_to_a_tinybert_shape_is_exact_and_round_trips(shared_dir, t
     scores = sp.score_shape(model, batches, progress=False)
     mask = sp.allocate(scores, model, layers=3, hidden=256, flops=0.1, multiple_of=16)
     b = {k: v for k, v in batches[0].items() if k != "labels"}
-    with torch.no_grad(), sp.Gates.from_mask(mask).attach(model):
+    with torch.no_grad(), sp.gates.Gates.from_mask(mask).attach(model):
         ref = model(**b).logits
     predicted = sp.cost(model, mask=mask)
     sp.prune_(model, mask)

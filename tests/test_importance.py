@@ -3,7 +3,7 @@ import tiny
 import torch
 
 import structprune as sp
-from structprune.importance import functional as fn
+from structprune.scoring import functional as fn
 
 
 def test_head_weight_norms_on_small_tensors():

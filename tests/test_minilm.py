@@ -32,7 +32,7 @@ def test_minilm_prune_half_flops_masked_equals_pruned(minilm, shared_dir):
     batch, _ = _sst2(shared_dir, tok)
     scores = sp.score(model, [batch], method="activation", progress=False)
     mask = sp.allocate(scores, model, flops=0.5, multiple_of=8)
-    with torch.no_grad(), sp.Gates.from_mask(mask).attach(model):
+    with torch.no_grad(), sp.gates.Gates.from_mask(mask).attach(model):
         ref = model(**batch).last_hidden_state
     predicted = sp.cost(model, mask=mask)
     sp.prune_(model, mask)
@@ -74,7 +74,7 @@ def test_sst2_teacher_taylor_beats_random_at_half_flops(shared_dir):
 
 
 def test_demo_prints_the_before_after_table(minilm_path, shared_dir, capsys):
-    from structprune import demo
+    from structprune.run import demo
 
     assert demo.main(["--examples", "32", "--repeats", "1", "--glue-dir", str(shared_dir / "data/glue")]) == 0
     out = capsys.readouterr().out

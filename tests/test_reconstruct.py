@@ -10,19 +10,19 @@ import tiny
 import torch
 
 import structprune as sp
-from structprune.reconstruct import (
+from structprune.allocation.search import search
+from structprune.recovery.reconstruct import (
+    BlockStats,
     ReconstructConfig,
-    _Stats,
     block_error,
     reconstruct,
     solve_scales,
     solve_weights,
 )
-from structprune.search import search
 
 
 def _stats(x, y):
-    s = _Stats.zeros(x.shape[1], y.shape[1])
+    s = BlockStats.zeros(x.shape[1], y.shape[1])
     s.add(x, y)
     return s
 
@@ -132,7 +132,7 @@ def test_mask_mode_equals_pruned_mode(fit):
     masked = copy.deepcopy(dense)
     rep_masked = reconstruct(masked, mask, calib, fit=fit, progress=False)
     batch = tiny.batch(seed=50, batch_size=4, seq_len=12)
-    with sp.Gates.from_mask(mask).attach(masked):
+    with sp.gates.Gates.from_mask(mask).attach(masked):
         gated = tiny.outputs(masked, batch)
     sp.prune_(masked, mask)
     torch.testing.assert_close(tiny.outputs(masked, batch), tiny.outputs(pruned, batch), atol=1e-5, rtol=1e-4)
@@ -145,9 +145,9 @@ def test_scales_fit_only_rescales_kept_columns():
     mask = _random_mask(dense, 5)
     pruned = copy.deepcopy(dense)
     sp.prune_(pruned, mask)
-    before = [lv.down.weight.detach().clone() for lv in sp.view(pruned).layers]
+    before = [lv.down.weight.detach().clone() for lv in sp.arch.view(pruned).layers]
     reconstruct(pruned, dense, tiny.batches(4, batch_size=8), fit="scales", max_scale=3.0, progress=False)
-    for w0, lv in zip(before, sp.view(pruned).layers, strict=True):
+    for w0, lv in zip(before, sp.arch.view(pruned).layers, strict=True):
         ratio = lv.down.weight.detach() / w0  # [D, n]: one factor per column
         assert torch.allclose(ratio, ratio[:1].expand_as(ratio), atol=1e-4)
         assert float(ratio.max()) <= 3.0 + 1e-4 and float(ratio.min()) >= -1e-6

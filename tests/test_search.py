@@ -10,8 +10,9 @@ import tiny
 import torch
 
 import structprune as sp
-from structprune.cost import head_flops, neuron_flops
-from structprune.search import gate_gradients, rearrange, retained, search
+from structprune.allocation.cost import head_flops, neuron_flops
+from structprune.allocation.search import rearrange, retained, search
+from structprune.scoring.gradients import gate_gradients
 
 
 def _random_scores(model, seed):
@@ -24,7 +25,7 @@ def _random_scores(model, seed):
 
 
 def _prices(model, seq_len=128):
-    st = sp.view(model).structure
+    st = sp.arch.view(model).structure
     return head_flops(st.hidden_size, st.head_size, seq_len), neuron_flops(st.hidden_size, seq_len)
 
 

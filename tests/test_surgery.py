@@ -44,7 +44,7 @@ def test_pruned_equals_masked_and_cost_is_exact(family, method):
     m = tiny.model(family)
     mask = sp.allocate(_scores(m, method), m, flops=0.5)
     b = tiny.batch(seed=7)
-    with sp.Gates.from_mask(mask).attach(m):
+    with sp.gates.Gates.from_mask(mask).attach(m):
         gated = tiny.outputs(m, b)
     predicted = sp.cost(m, seq_len=16, mask=mask)
     before = sum(p.numel() for p in m.parameters())
@@ -66,10 +66,10 @@ def test_irregular_mask_with_dropped_layer_every_task_head(family, task):
     m = tiny.model(family, task)
     mask = _irregular_mask(m)
     b = tiny.batch(seed=3)
-    with sp.Gates.from_mask(mask).attach(m):
+    with sp.gates.Gates.from_mask(mask).attach(m):
         gated = tiny.outputs(m, b)
     sp.prune_(m, mask)
-    assert len(sp.view(m).layers) == 2
+    assert len(sp.arch.view(m).layers) == 2
     assert m.config.structprune["layers"] == [0, 2]
     torch.testing.assert_close(tiny.outputs(m, b), gated, rtol=1e-5, atol=1e-6)
     assert sp.cost(m).total_params == sum(p.numel() for p in m.parameters())
@@ -111,7 +111,7 @@ def test_mpnet_shared_bias_is_sliced_per_layer():
     mask.head[1] = torch.tensor([False, False, True, True])
     mask.head[2] = torch.tensor([False, False, True, False])
     b = tiny.batch()
-    with sp.Gates.from_mask(mask).attach(m):
+    with sp.gates.Gates.from_mask(mask).attach(m):
         gated = tiny.outputs(m, b)
     sp.prune_(m, mask)
     bias = m.base_model.encoder.relative_attention_bias

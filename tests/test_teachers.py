@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from structprune import cli
-from structprune.teachers import (
+from structprune.run.teachers import (
     CACHE_ENV,
     cache_root,
     content_fingerprint,

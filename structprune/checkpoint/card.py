@@ -17,8 +17,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
+from ..allocation.cost import cost, dense_cost
 from ..arch import view
-from ..cost import cost, dense_cost
 from .registry import base_model_type, is_stock
 
 logger = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def write_model_card(model: nn.Module, folder: str | os.PathLike, info: CardInfo
 
     Example::
 
-        sp.write_model_card(model, "out/pruned", sp.CardInfo(base_model="org/teacher", budget="50% FLOPs"))
+        sp.checkpoint.write_model_card(model, "out/pruned", sp.CardInfo(base_model="org/teacher", budget="50% FLOPs"))
     """
     info = info or CardInfo()
     folder = Path(folder)

@@ -28,10 +28,14 @@ import transformers
 from torch import nn
 from transformers.models.auto import configuration_auto, modeling_auto
 
+# --- inline: structprune/arch/head_bias.py (copied here when this file is written into a checkpoint) ---
+from ..arch.head_bias import HEAD_BIAS_INDEX, install_head_bias_selector  # noqa: E402
+
+# --- end inline ---
+
 MODEL_TYPE_PREFIX = "structprune-"
 CONFIG_KEY = "structprune"
 ARCH_KEY = "structprune_arch"
-HEAD_BIAS_INDEX = "structprune_head_bias_index"
 MODELING_FILE = "modeling_structprune.py"
 AUTO_CLASSES = {
     "AutoModel": "MODEL_MAPPING_NAMES",
@@ -116,29 +120,6 @@ def _resize_embedding(root: nn.Module, path: str, dim: int) -> None:
 
 def _head_union(heads: list[list[int]]) -> list[int]:
     return sorted({h for layer in heads for h in layer})
-
-
-def install_head_bias_selector(attn: nn.Module, index: torch.Tensor, arg: tuple[str, int]) -> None:
-    """Make ``attn`` pick its own heads ``index`` out of a per-head bias shared by all layers (MPNet).
-
-    Same buffer name and behaviour as ``structprune.surgery.install_head_bias_selector``, so a loaded
-    model can be pruned again.
-    """
-    if hasattr(attn, HEAD_BIAS_INDEX):
-        setattr(attn, HEAD_BIAS_INDEX, index.to(getattr(attn, HEAD_BIAS_INDEX).device))
-        return
-    attn.register_buffer(HEAD_BIAS_INDEX, index.clone(), persistent=False)
-    name, pos = arg
-
-    def select(module, args, kwargs):
-        idx = getattr(module, HEAD_BIAS_INDEX)
-        if name in kwargs and kwargs[name] is not None:
-            kwargs[name] = kwargs[name].index_select(1, idx)  # [B, heads_all, T, T] -> [B, heads_kept, T, T]
-        elif len(args) > pos and args[pos] is not None:
-            args = (*args[:pos], args[pos].index_select(1, idx), *args[pos + 1 :])
-        return args, kwargs
-
-    attn.register_forward_pre_hook(select, with_kwargs=True)
 
 
 def _recorded(config) -> tuple[dict, dict]:
@@ -312,9 +293,20 @@ def make_classes(base_model_type: str) -> dict[str, type]:
     return {config_cls.__name__: config_cls, **make_model_classes(base_model_type, config_cls)}
 
 
+def _inline_head_bias(source: str) -> str:
+    """Replace the import of ``arch/head_bias.py`` by its code, so the copied file needs no structprune."""
+    start, end = "# --- inline: structprune/arch/head_bias.py", "# --- end inline ---"
+    i, j = source.find(start), source.find(end)
+    if i < 0 or j < 0:
+        raise RuntimeError(f"{__file__} lost its inline markers; it cannot be copied into a checkpoint.")
+    code = (Path(__file__).resolve().parents[1] / "arch" / "head_bias.py").read_text(encoding="utf-8")
+    body = code[code.index("# --- code ---") + len("# --- code ---") :].strip("\n")
+    return source[:i] + body + "\n" + source[j + len(end) :]
+
+
 def modeling_source(base_model_types: tuple[str, ...]) -> str:
     """This file's source, defining classes for ``base_model_types`` when imported (for a checkpoint)."""
-    source = Path(__file__).read_text(encoding="utf-8")
+    source = _inline_head_bias(Path(__file__).read_text(encoding="utf-8"))
     line = f"BASE_MODEL_TYPES: tuple[str, ...] = {tuple(base_model_types)!r}"
     new, count = re.subn(r"^BASE_MODEL_TYPES: tuple\[str, \.\.\.\] = .*$", line, source, count=1, flags=re.M)
     if count != 1:

@@ -1,0 +1,110 @@
+"""Batches as every stage reads them: label keys, device moves, and the logits of a model output.
+
+One definition each, used by scoring, reconstruction, evaluation, distillation and ``compress``:
+
+- :data:`LABEL_KEYS`: the keys that hold targets rather than model inputs. ``label`` (the column name of
+  ``datasets``) is read as ``labels``, as transformers' data collators do.
+- :func:`to_device`: a batch's tensors on a device, labels normalized (``label`` -> ``labels``).
+- :func:`model_inputs`: the same without any target (what a label-free forward gets).
+- :func:`has_labels`, :func:`labels_of`.
+- :func:`logits_of`: the logits of a model output (``ModelOutput``, dict, tuple or tensor).
+- :func:`iterate`: at most ``max_batches`` of an iterable, with a progress bar, refusing empty data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+LABEL_KEYS = ("labels", "label", "start_positions", "end_positions")
+
+
+def check_batch(batch: Any) -> Mapping:
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"Each batch must be a dict of model inputs (input_ids, attention_mask, labels, ...); got "
+            f"{type(batch).__name__}. Use structprune.data.make_dataloader or a DataLoader with a collator "
+            "such as DataCollatorWithPadding."
+        )
+    return batch
+
+
+def to_device(batch: Mapping, device: torch.device | str | None = None) -> dict:
+    """A copy of ``batch`` with its tensors on ``device`` (None: where they are) and ``label`` read as
+    ``labels``.
+
+    Example::
+
+        batch = to_device({"input_ids": ids, "label": y}, "cpu")   # {'input_ids': ..., 'labels': y}
+    """
+    batch = dict(check_batch(batch))
+    if "label" in batch and "labels" not in batch:
+        batch["labels"] = batch.pop("label")
+    if device is None:
+        return batch
+    return {k: (t.to(device) if isinstance(t, torch.Tensor) else t) for k, t in batch.items()}
+
+
+def model_inputs(batch: Mapping, device: torch.device | str | None = None) -> dict:
+    """``batch`` on ``device`` without any target (:data:`LABEL_KEYS`)."""
+    return {k: v for k, v in to_device(batch, device).items() if k not in LABEL_KEYS}
+
+
+def labels_of(batch: Mapping) -> torch.Tensor | None:
+    """The batch's labels (``labels``, else ``label``), or None."""
+    value = batch.get("labels")
+    return value if value is not None else batch.get("label")
+
+
+def has_labels(batch: Mapping) -> bool:
+    """True when the batch carries any target (class labels, regression values or span positions)."""
+    return any(batch.get(k) is not None for k in LABEL_KEYS)
+
+
+def num_examples(batch: Mapping) -> int:
+    """The batch size: the first dimension of its first tensor."""
+    return next(t for t in batch.values() if isinstance(t, torch.Tensor)).shape[0]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model output: ``.logits`` of a ``ModelOutput``, ``["logits"]`` of a dict, the first
+    element of a tuple, or the tensor itself.
+
+    Example::
+
+        logits = logits_of(model(**inputs))   # [B, num_labels]
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, tuple | list) and output:
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(
+            f"The model output ({type(output).__name__}) has no logits; use a model with a task head "
+            "(AutoModelForSequenceClassification, ...)."
+        )
+    return logits
+
+
+def iterate(batches: Iterable | None, max_batches: int | None = None, *, progress: bool = False,
+            desc: str = "batches", what: str = "This step") -> Iterator:  # fmt: skip
+    """The first ``max_batches`` batches of ``batches`` (all when None), with a progress bar; a missing or
+    empty iterable is a ValueError saying what needed data."""
+    if batches is None:
+        raise ValueError(f"{what} needs data: pass an iterable of batches (dicts of model inputs).")
+    it = iter(batches)
+    if max_batches is not None:
+        it = itertools.islice(it, max_batches)
+    count = 0
+    for batch in tqdm(it, desc=desc, disable=not progress, leave=False):
+        count += 1
+        yield batch
+    if count == 0:
+        raise ValueError(f"The batch iterable is empty; {what.lower()} needs at least one batch of examples.")

@@ -1,0 +1,124 @@
+"""Gradual pruning while distilling: a schedule of pruning events and the event itself.
+
+At each event the student is re-scored on a few training batches (``structprune.score``), a budget is
+allocated (``structprune.allocate``) and the structure is physically removed (``structprune.prune_``).
+The schedule is cubic (Zhu & Gupta, 2017): most structure goes early, when the model can still recover.
+
+How this meets Accelerate (see ``loop.py``): surgery replaces parameters, so after an event the loop
+frees the prepared objects (``accelerator.free_memory``), builds a new optimizer (fresh AdamW moments for
+the new, smaller tensors) and scheduler (continuing at the current step), and calls ``prepare`` again
+(DDP re-wraps the smaller model). Every process computes the same mask: scores are averaged across
+processes before allocating. A checkpoint records the student's structure (``structure.json``); resuming
+prunes the fresh student to that structure *before* ``prepare``/``load_state``, so shapes match, and the
+schedule, which depends only on the step, carries on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ...allocation.allocate import allocate
+from ...allocation.cost import cost, dense_cost
+from ...mask import Mask, Scores
+from ...scoring import score
+from ...surgery.prune import prune_
+
+logger = logging.getLogger(__name__)
+
+
+def flops_fraction(model: nn.Module, seq_len: int = 128) -> float:
+    """Encoder FLOPs of ``model`` as a fraction of the unpruned model it came from."""
+    return cost(model, seq_len).encoder_flops / dense_cost(model, seq_len).encoder_flops
+
+
+def cubic_fractions(start: float, target: float, n: int) -> list[float]:
+    """FLOPs fractions after each of ``n`` events, cubic from ``start`` down to ``target`` (the last one).
+
+    Example::
+
+        cubic_fractions(1.0, 0.25, 4)   # [0.566..., 0.334..., 0.261..., 0.25]
+    """
+    if n < 1:
+        raise ValueError(f"Need at least one pruning event, got {n}.")
+    return [target + (start - target) * (1 - k / n) ** 3 for k in range(1, n + 1)]
+
+
+def prune_schedule(
+    total_steps: int, start: float, end: float, n: int, current: float, target: float
+) -> list[tuple[int, float]]:
+    """``(optimizer step, FLOPs fraction)`` of each pruning event, evenly spaced from ``start`` to ``end``
+    (fractions of ``total_steps``); an event at step ``s`` runs after ``s`` optimizer steps.
+
+    Example::
+
+        prune_schedule(100, 0.0, 0.5, 4, current=1.0, target=0.5)   # [(0, ...), (17, ...), (33, ...), (50, 0.5)]
+    """
+    if target >= current:
+        return []
+    first, last = round(start * total_steps), round(end * total_steps)
+    last = min(max(last, first), max(total_steps - 1, 0))
+    first = min(first, last)
+    steps = [first + round((last - first) * k / (n - 1)) if n > 1 else last for k in range(n)]
+    return list(zip(steps, cubic_fractions(current, target, n), strict=True))
+
+
+def _reduce_scores(scores: Scores, accelerator) -> Scores:
+    if accelerator is None or accelerator.num_processes == 1:
+        return scores
+    head = accelerator.reduce(scores.head.to(accelerator.device), reduction="sum").cpu()
+    ffn = accelerator.reduce(scores.ffn.to(accelerator.device), reduction="sum").cpu()
+    return Scores(head, ffn, method=scores.method, meta=scores.meta)
+
+
+def prune_event(
+    model: nn.Module,
+    batches: Iterable[Mapping],
+    fraction: float,
+    *,
+    method: str = "taylor",
+    max_batches: int = 8,
+    seq_len: int = 128,
+    multiple_of: int = 1,
+    min_heads: int = 1,
+    accelerator=None,
+) -> Mask:
+    """Score ``model`` on ``batches``, allocate ``fraction`` of the dense FLOPs and prune it in place.
+
+    With an ``accelerator``, each process scores its own share of the batches and the scores are summed
+    over processes, so every process removes the same structure (``fisher`` sums per-example terms, so
+    its scores do not depend on how examples are split into batches or processes). Returns the mask applied (original coordinates).
+
+    Example::
+
+        mask = prune_event(student, train_dataloader, 0.5, method="taylor", max_batches=4)
+    """
+    device = next(model.parameters()).device
+    procs = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    # Process r scores batches r, r + P, ... of the first P * max_batches: P processes with per-process
+    # batch b see the examples one process with batch P * b would (same data order on every process).
+    data = [
+        {k: (t.to(device) if isinstance(t, torch.Tensor) else t) for k, t in b.items()}
+        for i, b in enumerate(itertools.islice(iter(batches), max_batches * procs))
+        if i % procs == rank
+    ]
+    options = {"max_batches": max_batches, "progress": False} if method != "magnitude" else {}
+    scores = _reduce_scores(
+        score(model, data if method != "magnitude" else None, method=method, **options), accelerator
+    )
+    mask = allocate(
+        scores, model, flops=fraction, seq_len=seq_len, multiple_of=multiple_of, min_heads=min_heads
+    )
+    mask = mask & Mask.full(model)
+    prune_(model, mask)
+    logger.info(
+        "gradual pruning: %.1f%% of dense encoder FLOPs (target %.1f%%)",
+        100 * flops_fraction(model, seq_len),
+        100 * fraction,
+    )
+    return mask

@@ -1,0 +1,71 @@
+"""`DistillModule`: the trainable part of a run (student + optional projection) and its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ...batches import labels_of, logits_of, model_inputs
+from .config import DistillConfig
+from .losses import attention_kd, hidden_mse, logit_kd, task_loss
+from .maps import DistillMap
+
+
+class DistillModule(nn.Module):
+    """What is trained: the student plus, when widths differ, the hidden-state projection.
+
+    ``forward(batch, teacher_out)`` returns ``(loss, parts)``; this whole module is what Accelerate
+    prepares (DDP-wraps), so the projection's gradients are synchronised too. The teacher is *not* in it.
+    """
+
+    def __init__(self, student: nn.Module, config: DistillConfig, dmap: DistillMap | None, projection=None):
+        super().__init__()
+        self.student = student
+        self.projection = projection
+        self.config = config
+        self.dmap = dmap
+
+    def forward(self, batch: Mapping, teacher_out=None):
+        cfg = self.config
+        labels = labels_of(batch)
+        inputs = model_inputs(batch)
+        distil = teacher_out is not None
+        out = self.student(
+            **inputs,
+            output_hidden_states=distil and cfg.uses_hidden,
+            output_attentions=distil and cfg.uses_attention,
+        )
+        logits = logits_of(out)
+        parts: dict[str, torch.Tensor] = {}
+        if labels is not None and (cfg.task_weight > 0 or not distil):
+            parts["task"] = task_loss(logits, labels)
+        if distil:
+            token_mask = inputs.get("attention_mask") if logits.dim() == 3 else None
+            if cfg.logit_weight > 0:
+                parts["logit"] = logit_kd(logits, logits_of(teacher_out), cfg.temperature, token_mask)
+            if cfg.uses_hidden:
+                parts["hidden"] = hidden_mse(
+                    out.hidden_states,
+                    teacher_out.hidden_states,
+                    self.dmap.hidden_pairs(),
+                    inputs.get("attention_mask"),
+                    self.projection,
+                )
+            if cfg.uses_attention:
+                parts["attention"] = attention_kd(
+                    out.attentions,
+                    teacher_out.attentions,
+                    self.dmap.attention_pairs(),
+                    self.dmap.attention_heads(),
+                    inputs.get("attention_mask"),
+                )
+        weights = {
+            "task": cfg.task_weight if distil else 1.0,
+            "logit": cfg.logit_weight,
+            "hidden": cfg.hidden_weight,
+            "attention": cfg.attention_weight,
+        }
+        loss = sum(weights[k] * v for k, v in parts.items())
+        return loss, parts

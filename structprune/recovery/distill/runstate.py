@@ -1,0 +1,206 @@
+"""Run folder, checkpoints, metrics log and best-model keeping of the training loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from ...arch import view
+from ...atomic import atomic_write_json, atomic_write_text
+from .config import DistillConfig
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "trainer_state.json"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+
+
+@dataclass
+class LoopState:
+    """Progress of a run: what a checkpoint records besides the Accelerate state."""
+
+    total: int
+    steps_per_epoch: int
+    step: int = 0
+    best: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    pruned_at: int = -1
+    schedule_start: float | None = None
+    best_state: dict | None = None
+
+    def restore(self, saved: dict) -> None:
+        self.step = saved["step"]
+        self.best = saved["best"]
+        self.history = saved["history"]
+        self.pruned_at = saved["pruned_at"]
+        self.schedule_start = saved["schedule_start"]
+
+
+def trackers(cfg: DistillConfig) -> str | None:
+    if cfg.output_dir is None or cfg.report_to == "none":
+        return None
+    if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+        if cfg.report_to == "tensorboard":
+            raise ValueError(
+                "report_to='tensorboard' but tensorboard is not installed: pip install tensorboard."
+            )
+        return None
+    return "tensorboard"
+
+
+def out_path(cfg: DistillConfig) -> Path | None:
+    return Path(cfg.output_dir) if cfg.output_dir is not None else None
+
+
+def prepare_output_dir(cfg: DistillConfig, accelerator) -> Path | None:
+    """Create the run folder; refuse one holding another run unless ``overwrite`` or ``resume_from``."""
+    out = out_path(cfg)
+    if out is None:
+        return None
+    if cfg.resume_from is None and out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise ValueError(
+                f"{out} already holds files (another run?). Set overwrite=True to replace it, "
+                "resume_from='latest' to continue it, or pick an empty output_dir."
+            )
+        if not (out / RUN_FILE).exists():
+            raise ValueError(
+                f"{out} holds files that are not a structprune run ({RUN_FILE} is missing); overwrite only "
+                "replaces runs. Pick an empty output_dir."
+            )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if cfg.resume_from is None and out.exists() and cfg.overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out / RUN_FILE, {"config": cfg.to_dict(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        )
+    accelerator.wait_for_everyone()
+    return out
+
+
+def flat_config(cfg: DistillConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
+
+
+def log(record: dict, rs: LoopState, accelerator, out_dir: Path | None) -> None:
+    """Append ``record`` to the history, the JSONL file (always, when there is a run folder) and trackers."""
+    rs.history.append(record)
+    logger.info("%s", record)
+    if not accelerator.is_main_process:
+        return
+    if out_dir is not None:
+        with open(out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    if accelerator.trackers:
+        accelerator.log(
+            {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)},
+            step=record["step"],
+        )
+
+
+def truncate_metrics(out_dir: Path | None, step: int, accelerator) -> None:
+    """Drop JSONL lines logged after ``step`` by the run being resumed (they will be logged again)."""
+    if out_dir is None or not accelerator.is_main_process or not (out_dir / METRICS_FILE).exists():
+        return
+    lines = (out_dir / METRICS_FILE).read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(out_dir / METRICS_FILE, "".join(ln + "\n" for ln in kept))
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    folder = out_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if p.is_dir() and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(out_dir: Path | None) -> Path | None:
+    found = _checkpoints(out_dir) if out_dir else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator, out_dir: Path, rs: LoopState, student, cfg: DistillConfig) -> Path:
+    """``accelerator.save_state`` plus the run state, written to a temporary folder then renamed."""
+    final = out_dir / CHECKPOINTS / f"step-{rs.step}"
+    tmp = out_dir / CHECKPOINTS / f"step-{rs.step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        state = {
+            "step": rs.step,
+            "best": rs.best,
+            "history": rs.history,
+            "pruned_at": rs.pruned_at,
+            "schedule_start": rs.schedule_start,
+            "structure": view(student).structure.to_dict(),
+        }
+        atomic_write_json(tmp / STATE_FILE, state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _checkpoints(out_dir)[: -cfg.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_trainer_state(cfg: DistillConfig) -> dict:
+    """Find the checkpoint ``cfg.resume_from`` names and read its run state."""
+    out = out_path(cfg)
+    if cfg.resume_from == "latest":
+        path = latest_checkpoint(out)
+        if path is None:
+            raise ValueError(f"resume_from='latest' but {out / CHECKPOINTS} holds no checkpoint.")
+    else:
+        path = Path(cfg.resume_from)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(
+            f"{path} is not a checkpoint of this loop ({STATE_FILE} missing); pass a folder under "
+            f"{out / CHECKPOINTS} or 'latest'."
+        )
+    state = json.loads((path / STATE_FILE).read_text())
+    state["path"] = str(path)
+    return state
+
+
+def save_best(student, rs: LoopState, out_dir: Path | None, accelerator) -> None:
+    """Keep the best weights in memory and, with a run folder, as ``best/`` (save_pretrained, atomic)."""
+    rs.best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()}
+    if out_dir is None or not accelerator.is_main_process:
+        return
+    tmp, final = out_dir / (BEST + ".tmp"), out_dir / BEST
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_pretrained(tmp)
+    save_file({k: v.contiguous() for k, v in rs.best_state.items()}, str(tmp / "weights.safetensors"))
+    atomic_write_json(tmp / "best.json", rs.best)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def load_best(student, rs: LoopState, out_dir: Path | None, accelerator) -> None:
+    """Put the best weights back into ``student`` (from memory, or from ``best/`` after a resume)."""
+    state = rs.best_state
+    if state is None and out_dir is not None and (out_dir / BEST / "weights.safetensors").exists():
+        state = load_file(str(out_dir / BEST / "weights.safetensors"))
+    if state is None:
+        return
+    student.load_state_dict({k: v.to(student.device) for k, v in state.items()})
+    logger.info(
+        "loaded the best weights (%s = %.4f at step %d)", rs.best["metric"], rs.best["value"], rs.best["step"]
+    )

@@ -1,0 +1,425 @@
+"""Layer-wise least-squares reconstruction: retraining-free recovery after pruning.
+
+Layer by layer, in order, the kept structures are re-fitted so that the pruned layer's output on
+calibration data matches the unpruned model's. The student runs on its *own* (already reconstructed)
+inputs, the reference on the unpruned model's, so each fit also corrects the error coming from below.
+
+What is matched is the pre-LayerNorm sum of each block (``o(x) + residual`` for attention,
+``down(x) + residual`` for the FFN; every registered family is post-LN), so the student's residual
+drift is part of the target. What is fitted (``fit=``):
+
+- ``"weights"`` (default): the output projection's columns of the kept heads / neurons and its bias,
+  ``min ||X W^T + b - Y||^2 + lam ||W - W_0||^2`` (ridge toward the current weights). One Cholesky
+  solve of a ``[kept, kept]`` system per block; far more freedom than scales and still cheap.
+- ``"scales"``: one factor per kept head / neuron plus the bias (Kwon et al. 2022's mask tuning),
+  ridge toward 1, factors clamped to ``[0, max_scale]``.
+
+Both solve in float64 from Gram statistics, with ``lam = damp * mean(diag)``. Each fit is accepted only
+where it lowers the block's calibration error: the ridge solution never raises it (the current weights
+are a feasible point), a bounded step toward it keeps that property (the error is convex along the
+segment), and a non-finite solution falls back to the current weights with a warning. Too few
+calibration tokens for the unknowns: a warning and a larger ridge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...arch import LayerView, view
+from ...batches import model_inputs
+from ...gates import Gates
+from ...mask import Mask
+from .solve import BlockStats, block_error, solve_scales, solve_weights
+
+logger = logging.getLogger(__name__)
+
+FITS = ("weights", "scales")
+
+
+@dataclass
+class ReconstructConfig:
+    """Options of :func:`reconstruct`."""
+
+    fit: str = field(default="weights", metadata={"help": "'weights' (kept output-projection columns + bias) or 'scales' (one factor per kept unit + bias)."})  # fmt: skip
+    damp: float = field(default=0.01, metadata={"help": "Ridge strength relative to the mean diagonal of the Gram matrix."})  # fmt: skip
+    max_scale: float = field(default=4.0, metadata={"help": "fit='scales': factors are clamped to [0, max_scale]."})  # fmt: skip
+    max_change: float = field(default=2.0, metadata={"help": "fit='weights': largest ||W - W_0|| / ||W_0|| allowed; a larger step is shortened."})  # fmt: skip
+    fit_bias: bool = field(default=True, metadata={"help": "Also re-fit the output projection's bias."})
+    tokens_per_unknown: float = field(default=4.0, metadata={"help": "Below this many calibration tokens per unknown: warn and raise the ridge."})  # fmt: skip
+    max_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples."})  # fmt: skip
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}.")
+        if not self.damp > 0:
+            raise ValueError(f"damp must be > 0 (a ridge keeps the solve stable), got {self.damp!r}.")
+        if not self.max_scale > 0 or not self.max_change > 0:
+            raise ValueError("max_scale and max_change must be > 0; they bound how far a fit may move.")
+        if not self.tokens_per_unknown > 0:
+            raise ValueError(f"tokens_per_unknown must be > 0, got {self.tokens_per_unknown!r}.")
+        if self.max_examples is not None and (
+            not isinstance(self.max_examples, int) or self.max_examples < 1
+        ):
+            raise ValueError(f"max_examples must be a positive integer or None, got {self.max_examples!r}.")
+
+
+@dataclass
+class BlockFit:
+    """One fitted block: its calibration error (sum of squares over real tokens) before and after."""
+
+    layer: int
+    block: str
+    unknowns: int
+    tokens: int
+    error_before: float
+    error_after: float
+    damp: float
+    step: float
+    """Fraction of the way to the ridge solution taken (1 unless bounded or rejected)."""
+
+
+@dataclass
+class ReconstructReport:
+    """What :func:`reconstruct` did: one :class:`BlockFit` per attention / FFN block, and totals."""
+
+    fit: str
+    examples: int
+    tokens: int
+    seconds: float
+    blocks: list[BlockFit]
+
+    @property
+    def error_before(self) -> float:
+        return sum(b.error_before for b in self.blocks)
+
+    @property
+    def error_after(self) -> float:
+        return sum(b.error_after for b in self.blocks)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "error_before": self.error_before, "error_after": self.error_after}
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a layer's forward once what is needed has been seen."""
+
+
+def _first(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args, kwargs, hidden):
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _out(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def take_examples(batches: Iterable[Mapping], max_examples: int | None) -> list[dict]:
+    """Materialize calibration batches (re-iterable), cut to ``max_examples`` examples in total."""
+    out, seen = [], 0
+    for batch in batches:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"Each calibration batch must be a dict of model inputs; got {type(batch).__name__}. Use "
+                "structprune.data.make_dataloader or a DataCollatorWithPadding."
+            )
+        if "input_ids" not in batch and "inputs_embeds" not in batch:
+            raise ValueError("A calibration batch has no 'input_ids'; tokenize the calibration data first.")
+        n = len(next(iter(t for t in batch.values() if isinstance(t, torch.Tensor))))
+        if max_examples is not None and seen + n > max_examples:
+            keep = max_examples - seen
+            batch = {k: (t[:keep] if isinstance(t, torch.Tensor) else t) for k, t in batch.items()}
+            n = keep
+        if n:
+            out.append(dict(batch))
+            seen += n
+        if max_examples is not None and seen >= max_examples:
+            break
+    if not out:
+        raise ValueError(
+            "The calibration data is empty; reconstruction needs examples (a few hundred is typical)."
+        )
+    return out
+
+
+def _examples(batches: list[dict]) -> int:
+    return sum(len(b["input_ids"]) for b in batches)
+
+
+class _Side:
+    """One model side (reference or student) walked layer by layer over cached hidden states."""
+
+    def __init__(self, model: nn.Module, gates: Gates | None):
+        self.model = model
+        self.view = view(model)
+        self.gates = gates
+        self.by_orig: dict[int, LayerView] = {lv.orig: lv for lv in self.view.layers}
+        self.calls: list[tuple] = []  # per batch: the first layer's (args, kwargs)
+
+    @torch.no_grad()
+    def capture(self, inputs: list[dict]) -> None:
+        """Record the first layer's call for every batch (its input and keyword arguments), stopping the
+        forward there. Every layer is later called with those keyword arguments (the attention mask, a
+        shared position bias): all registered families pass the same ones to each layer."""
+        first = self.view.layers[0].module
+        current: dict[str, tuple] = {}
+
+        def hook(module, args, kwargs):
+            current["call"] = (args, kwargs)
+            raise _Stop
+
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            for batch in inputs:
+                try:
+                    with self.gates.attach(self.model) if self.gates else _null():
+                        self.model(**batch)
+                except _Stop:
+                    pass
+                self.calls.append(current.pop("call"))
+        finally:
+            handle.remove()
+
+    def run(self, orig: int, b: int, hidden: torch.Tensor, observer=None) -> torch.Tensor | None:
+        """Run layer ``orig`` of batch ``b`` on ``hidden`` with this side's gates (if any) and ``observer``;
+        returns the layer output, or None when the observer stopped it early."""
+        lv = self.by_orig[orig]
+        args, kwargs = _with_hidden(*self.calls[b], hidden)
+        head = self.gates.head if self.gates else None
+        ffn = self.gates.ffn if self.gates else None
+        try:
+            with Gates(head, ffn, observer=observer).attach(self.model):
+                return _out(lv.module(*args, **kwargs))
+        except _Stop:
+            return None
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _columns(lv: LayerView, keep: torch.Tensor | None, group: int) -> torch.Tensor | None:
+    """Positions of the kept units' columns in the current projection input (None: all of them)."""
+    ids = lv.heads if group > 1 else lv.ffn
+    if keep is None or all(bool(keep[orig]) for orig in ids):
+        return None
+    pos = [j for j, orig in enumerate(ids) if bool(keep[orig])]
+    return torch.tensor([j * group + t for j in pos for t in range(group)], dtype=torch.long)
+
+
+@torch.no_grad()
+def reconstruct(
+    model: nn.Module,
+    reference: nn.Module | Mask,
+    calibration_data: Iterable[Mapping],
+    config: ReconstructConfig | None = None,
+    **options,
+) -> ReconstructReport:
+    """Re-fit the kept heads / neurons of ``model`` so each layer matches the unpruned one; in place.
+
+    Two ways to call it:
+
+    - ``reference`` is a :class:`Mask`: ``model`` is the unpruned (or less pruned) model and the mask is
+      applied with gates; the fitted weights of the kept structures are written into ``model``, whose
+      masked output then equals what ``sp.prune_(model, mask)`` gives (what :func:`compress` does).
+    - ``reference`` is a model: ``model`` was pruned from it (same original coordinates); the reference
+      is only read.
+
+    ``calibration_data``: batches (dicts of model inputs; labels are ignored - the targets are the
+    reference model's own layer outputs). Options are the fields of :class:`ReconstructConfig`.
+
+    Example::
+
+        mask = sp.search(sp.score(model, batches, method="fisher"), model, flops=0.5)
+        report = sp.reconstruct(model, mask, batches)      # fit on the masked model
+        sp.prune_(model, mask)
+        report.error_after < report.error_before            # True
+    """
+    cfg = config if config is not None else ReconstructConfig(**options)
+    if config is not None and options:
+        raise TypeError("Pass either config=ReconstructConfig(...) or keyword options, not both.")
+    start = time.perf_counter()
+    sv = view(model)
+    st = sv.structure
+    if isinstance(reference, Mask):
+        reference.check_compatible(model)
+        mask = reference
+        ref_model, gates = model, Gates.from_mask(mask)
+    elif isinstance(reference, nn.Module):
+        rv = view(reference)
+        rs = rv.structure
+        if (rs.num_layers, rs.num_heads, rs.intermediate_size, rs.hidden_size) != (
+            st.num_layers, st.num_heads, st.intermediate_size, st.hidden_size,
+        ):  # fmt: skip
+            raise ValueError(
+                "The reference model is not the one this model was pruned from (original sizes differ); pass "
+                "the unpruned model, or the unpruned model with a Mask."
+            )
+        Mask.full(model).check_compatible(reference)
+        mask, ref_model, gates = None, reference, None
+    else:
+        raise TypeError(
+            f"reference must be the unpruned model or a structprune.Mask, got {type(reference).__name__}."
+        )
+
+    hidden_pruned = st.hidden is not None or view(ref_model).structure.hidden is not None
+    if hidden_pruned or (mask is not None and mask.hidden is not None):
+        raise ValueError(
+            "reconstruct re-fits heads and FFN neurons of models with their full hidden size; this model or "
+            "mask prunes hidden dimensions. Reconstruct after head/FFN pruning and before hidden pruning."
+        )
+    device = next(model.parameters()).device
+    batches = take_examples(calibration_data, cfg.max_examples)
+    inputs = [model_inputs(b, device) for b in batches]
+    real = [
+        (
+            b["attention_mask"].bool()
+            if b.get("attention_mask") is not None
+            else torch.ones(b["input_ids"].shape[:2], dtype=torch.bool, device=device)
+        )  # fmt: skip
+        for b in inputs
+    ]
+    n_examples, n_tokens = _examples(inputs), int(sum(int(r.sum()) for r in real))
+    was_training = (model.training, ref_model.training)
+    model.eval()
+    ref_model.eval()
+
+    ref = _Side(ref_model, None)
+    stu = _Side(model, gates)
+    ref.capture(inputs)
+    if mask is None:
+        stu.capture(inputs)
+    else:
+        stu.calls = ref.calls
+    h_ref = [_first(*call) for call in ref.calls]
+    h_stu = [_first(*call) for call in stu.calls]
+
+    fits: list[BlockFit] = []
+    dh = st.head_size
+    for orig in tqdm(sorted(ref.by_orig), desc="reconstruct", disable=not cfg.progress, leave=False):
+        # reference: pre-LN targets of both blocks, and the next input
+        targets: dict[str, list[torch.Tensor]] = {"o": [], "down": []}
+        seen: dict[str, torch.Tensor] = {}
+        lv = ref.by_orig[orig]
+        handles = [
+            lv.o.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("o", out)),
+            lv.down.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("down", out)),
+            lv.up.register_forward_pre_hook(lambda m, a, s=seen: s.__setitem__("up_in", a[0])),
+        ]
+        try:
+            for b in range(len(inputs)):
+                out = ref.run(orig, b, h_ref[b])
+                targets["o"].append((seen["o"] + h_ref[b])[real[b]])
+                targets["down"].append((seen["down"] + seen["up_in"])[real[b]])
+                h_ref[b] = out
+        finally:
+            for h in handles:
+                h.remove()
+        if orig not in stu.by_orig or (mask is not None and orig not in mask.kept_layers):
+            continue  # dropped layer: the student passes its input through
+        slv = stu.by_orig[orig]
+        for kind, group in (("o", dh), ("down", 1)):
+            lin = slv.o if kind == "o" else slv.down
+            keep = None if mask is None else (mask.head[orig] if kind == "o" else mask.ffn[orig])
+            cols = _columns(slv, keep, group)
+            stats = BlockStats.zeros(lin.in_features if cols is None else len(cols), lin.out_features)
+            for b in range(len(inputs)):
+                seen = {}
+
+                def observer(k, layer, x, kind=kind, seen=seen):
+                    if k == kind:
+                        seen["x"] = x
+                        raise _Stop
+
+                handle = slv.up.register_forward_pre_hook(
+                    lambda m, a, seen=seen: seen.__setitem__("up_in", a[0])
+                )
+                try:
+                    stu.run(orig, b, h_stu[b], observer)
+                finally:
+                    handle.remove()
+                resid = h_stu[b] if kind == "o" else seen["up_in"]
+                x = seen["x"] if cols is None else seen["x"][..., cols.to(device)]
+                x = x[real[b]]
+                stats.add(x, targets[kind][b] - resid[real[b]])
+            fits.append(_fit_block(cfg, lin, cols, stats, orig, "attn" if kind == "o" else "ffn", group))
+        for b in range(len(inputs)):
+            h_stu[b] = stu.run(orig, b, h_stu[b])
+    model.train(was_training[0])
+    ref_model.train(was_training[1])
+    report = ReconstructReport(cfg.fit, n_examples, n_tokens, time.perf_counter() - start, fits)
+    logger.info(
+        "reconstruct: %d blocks, calibration error %.4g -> %.4g (%.1fs)",
+        len(fits),
+        report.error_before,
+        report.error_after,
+        report.seconds,
+    )
+    return report
+
+
+def _fit_block(
+    cfg: ReconstructConfig,
+    lin: nn.Linear,
+    cols: torch.Tensor | None,
+    stats: BlockStats,
+    orig: int,
+    block: str,
+    group: int,
+) -> BlockFit:
+    if cols is None:
+        cols = torch.arange(lin.in_features)
+    w0 = lin.weight.detach()[:, cols.to(lin.weight.device)].double().cpu()
+    b0 = (
+        lin.bias.detach().double().cpu()
+        if lin.bias is not None
+        else torch.zeros(lin.out_features, dtype=torch.float64)
+    )
+    fit_bias = cfg.fit_bias and lin.bias is not None
+    unknowns = w0.shape[1] if cfg.fit == "weights" else w0.shape[1] // group
+    rows = stats.count if cfg.fit == "weights" else stats.count * lin.out_features
+    damp = cfg.damp
+    need = cfg.tokens_per_unknown * unknowns
+    if rows < need:
+        damp = cfg.damp * need / max(rows, 1)
+        warnings.warn(
+            f"Layer {orig} {block}: {stats.count} calibration tokens are few for {unknowns} unknowns per "
+            f"output (fit={cfg.fit!r}); raising the ridge to damp={damp:.3g}. Use more calibration examples "
+            "(a few hundred to ~2000) or fit='scales'.",
+            stacklevel=4,
+        )
+    before = block_error(stats, w0, b0)
+    if cfg.fit == "weights":
+        w, b, step = solve_weights(stats, w0, b0, damp, cfg.max_change, fit_bias)
+    else:
+        w, b, step = solve_scales(stats, w0, b0, group, damp, cfg.max_scale, fit_bias)
+    after = block_error(stats, w, b) if step > 0 else before
+    if not (torch.isfinite(w).all() and torch.isfinite(b).all()) or after > before:
+        warnings.warn(
+            f"Layer {orig} {block}: the least-squares fit was not finite or did not lower the error; keeping "
+            "the current weights.",
+            stacklevel=4,
+        )
+        w, b, step, after = w0, b0, 0.0, before
+    with torch.no_grad():
+        lin.weight[:, cols.to(lin.weight.device)] = w.to(lin.weight.dtype).to(lin.weight.device)
+        if fit_bias:
+            lin.bias.copy_(b.to(lin.bias.dtype))
+    return BlockFit(orig, block, unknowns, stats.count, before, after, damp, step)

@@ -1,0 +1,263 @@
+"""The one-call retraining-free path: score, search, prune and reconstruct.
+
+``compress(model, calibration_data, flops=0.5)`` runs Fisher scoring on the calibration batches (labels,
+or the model's own predictions), the constrained mask search and its per-layer rearrangement
+(:mod:`structprune.search`), layer-wise reconstruction on the masked model (:mod:`structprune.reconstruct`)
+and surgery (:func:`structprune.prune_`), and returns the smaller model with a report.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..allocation.allocate import allocate
+from ..allocation.budget import one_budget
+from ..allocation.cost import cost, dense_cost
+from ..allocation.search import rearrange, retained, search
+from ..batches import labels_of
+from ..mask import Mask, Scores
+from ..recovery.reconstruct import FITS, ReconstructConfig, ReconstructReport, reconstruct, take_examples
+from ..scoring import available_scorers, score
+from ..scoring.gradients import GateGradients, gate_gradients
+from ..scoring.shape import score_shape
+from ..surgery.prune import prune_
+
+logger = logging.getLogger(__name__)
+
+FEW_EXAMPLES = 64
+
+
+@dataclass
+class CompressConfig:
+    """Options of :func:`compress` (one budget: ``flops`` or ``params``, a fraction of the unpruned encoder)."""
+
+    flops: float | None = field(default=None, metadata={"help": "Fraction of the unpruned encoder FLOPs to keep (default 0.5 when no budget is given)."})  # fmt: skip
+    params: float | None = field(default=None, metadata={"help": "Fraction of the unpruned encoder parameters to keep."})  # fmt: skip
+    method: str = field(default="fisher", metadata={"help": "Importance scorer (see structprune.available_scorers())."})  # fmt: skip
+    label_free: bool | None = field(default=None, metadata={"help": "Score against the model's own predictions; None: only when the batches have no labels."})  # fmt: skip
+    search: bool = field(default=True, metadata={"help": "Constrained mask search (False: sp.allocate's global per-layer-normalized ranking)."})  # fmt: skip
+    rearrange: bool = field(default=True, metadata={"help": "Refine the mask within layers with Fisher interactions (method='fisher')."})  # fmt: skip
+    reconstruct: bool = field(default=True, metadata={"help": "Layer-wise least-squares reconstruction after the mask is chosen."})  # fmt: skip
+    fit: str = field(default="weights", metadata={"help": "Reconstruction: 'weights' or 'scales' (see structprune.reconstruct)."})  # fmt: skip
+    damp: float = field(default=0.01, metadata={"help": "Reconstruction ridge, relative to the mean Gram diagonal."})  # fmt: skip
+    num_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples (a few hundred to ~2000)."})  # fmt: skip
+    seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
+    min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps at least."})
+    multiple_of: int = field(default=1, metadata={"help": "Round every layer's FFN width to a multiple of this."})  # fmt: skip
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    layers: int | None = field(default=None, metadata={"help": "Target depth: keep this many layers (sp.score_layers), before the head/FFN budget."})  # fmt: skip
+    hidden: int | None = field(default=None, metadata={"help": "Target hidden size: keep this many residual-stream dimensions (sp.score_hidden), before the head/FFN budget."})  # fmt: skip
+
+    def __post_init__(self):
+        if self.flops is None and self.params is None:
+            self.flops = 0.5
+        one_budget(self.flops, self.params)
+        if self.method not in available_scorers():
+            raise ValueError(
+                f"Unknown method {self.method!r}; choose one of {', '.join(available_scorers())}."
+            )
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}.")
+        if self.num_examples is not None and (
+            isinstance(self.num_examples, bool)
+            or not isinstance(self.num_examples, int)
+            or self.num_examples < 1
+        ):
+            raise ValueError(f"num_examples must be a positive integer or None, got {self.num_examples!r}.")
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress` did and what it cost."""
+
+    mask: Mask
+    method: str
+    label_free: bool
+    examples: int
+    flops_kept: float
+    """Encoder FLOPs of the result / of the unpruned model (at ``seq_len``)."""
+    params_before: int
+    params_after: int
+    retained_importance: float
+    """Share of the total importance score the mask keeps."""
+    seconds: dict[str, float]
+    reconstruction: ReconstructReport | None = None
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("mask", "reconstruction")}
+        out["mask"] = self.mask.summary()
+        out["reconstruction"] = self.reconstruction.to_dict() if self.reconstruction else None
+        return out
+
+
+def check_task(model: nn.Module, batches: list[dict]) -> None:
+    """Raise ``ValueError`` when the calibration data cannot belong to ``model``'s task head.
+
+    Checks token ids against the vocabulary and labels against the head: class ids in
+    ``[0, num_labels)`` (``-100`` is ignored), integer labels for a classifier, float targets for a
+    regression head (``num_labels=1``).
+    """
+    config = model.config
+    vocab = getattr(config, "vocab_size", None)
+    num_labels = getattr(config, "num_labels", None)
+    regression = num_labels == 1 or getattr(config, "problem_type", None) == "regression"
+    for batch in batches:
+        ids = batch.get("input_ids")
+        if vocab is not None and isinstance(ids, torch.Tensor) and ids.numel() and int(ids.max()) >= vocab:
+            raise ValueError(
+                f"A calibration batch has token id {int(ids.max())} but the model's vocabulary has {vocab} "
+                "entries: the data was tokenized with another tokenizer. Tokenize it with this model's."
+            )
+        labels = labels_of(batch)
+        if not isinstance(labels, torch.Tensor) or num_labels is None or labels.dim() > 1:
+            continue  # no labels, or token-level / span labels: checked by the model's own loss
+        if regression:
+            if not labels.is_floating_point():
+                raise ValueError(
+                    "The model has a regression head (num_labels=1) but the calibration labels are integer "
+                    f"class ids (e.g. {labels[:4].tolist()}): the data is from a classification task. Use data "
+                    "of the model's task, or label_free=True."
+                )
+            continue
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise ValueError(
+                f"The model classifies into {num_labels} classes but the calibration labels are real numbers "
+                f"(e.g. {labels[:4].tolist()}): the data is from a regression task. Use data of the model's task."
+            )
+        real = labels[labels != -100].long()
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_labels):
+            raise ValueError(
+                f"Calibration label {int(real.max()) if int(real.max()) >= num_labels else int(real.min())} is "
+                f"outside the model's {num_labels} classes [0, {num_labels - 1}]: the data is from a different "
+                "task than the classifier head. Use data of the model's task, or label_free=True."
+            )
+
+
+def _has_labels(batches: list[dict]) -> bool:
+    return all(labels_of(b) is not None for b in batches)
+
+
+def compress(
+    model: nn.Module,
+    calibration_data: Iterable[Mapping],
+    flops: float | None = None,
+    *,
+    config: CompressConfig | None = None,
+    gradients: GateGradients | None = None,
+    **options,
+) -> tuple[nn.Module, CompressReport]:
+    """Prune ``model`` in place to a FLOPs (or ``params=``) budget without retraining; returns it and a report.
+
+    ``calibration_data``: batches (dicts of model inputs, with ``labels`` or not), e.g. a few hundred to
+    ~2000 training examples from ``structprune.data.make_dataloader``. Steps: Fisher scores (labels, or
+    the model's own predictions when there are none or ``label_free=True``), constrained mask search,
+    per-layer rearrangement, layer-wise least-squares reconstruction against the unpruned model's layer
+    outputs, then surgery. Options are the fields of :class:`CompressConfig`. ``copy.deepcopy`` the
+    model first to keep the original. ``gradients`` (from :func:`structprune.gate_gradients` on this
+    model) skips the scoring pass, e.g. to compress one model to several budgets.
+
+    Example::
+
+        loader = make_dataloader(load_split("sst2", "train"), tok, "sst2", limit=1000, limit_mode="random")
+        model, report = sp.compress(model, loader, flops=0.5)
+        report.flops_kept, report.seconds["total"]
+    """
+    if config is not None and (options or flops is not None):
+        raise TypeError("Pass either config=CompressConfig(...) or flops=/keyword options, not both.")
+    cfg = config if config is not None else CompressConfig(flops=flops, **options)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress expects a transformers model, got {type(model).__name__}.")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    batches = take_examples(calibration_data, cfg.num_examples)
+    n_examples = sum(len(b["input_ids"]) for b in batches)
+    check_task(model, batches)
+    if n_examples < FEW_EXAMPLES:
+        warnings.warn(
+            f"Only {n_examples} calibration examples: scores and reconstruction will be noisy (the ridge is "
+            "raised where the fit is under-determined). A few hundred to ~2000 is typical.",
+            stacklevel=2,
+        )
+    label_free = cfg.label_free if cfg.label_free is not None else not _has_labels(batches)
+    if not label_free and not _has_labels(batches):
+        raise ValueError(
+            "label_free=False but some calibration batches have no 'labels'; add them or drop the flag."
+        )
+    params_before = sum(p.numel() for p in model.parameters())
+    budget = {"flops": cfg.flops} if cfg.flops is not None else {"params": cfg.params}
+    # A target shape (depth / width) is cut first; the FLOPs/params budget then goes to heads and neurons.
+    if cfg.layers is not None or cfg.hidden is not None:
+        shape = score_shape(model, batches, label_free=label_free, progress=cfg.progress)
+        prune_(model, allocate(shape, model, layers=cfg.layers, hidden=cfg.hidden))
+
+    t = time.perf_counter()
+    grads = gradients
+    if grads is not None:
+        if cfg.method != "fisher":
+            raise ValueError("gradients= gives Fisher scores; it goes with method='fisher'.")
+        if tuple(grads.head.shape[1:]) != tuple(Mask.full(model).head.shape):
+            raise ValueError("gradients= were collected on another model; call gate_gradients on this one.")
+        scores: Scores = grads.fisher()
+        label_free = grads.label_free
+    elif cfg.method == "fisher" and cfg.rearrange:
+        grads = gate_gradients(model, batches, label_free=label_free, progress=cfg.progress)
+        scores = grads.fisher()
+    else:
+        opts = {"label_free": label_free} if cfg.method in ("fisher", "taylor") else {}
+        scores = score(model, batches, method=cfg.method, progress=cfg.progress, **opts)
+    seconds["score"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if cfg.search:
+        mask = search(scores, model, seq_len=cfg.seq_len, min_heads=cfg.min_heads, multiple_of=cfg.multiple_of, **budget)  # fmt: skip
+        if grads is not None:
+            mask = rearrange(mask, grads)
+    else:
+        mask = allocate(scores, model, seq_len=cfg.seq_len, min_heads=cfg.min_heads, multiple_of=cfg.multiple_of, **budget)  # fmt: skip
+    seconds["search"] = time.perf_counter() - t
+
+    recon = None
+    dense_flops = dense_cost(model, cfg.seq_len).encoder_flops
+    t = time.perf_counter()
+    # Reconstruct the pruned model against a copy of the unpruned one: the student's passes then run at
+    # the pruned size, about half the work of fitting on the gated full-size model.
+    reference = copy.deepcopy(model) if cfg.reconstruct else None
+    prune_(model, mask)
+    seconds["prune"] = time.perf_counter() - t
+    if reference is not None:
+        t = time.perf_counter()
+        recon = reconstruct(
+            model, reference, batches, ReconstructConfig(fit=cfg.fit, damp=cfg.damp, progress=cfg.progress)
+        )
+        del reference
+        seconds["reconstruct"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - start
+    total_importance = float(scores.head.double().sum() + scores.ffn.double().sum())
+    report = CompressReport(
+        mask=mask,
+        method=cfg.method,
+        label_free=label_free,
+        examples=n_examples,
+        flops_kept=cost(model, cfg.seq_len).encoder_flops / dense_flops,
+        params_before=params_before,
+        params_after=sum(p.numel() for p in model.parameters()),
+        retained_importance=retained(scores, mask) / total_importance if total_importance > 0 else 1.0,
+        seconds=seconds,
+        reconstruction=recon,
+    )
+    logger.info(
+        "compress: %.1f%% of encoder FLOPs kept, %d -> %d parameters, %.1fs",
+        100 * report.flops_kept,
+        params_before,
+        report.params_after,
+        seconds["total"],
+    )
+    return model, report

