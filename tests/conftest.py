@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+# The package finds local GLUE data only through $STRUCTPRUNE_GLUE_DIR (else the Hub). The project's own
+# tests point it at the shared folder beside the checkout when there is one, so they stay offline here;
+# set before any test runs, so subprocesses the tests start inherit it too.
+if (SHARED / "data" / "glue").is_dir():
+    os.environ.setdefault("STRUCTPRUNE_GLUE_DIR", str((SHARED / "data" / "glue").resolve()))
 
 
 @pytest.fixture(scope="session")

@@ -309,12 +309,12 @@ def test_default_dir_env_then_hub_offline(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_default_dir_is_shared_glue_when_present(monkeypatch):
+def test_local_data_only_through_the_setting(monkeypatch):
     monkeypatch.delenv("STRUCTPRUNE_GLUE_DIR", raising=False)
-    if not GLUE_DIR.is_dir():
-        assert default_data_dir() is None
-    else:
-        assert default_data_dir() == GLUE_DIR.resolve()
+    assert default_data_dir() is None  # no folder of one machine is guessed: the Hub
+    if GLUE_DIR.is_dir():
+        monkeypatch.setenv("STRUCTPRUNE_GLUE_DIR", str(GLUE_DIR))
+        assert default_data_dir() == GLUE_DIR
         assert len(load_split("wnli", "validation")) == 71  # data_dir=None -> the local folder
 
 

@@ -12,36 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..arch import view
 from ..mask import Mask, Scores
-from .budget import check_fraction
-from .cost import (
-    dense_cost,
-    head_flops,
-    head_params,
-    layer_hidden_params_per_dim,
-    neuron_flops,
-    neuron_params,
-)
+from .budget import Prices, check_fraction, prices
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Units:
-    """Cost of keeping structure: ``fixed + heads * head + neurons * neuron``."""
-
-    fixed: float
-    head: float
-    neuron: float
-
-    def of(self, heads: int, neurons: int) -> float:
-        return self.fixed + heads * self.head + neurons * self.neuron
 
 
 def _normalize(s: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -98,7 +77,7 @@ def _round_widths(keep: torch.Tensor, s: torch.Tensor, multiple_of: int) -> torc
 
 
 def _shrink_to_budget(
-    keep: torch.Tensor, s: torch.Tensor, units: _Units, heads: int, budget: float, step: int
+    keep: torch.Tensor, s: torch.Tensor, units: Prices, heads: int, budget: float, step: int
 ):
     """Remove groups of ``step`` neurons (lowest boundary score first) until the budget holds."""
     while units.of(heads, int(keep.sum())) > budget * (1 + 1e-9) and keep.any():
@@ -256,24 +235,16 @@ def allocate(
     if heads is not None or ffn is not None:
         n_heads = n_alive_h if heads is None else _count("heads", heads, L * H)
         n_ffn = n_alive_f if ffn is None else _count("ffn", ffn, L * intermediate)
-        budget, units = math.inf, _Units(0, 0, 0)
+        budget, units = math.inf, Prices("count", 0, 0, 0, math.inf, 1)
     else:
-        D, d, dh = st.hidden_size, d_kept, st.head_size
-        dense = dense_cost(model, seq_len)
-        if flops is not None:
-            fraction = check_fraction("flops", flops)
-            units = _Units(0, head_flops(d, dh, seq_len), neuron_flops(d, seq_len))
-            budget = fraction * dense.encoder_flops
-        else:
-            fraction = check_fraction("params", params)
-            fixed = dense.encoder_params - L * (H * head_params(D, dh) + intermediate * neuron_params(D))
-            fixed_at_d = fixed / L - (D - d) * layer_hidden_params_per_dim(v.layers[0])
-            units = _Units(fixed_at_d * n_layers, head_params(d, dh), neuron_params(d))
-            budget = fraction * dense.encoder_params
+        d = d_kept
+        kind = "flops" if flops is not None else "params"
+        fraction = check_fraction(kind, flops if flops is not None else params)
+        units = prices(model, kind, fraction, seq_len, width=d, layers=n_layers)
+        budget = units.budget
         smallest = units.of(min_keep, 0)
         if smallest > budget:
-            kind = "flops" if flops is not None else "params"
-            dense_total = dense.encoder_flops if flops is not None else dense.encoder_params
+            dense_total = units.total
             raise ValueError(
                 f"{kind}={fraction} is below what min_heads={min_heads} allows in {n_layers} layers at hidden "
                 f"size {d}: the smallest feasible budget is {kind}={smallest / dense_total:.4f}. Raise the "
@@ -281,8 +252,7 @@ def allocate(
             )
         # Heads and neurons keep the same share of their cost in the model's current shape (the whole dense
         # cost for an unpruned model); neurons then fill what is left.
-        dense_total = dense.encoder_flops if flops is not None else dense.encoder_params
-        shape_share = units.of(n_alive_h, n_alive_f) / dense_total
+        shape_share = units.of(n_alive_h, n_alive_f) / units.total
         head_fraction = min(fraction / shape_share, 1.0) if shape_share > 0 else 1.0
         n_heads = max(min(round(head_fraction * n_alive_h), n_alive_h), min_keep)
         if strategy == "uniform":  # the same number of heads in every layer

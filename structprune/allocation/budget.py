@@ -1,4 +1,5 @@
-"""What a budget is, checked in one place: the fraction of the unpruned model's encoder kept.
+"""What a budget is, in one place: the fraction of the unpruned model's encoder kept, and what keeping
+a head or a neuron costs under it (:class:`Prices`).
 
 Used by :func:`~structprune.allocation.allocate`, the constrained search and ``CompressConfig``.
 """
@@ -6,6 +7,17 @@ Used by :func:`~structprune.allocation.allocate`, the constrained search and ``C
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from ..arch import view
+from .cost import (
+    dense_cost,
+    head_flops,
+    head_params,
+    layer_hidden_params_per_dim,
+    neuron_flops,
+    neuron_params,
+)
 
 
 def check_fraction(name: str, value) -> float:
@@ -30,3 +42,43 @@ def one_budget(flops, params) -> tuple[str, float]:
         )
     return ("flops", check_fraction("flops", flops)) if flops is not None else (
         "params", check_fraction("params", params))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prices:
+    """What keeping structure costs under a budget: ``fixed + heads * head + neurons * neuron`` (FLOPs or
+    parameters), against ``budget`` (the fraction of the unpruned encoder's ``total``)."""
+
+    kind: str
+    fixed: float
+    head: float
+    neuron: float
+    budget: float
+    total: float
+
+    def of(self, heads: int, neurons: int) -> float:
+        return self.fixed + heads * self.head + neurons * self.neuron
+
+
+def prices(model, kind: str, fraction: float, seq_len: int, *, width: int | None = None,
+           layers: int | None = None) -> Prices:  # fmt: skip
+    """The :class:`Prices` of ``model`` for a ``kind`` ("flops" | "params") budget of ``fraction``.
+
+    ``width``: the residual width the kept layers will have (default: the model's current width);
+    ``layers``: how many layers are kept (default: the model's current layers). FLOPs have no fixed part
+    (every encoder FLOP belongs to a head or a neuron); parameters do (biases and LayerNorms per layer).
+    """
+    v = view(model)
+    st = v.structure
+    dense = dense_cost(model, seq_len)
+    D, dh = st.hidden_size, st.head_size
+    d = st.hidden_width if width is None else width
+    n_layers = len(st.layers) if layers is None else layers
+    if kind == "flops":
+        return Prices(kind, 0, head_flops(d, dh, seq_len), neuron_flops(d, seq_len),
+                      fraction * dense.encoder_flops, dense.encoder_flops)  # fmt: skip
+    L, H, inter = st.num_layers, st.num_heads, st.intermediate_size
+    fixed = dense.encoder_params - L * (H * head_params(D, dh) + inter * neuron_params(D))
+    fixed_at_d = fixed / L - (D - d) * layer_hidden_params_per_dim(v.layers[0])
+    return Prices(kind, fixed_at_d * n_layers, head_params(d, dh), neuron_params(d),
+                  fraction * dense.encoder_params, dense.encoder_params)  # fmt: skip

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,48 +24,16 @@ from torch import nn
 from ..arch import view
 from ..mask import Mask, Scores
 from ..scoring.gradients import GateGradients
-from .budget import one_budget
-from .cost import dense_cost, head_flops, head_params, neuron_flops, neuron_params
+from .budget import Prices, one_budget, prices
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _Prices:
-    head: int
-    neuron: int
-    fixed: int
-    budget: float
-    kind: str
-    total: int
-
-
-def _prices(model: nn.Module, flops, params, seq_len: int) -> _Prices:
-    one_budget(flops, params)
+def _prices(model: nn.Module, flops, params, seq_len: int) -> Prices:
+    kind, fraction = one_budget(flops, params)
     if seq_len < 1:
         raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}.")
-    st = view(model).structure
-    d, dh = st.hidden_size, st.head_size
-    dense = dense_cost(model, seq_len)
-    if flops is not None:
-        return _Prices(
-            head_flops(d, dh, seq_len),
-            neuron_flops(d, seq_len),
-            0,
-            flops * dense.encoder_flops,
-            "flops",
-            dense.encoder_flops,
-        )
-    L, H, inter = st.num_layers, st.num_heads, st.intermediate_size
-    per_layer_fixed = (dense.encoder_params - L * (H * head_params(d, dh) + inter * neuron_params(d))) // L
-    return _Prices(
-        head_params(d, dh),
-        neuron_params(d),
-        per_layer_fixed * len(st.layers),
-        params * dense.encoder_params,
-        "params",
-        dense.encoder_params,
-    )
+    return prices(model, kind, fraction, seq_len)
 
 
 def _forced_heads(hs: torch.Tensor, min_heads: int) -> torch.Tensor:

@@ -22,8 +22,6 @@ HUB_DATASET = "nyu-mll/glue"
 ENV_VAR = "STRUCTPRUNE_GLUE_DIR"
 GLUE_EXTENSIONS = (".parquet", ".jsonl", ".tsv")  # tried in this order inside <dir>/<TASK>/
 FILE_EXTENSIONS = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
-# The local GLUE folder of this project's layout: <repo>/../shared/data/glue
-_REPO_SHARED_GLUE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "glue"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -31,8 +29,8 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def default_data_dir() -> Path | None:
-    """Where GLUE data is read from when no folder is given: `$STRUCTPRUNE_GLUE_DIR`, else `../shared/data/glue`
-    beside the repository when it exists, else None (meaning: the Hub).
+    """Where GLUE data is read from when no folder is given: `$STRUCTPRUNE_GLUE_DIR` when set, else None
+    (meaning: the Hub).
 
     Example::
 
@@ -48,8 +46,6 @@ def default_data_dir() -> Path | None:
                 "<dir>/<TASK>/<split>.{parquet,jsonl,tsv}, or unset it to use the Hub."
             )
         return path
-    if _REPO_SHARED_GLUE.is_dir():
-        return _REPO_SHARED_GLUE.resolve()
     return None
 
 
@@ -226,13 +222,13 @@ def load_split(
       - `split` is a file path (e.g. "my_train.csv"): that file.
       - `data_dir` given: `<data_dir>/<TASK>/<split>.{parquet,jsonl,tsv}` (folder name matched case- and
         dash-insensitively: SST-2, sst2); for custom tasks also `<data_dir>/<split>.{parquet,jsonl,json,csv,tsv}`.
-      - `data_dir=None`: `default_data_dir()` ($STRUCTPRUNE_GLUE_DIR or ../shared/data/glue) when it holds
+      - `data_dir=None`: `default_data_dir()` ($STRUCTPRUNE_GLUE_DIR) when it is set and holds
         the split, else the Hub (`nyu-mll/glue`).
       - `data_dir="hub"`: the Hub only.
 
     Example::
 
-        ds = load_split("sst2", "validation", "../shared/data/glue")
+        ds = load_split("sst2", "validation", "data/glue")   # <dir>/SST-2/validation.parquet
         ds = load_split("mnli", "validation_matched")  # from the Hub
     """
     task = get_task(task)

@@ -66,7 +66,7 @@ class DataConfig:
     data_dir: str | None = field(
         default="auto",
         metadata={
-            "help": "Local GLUE folder <dir>/<TASK>/<split>.*; 'auto' = $STRUCTPRUNE_GLUE_DIR or ../shared/data/glue, else the Hub; null = the Hub."
+            "help": "Local GLUE folder <dir>/<TASK>/<split>.*; 'auto' = $STRUCTPRUNE_GLUE_DIR when set, else the Hub; null = the Hub."
         },
     )
     max_length: int = field(default=128, metadata={"help": "Tokens per example (truncation)."})

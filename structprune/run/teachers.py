@@ -44,8 +44,7 @@ def cache_root() -> Path:
 
     Example::
 
-        os.environ["STRUCTPRUNE_CACHE"] = "/scratch/sp-cache"
-        cache_root() / "teachers"   # where fine-tuned teachers are kept
+        cache_root() / "teachers"   # where fine-tuned teachers are kept (set $STRUCTPRUNE_CACHE to move it)
     """
     env = os.environ.get(CACHE_ENV)
     if env:
