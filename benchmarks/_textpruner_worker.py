@@ -1,15 +1,16 @@
 """TextPruner run for ``peers.py``, executed by the Python of a separate venv (transformers 4, textpruner).
 
-It cannot import structprune (transformers 5); it only needs the teacher folder and the local SST-2
-jsonl files. For each budget it prunes a fresh copy of the teacher with TextPruner's iterative
-gradient-based ``TransformerPruner`` (heads and FFN neurons, the same count in every layer), evaluates
-it, times it against the dense model (alternating, median) and tries to save and reload it. Writes
-JSON rows in the format of ``peers.py``.
+It cannot import structprune (transformers 5); it only needs the teacher folder and two JSON-lines files
+of SST-2 rows (``sentence``, ``label``) that ``peers.py`` writes: its calibration sample and its
+validation rows, so both sides prune and evaluate on the very same examples. For each budget it prunes a
+fresh copy of the teacher with TextPruner's iterative gradient-based ``TransformerPruner`` (heads and FFN
+neurons, the same count in every layer), evaluates it, times it against the dense model (alternating,
+median) and tries to save and reload it. Writes JSON rows in the format of ``peers.py``.
 
 Run by ``peers.py``; by hand::
 
-    $STRUCTPRUNE_CACHE/textpruner-venv/bin/python benchmarks/_textpruner_worker.py --teacher ../shared/models/minilm-l6-sst2 \
-        --glue ../shared/data/glue/SST-2 --out /tmp/tp.json
+    $STRUCTPRUNE_CACHE/textpruner-venv/bin/python benchmarks/_textpruner_worker.py --teacher TEACHER_DIR \
+        --calib calib.jsonl --validation validation.jsonl --out /tmp/tp.json
 """
 
 from __future__ import annotations
@@ -79,15 +80,12 @@ def describe(err: BaseException) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--teacher", type=Path, required=True)
-    p.add_argument(
-        "--glue", type=Path, required=True, help="the SST-2 folder (train.jsonl, validation.jsonl)"
-    )
+    p.add_argument("--calib", type=Path, required=True, help="calibration rows (JSON lines: sentence, label)")
+    p.add_argument("--validation", type=Path, required=True, help="evaluation rows (JSON lines)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5])
-    p.add_argument("--calib-batches", type=int, default=8)
     p.add_argument("--n-iters", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--latency-batch", type=int, default=32)
     p.add_argument("--latency-repeat", type=int, default=5)
     p.add_argument("--no-latency", action="store_true")
@@ -111,17 +109,11 @@ def main() -> None:
         return
     dense.eval()
 
-    def read(split):
-        return [json.loads(x) for x in (args.glue / f"{split}.jsonl").read_text().splitlines() if x.strip()]
+    def read(path: Path) -> list[dict]:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
-    train = read("train")
-    g = torch.Generator().manual_seed(0)  # the same sample as benchmarks/_common.load_examples(seed=0)
-    calib_rows = [
-        train[i] for i in torch.randperm(len(train), generator=g).tolist()[: 32 * args.calib_batches]
-    ]
-    calib = batches(calib_rows, tok, 32)
-    val_rows = read("validation")[: args.eval_limit] if args.eval_limit else read("validation")
-    val = batches(val_rows, tok, 64)
+    calib = batches(read(args.calib), tok, 32)  # peers.py's calibration batches: same rows, same order
+    val = batches(read(args.validation), tok, 64)
     cfg = dense.config
     dense_acc = accuracy(dense, val)
     note.append(f"dense teacher under transformers 4: {dense_acc:.2f}")

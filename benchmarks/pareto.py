@@ -11,10 +11,10 @@ Scorers: random (mean over ``--random-seeds`` seeds), magnitude (L2), taylor, fi
 - ``distillation``: prune, then distil from the unpruned teacher (``structprune.distill``) for one pass
   over ``--train-examples`` training examples.
 - ``gradual prune+distill``: distillation that prunes step by step while it trains
-  (``DistillConfig(prune_to=...)``), starting from the unpruned teacher.
+  (``DistillConfig(prune=PruneSchedule(to=...))``), starting from the unpruned teacher.
 
-A recovery whose module has not landed is reported as "not available". Distillation is expensive on 2
-CPU cores, so it runs only for ``--distill-scorers`` at ``--distill-fractions`` (see ``--quick``).
+Distillation is expensive on 2 CPU cores, so it runs only for ``--distill-scorers`` at
+``--distill-fractions`` (see ``--quick``).
 Every task's rows are re-written after each method, so a long run leaves results even if stopped.
 
 Run (from the repository root)::
@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shlex
 import statistics
 import sys
 import time
@@ -40,11 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.data import make_dataloader, subset  # noqa: E402
+from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 logger = logging.getLogger("pareto")
 SCORERS = ["random", "magnitude", "taylor", "fisher"]
 FRACTIONS = [0.7, 0.6, 0.5, 0.4, 0.25, 0.1]
-TEACHERS = {"sst2": C.SST2_TEACHER, "mrpc": C.MRPC_TEACHER}
+TASKS = ("sst2", "mrpc")  # the tasks with a teacher flag
 
 
 def parse_args(argv=None):
@@ -75,8 +76,8 @@ def parse_args(argv=None):
         action="store_true",
         help="keep the points already in <out>/pareto_<task>.json and compute only the missing ones",
     )
-    p.add_argument("--teacher-sst2", type=Path, default=TEACHERS["sst2"])
-    p.add_argument("--teacher-mrpc", type=Path, default=TEACHERS["mrpc"])
+    for task in TASKS:
+        C.add_teacher_flag(p, task, f"--teacher-{task}")
     args = p.parse_args(argv)
     if args.quick:
         args.distill_fractions = [0.5]
@@ -124,23 +125,20 @@ def recover_none(ctx: Context, scores, fraction: float):
 
 
 def recover_reconstruction(ctx: Context, scores, fraction: float):
-    reconstruct = C.optional("structprune", "reconstruct")
     model = _fresh(ctx)
     mask = sp.allocate(scores, model, flops=fraction)
-    reconstruct(model, mask, ctx.calib, progress=False)  # fit on the masked unpruned model
+    sp.reconstruct(model, mask, ctx.calib, progress=False)  # fit on the masked unpruned model
     sp.prune_(model, mask)
     return model
 
 
 def recover_compress(ctx: Context, scores, fraction: float):
-    compress = C.optional("structprune", "compress")
-    model, _report = compress(_fresh(ctx), ctx.calib, flops=fraction, progress=False)
+    model, _report = sp.compress(_fresh(ctx), ctx.calib, flops=fraction, progress=False)
     return model
 
 
 def _distill_config(ctx: Context, **extra):
-    cfg = C.optional("structprune", "DistillConfig")
-    return cfg(
+    return sp.DistillConfig(
         task=ctx.task,
         num_epochs=ctx.args.epochs,
         hidden_weight=ctx.args.hidden_weight,
@@ -151,26 +149,24 @@ def _distill_config(ctx: Context, **extra):
 
 
 def recover_distill(ctx: Context, scores, fraction: float):
-    distill = C.optional("structprune", "distill")
     student = recover_none(ctx, scores, fraction)
-    student, _history = distill(student, ctx.teacher, ctx.train_loader, None, config=_distill_config(ctx))
+    student, _history = sp.distill(student, ctx.teacher, ctx.train_loader, None, config=_distill_config(ctx))
     return student
 
 
 def recover_gradual(ctx: Context, scores, fraction: float):
-    distill = C.optional("structprune", "distill")
-    cfg = _distill_config(ctx, prune_to=fraction, prune_method=scores.method)
-    student, _history = distill(_fresh(ctx), ctx.teacher, ctx.train_loader, None, config=cfg)
+    cfg = _distill_config(ctx, prune=sp.PruneSchedule(to=fraction, method=scores.method))
+    student, _history = sp.distill(_fresh(ctx), ctx.teacher, ctx.train_loader, None, config=cfg)
     return student
 
 
-# name -> (function, module it needs, needs training, scorer-independent)
-RECOVERIES: dict[str, tuple[Callable, str | None, bool, bool]] = {
-    "none": (recover_none, None, False, False),
-    "reconstruction": (recover_reconstruction, "structprune", False, False),
-    "search+reconstruction": (recover_compress, "structprune", False, True),
-    "distillation": (recover_distill, "structprune", True, False),
-    "gradual prune+distill": (recover_gradual, "structprune", True, False),
+# name -> (function, needs training, scorer-independent)
+RECOVERIES: dict[str, tuple[Callable, bool, bool]] = {
+    "none": (recover_none, False, False),
+    "reconstruction": (recover_reconstruction, False, False),
+    "search+reconstruction": (recover_compress, False, True),
+    "distillation": (recover_distill, True, False),
+    "gradual prune+distill": (recover_gradual, True, False),
 }
 
 
@@ -183,9 +179,9 @@ def main(argv=None) -> list[Path]:
     start = time.perf_counter()
     written = []
     for task in args.tasks:
-        teacher_path = args.teacher_sst2 if task == "sst2" else args.teacher_mrpc
-        if task not in TEACHERS:
-            raise ValueError(f"pareto.py knows the tasks {list(TEACHERS)}, got {task!r}")
+        if task not in TASKS:
+            raise ValueError(f"pareto.py knows the tasks {list(TASKS)}, got {task!r}")
+        teacher_path = getattr(args, f"teacher_{task}")
         if not args.smoke and not Path(teacher_path).exists():
             logger.warning("%s: no teacher at %s; skipped", task, teacher_path)
             written.append(_write(task, [], args, note=f"not run: no teacher at {teacher_path}"))
@@ -195,15 +191,17 @@ def main(argv=None) -> list[Path]:
 
 
 def run_task(task: str, teacher_path: Path, args, start: float) -> Path:
-    if args.smoke:
-        teacher, tok = C.tiny_bert(), C.tokenizer_for()
-    else:
-        teacher, tok = C.load_teacher(teacher_path), C.tokenizer_for(teacher_path)
-    pool = C.load_examples(task, "train", seed=args.seed)
-    calib = C.make_batches(pool[: args.calib_examples], tok, task, batch_size=32)
-    train_rows = pool[args.calib_examples : args.calib_examples + args.train_examples]
-    val = C.make_batches(C.load_examples(task, "validation", limit=args.eval_limit), tok, task, batch_size=64)
-    train_loader = _loader(train_rows, tok, task)
+    teacher, tok = C.model_and_tokenizer(args, teacher_path)
+    pool = C.load_examples(task, "train", args.data_dir, seed=args.seed)
+    calib = C.make_batches(subset(pool, args.calib_examples), tok, task, batch_size=32)
+    train_rows = range(args.calib_examples, min(args.calib_examples + args.train_examples, len(pool)))
+    val_rows = C.load_examples(task, "validation", args.data_dir, limit=args.eval_limit)
+    val = C.make_batches(val_rows, tok, task, batch_size=64)
+    train_loader = None  # the rows after the calibration ones, when there are any
+    if train_rows:
+        train_loader = make_dataloader(
+            pool.select(train_rows), tok, task, batch_size=32, shuffle=True, seed=0
+        )
     ctx = Context(task, teacher, calib, train_loader, args)
 
     previous = _previous_rows(task, args) if args.resume else []
@@ -229,13 +227,14 @@ def run_task(task: str, teacher_path: Path, args, start: float) -> Path:
 
     chosen = args.recoveries or list(RECOVERIES)
     for recovery in chosen:
-        fn, module, trains, scorer_free = RECOVERIES[recovery]
-        if module is not None and C.optional(module) is None:
-            rows.append({"scorer": "-", "recovery": recovery, "note": f"not available ({module} missing)"})
-            continue
+        fn, trains, scorer_free = RECOVERIES[recovery]
         if trains and train_loader is None:
             rows.append(
-                {"scorer": "-", "recovery": recovery, "note": "not available (structprune.data missing)"}
+                {
+                    "scorer": "-",
+                    "recovery": recovery,
+                    "note": "not available (no train examples after calibration)",
+                }
             )
             continue
         scorers = ["fisher"] if scorer_free else (args.distill_scorers if trains else args.scorers)
@@ -267,7 +266,7 @@ def _point(ctx, fn, scorer, recovery, scores_list, fraction, val) -> dict:
     try:
         for scores in scores_list:
             model = fn(ctx, scores, fraction)
-            kept = 100 * C.flops_fraction(model)
+            kept = 100 * flops_fraction(model)
             results.append(C.metrics(model, val, ctx.task))
             del model
     except Exception as err:  # noqa: BLE001 - one failing point is a result, the run goes on
@@ -307,27 +306,18 @@ def _previous_rows(task: str, args) -> list[dict]:
 _ORDER = ["dense teacher", *RECOVERIES]
 
 
-def _loader(rows, tok, task):
-    make = C.optional("structprune.data", "make_dataloader")
-    if make is None or not rows:
-        return None
-    import datasets
-
-    return make(datasets.Dataset.from_list(rows), tok, task, batch_size=32, shuffle=True, seed=0)
-
-
 def _write(task: str, rows: list[dict], args, note: str = "") -> Path:
     dense = next((r for r in rows if r["recovery"] == "dense teacher"), None)
     for r in rows:
         if dense is not None and "accuracy" in r and r is not dense:
             r["drop"] = dense["accuracy"] - r["accuracy"]
-    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    command = C.command_line()
     commands = [c for c in getattr(args, "previous_commands", []) if c != command] + [command]
     text = C.header(f"Accuracy vs encoder FLOPs kept: {task.upper()}", note=note or args.note)
     if len(commands) > 1:
         text += "- Points accumulated with `--resume` over these commands (in order):\n"
         text += "".join(f"  - `{c}`\n" for c in commands)
-    teacher = args.teacher_sst2 if task == "sst2" else args.teacher_mrpc
+    teacher = getattr(args, f"teacher_{task}")
     text += (
         f"\nTeacher: {'tiny random BERT (smoke run)' if args.smoke else teacher}. Calibration (scoring, "
         f"reconstruction): {args.calib_examples} {task.upper()} train examples (seed {args.seed}). Distillation: "
@@ -361,11 +351,7 @@ def _write(task: str, rows: list[dict], args, note: str = "") -> Path:
 
 
 def _plot(task, rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     dense = next((r for r in rows if r["recovery"] == "dense teacher"), None)
     if dense is not None:
@@ -388,7 +374,6 @@ def _plot(task, rows, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     C.save_figure(fig, path)
-    plt.close(fig)
 
 
 def _groups(rows):

@@ -13,7 +13,8 @@ output and FFN down projections, pooler and classifier are ignored layers) so th
 heads and FFN neurons, like structprune. Uniform per-layer ratios (its default) and global ranking.
 
 TextPruner 1.1 pins transformers 4 and numpy < 1.22; it runs in a separate venv (``--textpruner-python``,
-default ``$STRUCTPRUNE_CACHE/textpruner-venv/bin/python``) through ``benchmarks/_textpruner_worker.py``.
+default ``$STRUCTPRUNE_CACHE/textpruner-venv/bin/python``) through ``benchmarks/_textpruner_worker.py``,
+on the very calibration and validation rows used here (handed over as JSON-lines files).
 
 Run (from the repository root)::
 
@@ -24,9 +25,9 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -42,14 +43,14 @@ import _common as C  # noqa: E402
 import structprune as sp  # noqa: E402
 from structprune.allocation.cost import head_flops, neuron_flops  # noqa: E402
 from structprune.arch.spec import get_spec, resolve  # noqa: E402
+from structprune.run.teachers import cache_root  # noqa: E402
 
 logger = logging.getLogger("peers")
-TEXTPRUNER_PYTHON = C.TEXTPRUNER_VENV / "bin" / "python"
 
 
 def parse_args(argv=None):
     p = C.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", type=Path, default=C.SST2_TEACHER)
+    C.add_teacher_flag(p)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.6, 0.4])
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches of 32 examples")
     p.add_argument("--eval-limit", type=int, default=None, help="validation examples (default: all 872)")
@@ -60,7 +61,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--resume", action="store_true", help="keep the rows in <out>/peers.json; run only the missing ones"
     )
-    p.add_argument("--textpruner-python", type=Path, default=TEXTPRUNER_PYTHON)
+    p.add_argument(
+        "--textpruner-python",
+        type=Path,
+        default=cache_root() / "textpruner-venv" / "bin" / "python",
+        help="Python of the TextPruner venv (default: $STRUCTPRUNE_CACHE/textpruner-venv/bin/python, "
+        "$STRUCTPRUNE_CACHE defaulting to ~/.cache/structprune)",
+    )
     p.add_argument("--textpruner-timeout", type=int, default=1800)
     args = p.parse_args(argv)
     if args.smoke:
@@ -125,10 +132,8 @@ def structprune_method(scorer: str, strategy: str = "global", **score_options) -
 
 
 def compress_method(model, calib, budget):
-    compress = C.optional("structprune", "compress")
-    t0 = time.perf_counter()
-    pruned, _report = compress(model, calib, flops=budget, progress=False)
-    return pruned, time.perf_counter() - t0
+    (pruned, _report), seconds = C.timed(lambda: sp.compress(model, calib, flops=budget, progress=False))
+    return pruned, seconds
 
 
 def torch_pruning_method(importance: str, global_pruning: bool) -> Callable:
@@ -194,10 +199,9 @@ def methods(args) -> dict[str, Callable]:
         "structprune fisher (global)": structprune_method("fisher"),
         "structprune taylor (uniform)": structprune_method("taylor", "uniform"),
         "structprune magnitude L2 (global)": structprune_method("magnitude", norm="l2"),
+        "structprune compress (search + reconstruction)": compress_method,
     }
-    if C.optional("structprune", "compress") is not None:
-        out["structprune compress (search + reconstruction)"] = compress_method
-    if C.optional("torch_pruning") is not None:
+    if importlib.util.find_spec("torch_pruning") is not None:  # a peer, not a dependency of the library
         out["Torch-Pruning taylor (uniform)"] = torch_pruning_method("taylor", False)
         out["Torch-Pruning taylor (global)"] = torch_pruning_method("taylor", True)
         out["Torch-Pruning magnitude L2 (uniform)"] = torch_pruning_method("magnitude", False)
@@ -241,26 +245,23 @@ def reload_checks(model, batch: dict) -> dict[str, str]:
             )
         except Exception as err:  # noqa: BLE001 - recording what happens is the point
             out["model.save_pretrained + AutoModel.from_pretrained"] = _describe(err)
-        sp_save = C.optional("structprune.checkpoint", "save_pretrained")
-        sp_load = C.optional("structprune.checkpoint", "from_pretrained")
-        if sp_save is not None:
-            folder = Path(tmp) / "sp"
+        folder = Path(tmp) / "sp"
+        try:
+            sp.save_pretrained(model, folder, tokenizer=None)
+        except Exception as err:  # noqa: BLE001
+            out["sp.save_pretrained"] = _describe(err)
+        else:
+            out["sp.save_pretrained"] = "ok"
             try:
-                sp_save(model, folder, tokenizer=None)
+                out["sp.from_pretrained"] = compare(sp.from_pretrained(folder))
             except Exception as err:  # noqa: BLE001
-                out["sp.save_pretrained"] = _describe(err)
-            else:
-                out["sp.save_pretrained"] = "ok"
-                try:
-                    out["sp.from_pretrained"] = compare(sp_load(folder))
-                except Exception as err:  # noqa: BLE001
-                    out["sp.from_pretrained"] = _describe(err)
-                try:
-                    out["AutoModel.from_pretrained(trust_remote_code=True)"] = compare(
-                        AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
-                    )
-                except Exception as err:  # noqa: BLE001
-                    out["AutoModel.from_pretrained(trust_remote_code=True)"] = _describe(err)
+                out["sp.from_pretrained"] = _describe(err)
+            try:
+                out["AutoModel.from_pretrained(trust_remote_code=True)"] = compare(
+                    AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+                )
+            except Exception as err:  # noqa: BLE001
+                out["AutoModel.from_pretrained(trust_remote_code=True)"] = _describe(err)
         path = Path(tmp) / "whole.pt"
         try:
             torch.save(model, path)
@@ -273,8 +274,9 @@ def reload_checks(model, batch: dict) -> dict[str, str]:
 # --------------------------------------------------------------------------- TextPruner (separate venv)
 
 
-def textpruner_rows(args) -> tuple[list[dict], str]:
-    """Run the TextPruner worker in its own venv; rows like ours, or none and the reason."""
+def textpruner_rows(args, calib_rows, val_rows) -> tuple[list[dict], str]:
+    """Run the TextPruner worker in its own venv on our calibration and validation rows (``datasets``
+    written as JSON lines); rows like ours, or none and the reason."""
     python = args.textpruner_python
     if args.smoke:
         return [], "not run in --smoke mode"
@@ -288,14 +290,22 @@ def textpruner_rows(args) -> tuple[list[dict], str]:
     worker = Path(__file__).resolve().parent / "_textpruner_worker.py"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tp.json"
+        calib_file, val_file = Path(tmp) / "calib.jsonl", Path(tmp) / "validation.jsonl"
+        calib_rows.select_columns(["sentence", "label"]).to_json(calib_file, lines=True)
+        val_rows.select_columns(["sentence", "label"]).to_json(val_file, lines=True)
         cmd = [str(python), str(worker), "--teacher", str(args.teacher), "--out", str(out)]
-        cmd += ["--glue", str(C.GLUE_DIR / "SST-2"), "--budgets", *map(str, args.budgets)]
-        cmd += ["--calib-batches", str(args.calib_batches), "--threads", str(args.threads)]
+        cmd += [
+            "--calib",
+            str(calib_file),
+            "--validation",
+            str(val_file),
+            "--budgets",
+            *map(str, args.budgets),
+        ]
+        cmd += ["--threads", str(args.threads)]
         cmd += ["--latency-batch", str(args.latency_batch), "--latency-repeat", str(args.latency_repeat)]
         if args.no_latency:
             cmd.append("--no-latency")
-        if args.eval_limit:
-            cmd += ["--eval-limit", str(args.eval_limit)]
         logger.info("TextPruner: %s", " ".join(cmd))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.textpruner_timeout)
@@ -314,20 +324,16 @@ def textpruner_rows(args) -> tuple[list[dict], str]:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     C.setup(args)
-    if args.smoke:
-        dense = C.tiny_bert()
-        tok = C.tokenizer_for()
-    else:
-        dense = C.load_teacher(args.teacher)
-        tok = C.tokenizer_for(args.teacher)
-    calib_rows = C.load_examples("sst2", "train", limit=32 * args.calib_batches, seed=args.seed)
-    calib = C.make_batches(calib_rows, tok, "sst2", batch_size=32)
-    val = C.make_batches(
-        C.load_examples("sst2", "validation", limit=args.eval_limit), tok, "sst2", batch_size=64
+    dense, tok = C.model_and_tokenizer(args)
+    calib_rows = C.load_examples(
+        "sst2", "train", args.data_dir, limit=32 * args.calib_batches, seed=args.seed
     )
+    calib = C.make_batches(calib_rows, tok, "sst2", batch_size=32)
+    val_rows = C.load_examples("sst2", "validation", args.data_dir, limit=args.eval_limit)
+    val = C.make_batches(val_rows, tok, "sst2", batch_size=64)
 
     state = _load_state(args) if args.resume else {"rows": [], "reloads": {}, "commands": [], "notes": {}}
-    state["commands"] = [c for c in state["commands"] if c != _command()] + [_command()]
+    state["commands"] = [c for c in state["commands"] if c != C.command_line()] + [C.command_line()]
     rows, reloads = state["rows"], state["reloads"]
     teacher_acc = C.accuracy(dense, val)
     logger.info("dense teacher: %.2f", teacher_acc)
@@ -344,7 +350,7 @@ def main(argv=None) -> Path:
             _write(state, args)
 
     if args.methods is None or any("textpruner" in m.lower() for m in args.methods):
-        tp_rows, tp_note = textpruner_rows(args)
+        tp_rows, tp_note = textpruner_rows(args, calib_rows, val_rows)
         state["notes"]["TextPruner"] = tp_note
         rows[:] = [r for r in rows if not r["method"].startswith("TextPruner")]
         rows += [{**r, "drop": teacher_acc - r["accuracy"]} if "accuracy" in r else r for r in tp_rows]
@@ -388,10 +394,6 @@ def _measure(name, method, dense, calib, val, budget, teacher_acc, args, reloads
     if budget == args.budgets[0] and name not in reloads:
         reloads[name] = reload_checks(pruned, val[0])
     return row
-
-
-def _command() -> str:
-    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 
 
 def _load_state(args) -> dict:

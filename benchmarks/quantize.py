@@ -27,13 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.allocation.latency import synthetic_batch  # noqa: E402
+from structprune.export.onnx import onnx_max_abs_diff  # noqa: E402
+from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 logger = logging.getLogger("quantize")
 
 
 def parse_args(argv=None):
     p = C.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", type=Path, default=C.SST2_TEACHER)
+    C.add_teacher_flag(p)
     p.add_argument("--flops", type=float, default=0.5, help="encoder FLOPs fraction kept")
     p.add_argument("--calib", type=int, default=256, help="SST-2 train examples used for scoring")
     p.add_argument("--batch", type=int, default=8, help="latency batch size")
@@ -47,23 +50,10 @@ def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
 
 
-def onnx_session(path: Path, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_feed(session, batch: dict) -> dict:
-    return {i.name: batch[i.name].numpy() for i in session.get_inputs()}
-
-
 def onnx_accuracy(session, batches: list[dict]) -> float:
     correct = total = 0
     for b in batches:
-        logits = session.run(["logits"], onnx_feed(session, b))[0]
+        logits = session.run(["logits"], C.ort_feed(session, b))[0]
         correct += int((torch.from_numpy(logits).argmax(-1) == b["labels"]).sum())
         total += len(b["labels"])
     return 100.0 * correct / total
@@ -72,35 +62,29 @@ def onnx_accuracy(session, batches: list[dict]) -> float:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     C.setup(args)
+    teacher, tok = C.model_and_tokenizer(args)
     if args.smoke:
-        teacher, tok = C.tiny_bert(), C.tokenizer_for(None)
-        val_rows = C.load_examples("sst2", "validation", limit=32)
-        calib_rows = C.load_examples("sst2", "train", limit=32, seed=args.seed)
-        args.repeat, args.warmup, args.seq = 2, 1, 32
-    else:
-        teacher, tok = C.load_teacher(args.teacher), C.tokenizer_for(args.teacher)
-        val_rows = C.load_examples("sst2", "validation")
-        calib_rows = C.load_examples("sst2", "train", limit=args.calib, seed=args.seed)
+        args.calib, args.repeat, args.warmup, args.seq = 32, 2, 1, 32
+    val_rows = C.load_examples("sst2", "validation", args.data_dir, limit=32 if args.smoke else None)
+    calib_rows = C.load_examples("sst2", "train", args.data_dir, limit=args.calib, seed=args.seed)
     val = C.make_batches(val_rows, tok, "sst2", batch_size=32, max_length=128)
     calib = C.make_batches(calib_rows, tok, "sst2", batch_size=32, max_length=64)
 
     pruned = copy.deepcopy(teacher)
     scores = sp.score(pruned, calib, method="taylor", progress=False)
     sp.prune_(pruned, sp.allocate(scores, pruned, flops=args.flops))
-    flops = C.flops_fraction(pruned)
+    flops = flops_fraction(pruned)
     logger.info("pruned to %.1f%% of the encoder FLOPs", 100 * flops)
 
     rows, timed, parity = [], {}, {}
-    x = C.synthetic_inputs(args.batch, args.seq, vocab=teacher.config.vocab_size)
+    x = synthetic_batch(teacher, args.batch, args.seq)
     with tempfile.TemporaryDirectory(prefix="structprune-quantize-") as tmp:
         tmp = Path(tmp)
         for name, model in (("dense", teacher), (f"pruned to {flops:.0%} FLOPs", pruned)):
             folder = sp.save_pretrained(model, tmp / name.split()[0], tokenizer=tok)
             fp32 = sp.export_onnx(model, tmp / f"{name.split()[0]}.onnx")
             int8 = sp.quantize_onnx(fp32, tmp / f"{name.split()[0]}-int8.onnx")
-            parity[name] = sp.export.onnx_max_abs_diff(
-                model, fp32, {k: v for k, v in val[0].items() if k != "labels"}
-            )
+            parity[name] = onnx_max_abs_diff(model, fp32, {k: v for k, v in val[0].items() if k != "labels"})
             rows.append(
                 {
                     "model": name,
@@ -111,7 +95,7 @@ def main(argv=None) -> Path:
             )
             timed[(name, "PyTorch fp32 (safetensors)")] = lambda m=model: m(**x)
             for label, path in (("ONNX fp32", fp32), ("ONNX int8 (dynamic)", int8)):
-                session = onnx_session(path, args.threads)
+                session = C.ort_session(path, args.threads)
                 rows.append(
                     {
                         "model": name,
@@ -120,7 +104,8 @@ def main(argv=None) -> Path:
                         "accuracy %": onnx_accuracy(session, val),
                     }
                 )
-                timed[(name, label)] = lambda s=session: s.run(None, onnx_feed(s, x))
+                feed = C.ort_feed(session, x)
+                timed[(name, label)] = lambda s=session, f=feed: s.run(None, f)
             logger.info("%s: folder %.1f MB", name, folder_mb(folder))
         with torch.inference_mode():
             times = C.time_alternating(timed, warmup=args.warmup, repeat=args.repeat)

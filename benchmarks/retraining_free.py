@@ -14,8 +14,10 @@ budget (Taylor is computed from the same per-example gradients, batch by batch, 
 scoring pass plus the stages of ``sp.compress(..., gradients=grads)`` (search, rearrangement, pruning,
 reconstruction): exactly the work one ``sp.compress`` call without ``gradients`` does.
 
-Teachers: ``../shared/models/minilm-l6-sst2`` and ``$STRUCTPRUNE_CACHE/teachers/minilm-l6-mrpc`` (fine-tuned by
-engineer DISTILL); if the MRPC teacher is missing it is fine-tuned here with ``sp.finetune`` and cached.
+Teachers (``--teacher`` for a one-task run): SST-2 ``$STRUCTPRUNE_SST2_TEACHER``, else the reference teacher
+``../shared/models/minilm-l6-sst2`` beside the repository; MRPC ``$STRUCTPRUNE_CACHE/teachers/minilm-l6-mrpc``
+(``$STRUCTPRUNE_CACHE`` defaulting to ``~/.cache/structprune``): if it is missing it is fine-tuned here with
+``sp.finetune`` and kept there. GLUE data: ``--data-dir``, default ``$STRUCTPRUNE_GLUE_DIR``, else the Hub.
 
 Run (from the repository root)::
 
@@ -41,8 +43,9 @@ import _common as C  # noqa: E402
 import structprune as sp  # noqa: E402
 from structprune.data import load_split, make_dataloader  # noqa: E402
 from structprune.evaluation import evaluate  # noqa: E402
+from structprune.report import markdown_table  # noqa: E402
 
-TEACHERS = {"sst2": C.SST2_TEACHER, "mrpc": C.MRPC_TEACHER}
+TASKS = ("sst2", "mrpc")
 BUDGETS = (0.6, 0.5, 0.4)
 TARGET_DROP = {0.6: 0.5, 0.5: 1.0, 0.4: 2.0}
 
@@ -81,7 +84,7 @@ def taylor_from(grads: sp.scoring.GateGradients, batch_sizes: list[int]) -> sp.S
 
 
 def run_task(task: str, args, log) -> tuple[list[dict], dict]:
-    teacher, tok = prepare_teacher(task, args.teacher or TEACHERS[task], args.data_dir)
+    teacher, tok = prepare_teacher(task, args.teacher or C.default_teacher(task), args.data_dir)
     teacher = teacher.float().to(args.device)
     train = load_split(task, "train", data_dir=args.data_dir)
     calib = list(
@@ -138,7 +141,12 @@ def run_task(task: str, args, log) -> tuple[list[dict], dict]:
         )
         row["search"] = acc(m)
         m, rep = sp.compress(
-            copy.deepcopy(teacher), calib, flops=budget, gradients=grads, fit=args.fit, progress=False
+            copy.deepcopy(teacher),
+            calib,
+            flops=budget,
+            gradients=grads,
+            reconstruct={"fit": args.fit},
+            progress=False,
         )
         row["ours"] = acc(m)
         row["flops_kept"] = rep.flops_kept
@@ -172,27 +180,37 @@ def render(rows: list[dict], timings: dict, args, runs: str = "") -> str:
     out.append("Accuracy (%) after pruning to a fraction of the encoder FLOPs (128 tokens), no retraining.")
     out.append("")
     cols = ["task", "FLOPs kept", "teacher", "random (3 seeds)", "magnitude", "taylor", "fisher", "search", "ours", "drop", "target", "met"]  # fmt: skip
-    out.append("| " + " | ".join(cols) + " |")
-    out.append("|" + "---|" * len(cols))
+    table = []
     for r in rows:
         met = "yes" if r["drop"] <= r["target"] else "**no**"
         vals = [r["task"], f"{r['flops']:.0%} ({r['flops_kept']:.1%})", f"{r['teacher']:.2f}"]
         vals += [f"{r[k]:.2f}" for k in ("random", "magnitude", "taylor", "fisher", "search")]
         vals += [f"**{r['ours']:.2f}**", f"{r['drop']:.2f}", f"<= {r['target']}", met]
-        out.append("| " + " | ".join(vals) + " |")
+        table.append(vals)
+    out.append(markdown_table(cols, table))
     out += ["", "Columns: baselines use `sp.allocate` (global ranking, fixed heads:neurons ratio) with no reconstruction;",
             "`search` = Fisher + `sp.search` + `sp.rearrange`; `ours` = `sp.compress` (search + layer-wise least-squares reconstruction).", ""]  # fmt: skip
     out.append(
         "Wall time of one complete `sp.compress(..., flops=0.5)` pass (scoring, search, pruning, reconstruction):"
     )
     out.append("")
-    out.append("| task | examples | total s | score s | search s | reconstruct s | load average after |")
-    out.append("|---|---|---|---|---|---|---|")
-    for task, t in timings.items():
-        out.append(
-            f"| {task} | {args.calibration} | {t['wall_s']:.1f} | {t.get('score', 0):.1f} | {t.get('search', 0):.1f} | "
-            f"{t.get('reconstruct', 0):.1f} | {t['load_after']} |"
+    out.append(
+        markdown_table(
+            ["task", "examples", "total s", "score s", "search s", "reconstruct s", "load average after"],
+            [
+                [
+                    task,
+                    str(args.calibration),
+                    f"{t['wall_s']:.1f}",
+                    f"{t.get('score', 0):.1f}",
+                    f"{t.get('search', 0):.1f}",
+                    f"{t.get('reconstruct', 0):.1f}",
+                    t["load_after"],
+                ]
+                for task, t in timings.items()
+            ],  # fmt: skip
         )
+    )
     out += ["", "Kept structure of `ours` (heads / FFN neurons per layer):", ""]
     for r in rows:
         out.append(f"- {r['task']} {r['flops']:.0%}: heads {r['heads']}, FFN {r['ffn']}")
@@ -201,7 +219,7 @@ def render(rows: list[dict], timings: dict, args, runs: str = "") -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=["sst2", "mrpc"], choices=sorted(TEACHERS))
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(TASKS))
     p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
     p.add_argument("--calibration", type=int, default=1000, help="calibration examples (train split)")
     p.add_argument("--val-limit", type=int, default=None, help="evaluate on the first N validation examples")
@@ -209,9 +227,13 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device (timings are meant for the CPU)")
     p.add_argument(
-        "--teacher", type=Path, default=None, help="teacher folder (one task) instead of the default"
+        "--teacher",
+        type=Path,
+        default=None,
+        help="teacher folder (one task) instead of the default: "
+        + "; ".join(f"{t}: {C.TEACHER_HELP[t]}" for t in TASKS),
     )
-    p.add_argument("--data-dir", type=Path, default=C.GLUE_DIR)
+    C.add_data_flag(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 128 calibration, 200 validation examples")
     p.add_argument("--out", type=Path, default=C.RESULTS / "retraining_free.md")
     p.add_argument(

@@ -122,8 +122,7 @@ def write_results(out: Path, runs: list[dict], note: str) -> None:
             markdown_table(["task", "metric", "teacher", "target", ""], summary),
             "",
         ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(intro + lines) + "\n")
+    _common.write_atomic(out, "\n".join(intro + lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

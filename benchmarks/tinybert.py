@@ -7,7 +7,7 @@ gradual pruning), with logit, hidden-state and attention distillation:
 1. ``sp.score_shape`` scores heads, neurons, layers (loss increase when skipped) and hidden dimensions
    (LayerNorm-output magnitude) on a few training batches;
 2. ``sp.allocate(scores, student, layers=L, hidden=D)`` + ``sp.prune_`` cut the depth and the width;
-3. ``sp.distill(student, teacher, ..., DistillConfig(prune_to=flops, hidden_weight, attention_weight))``.
+3. ``sp.distill(student, teacher, ..., DistillConfig(prune=PruneSchedule(to=flops), hidden_weight, attention_weight))``.
 
 Two stages, so that training can run on a GPU machine and the report on this CPU::
 
@@ -35,30 +35,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
 from structprune.data import get_task, load_split, make_dataloader  # noqa: E402
-from structprune.recovery.distill import DistillConfig, distill  # noqa: E402
+from structprune.recovery.distill import DistillConfig, PruneSchedule, distill, flops_fraction  # noqa: E402
+from structprune.report import markdown_table  # noqa: E402
 
-SHARED = REPO / ".." / "shared"
-TEACHERS = {
-    "sst2": SHARED / "models" / "minilm-l6-sst2",
-    "mrpc": C.MRPC_TEACHER,
-}
-RESULTS = REPO / "benchmarks" / "results" / "tinybert.md"
+TASKS = ("sst2", "mrpc")
+RESULTS = C.RESULTS / "tinybert.md"
 SHARD_BYTES = 15_000_000
 logger = logging.getLogger("tinybert")
 
 
 def _load_teacher(path: Path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    """The teacher in float32 (it may be an fp16 copy) and its tokenizer."""
+    return C.load_teacher(path), C.tokenizer_for(path)
 
 
 def _word_embedding_names(model) -> set[str]:
@@ -70,7 +64,7 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    teacher, tok = _load_teacher(Path(args.teacher or TEACHERS[args.task]))
+    teacher, tok = _load_teacher(Path(args.teacher or C.default_teacher(args.task)))
     task = get_task(args.task)
     train_ds = load_split(task, "train", data_dir=args.data_dir)
     eval_ds = load_split(task, "validation", data_dir=args.data_dir)
@@ -90,7 +84,7 @@ def train(args: argparse.Namespace) -> None:
     scores = sp.score_shape(student, calib, method="taylor", hidden_method=args.hidden_method, progress=False)
     shape = sp.allocate(scores, student, layers=args.layers, hidden=args.hidden)
     sp.prune_(student, shape)
-    after_shape = sp.cost(student).encoder_flops / sp.dense_cost(student).encoder_flops
+    after_shape = flops_fraction(student)
     logger.info("shape %s: %.1f%% of the teacher's encoder FLOPs", shape.summary(), 100 * after_shape)
     student.get_input_embeddings().weight.requires_grad_(False)  # kept as the teacher's (sliced)
 
@@ -99,8 +93,8 @@ def train(args: argparse.Namespace) -> None:
         learning_rate=args.lr, warmup_ratio=0.06, weight_decay=0.01, seed=args.seed,
         task_weight=args.task_weight, logit_weight=1.0, temperature=args.temperature,
         hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
-        prune_to=args.flops, prune_steps=args.prune_steps, prune_start=0.0, prune_end=args.prune_end,
-        prune_method="taylor", prune_batches=8, prune_seq_len=128, prune_multiple_of=args.multiple_of,
+        prune=PruneSchedule(to=args.flops, steps=args.prune_steps, start=0.0, end=args.prune_end, method="taylor",
+                            batches=8, seq_len=128, multiple_of=args.multiple_of),
         eval_every=args.eval_every, load_best_at_end=True, progress=False, report_to="none",
         mixed_precision=args.mixed_precision, log_every=50,
     )  # fmt: skip
@@ -113,22 +107,21 @@ def train(args: argparse.Namespace) -> None:
     skip = _word_embedding_names(student)
     state = {k: v.detach().float().contiguous() for k, v in student.state_dict().items() if k not in skip}
     _save_shards(state, out)
-    c, dense = sp.cost(student), sp.dense_cost(student)
     record = {
         "task": task.name,
-        "teacher": str(args.teacher or TEACHERS[args.task]),
+        "teacher": str(args.teacher or C.default_teacher(args.task)),
         "command": "python benchmarks/tinybert.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "args": vars(args),
         "wall_s": wall,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "flops_fraction": c.encoder_flops / dense.encoder_flops,
+        "flops_fraction": flops_fraction(student),
         "shape_flops_fraction": after_shape,
         "history": history,
     }
     (out / "train.json").write_text(json.dumps(record, indent=1, default=str))
     if args.latency_threads:  # CPU latency on this machine (e.g. an idle GPU host), fresh sdpa models
         torch.set_num_threads(args.latency_threads)
-        fresh, _ = _load_teacher(Path(args.teacher or TEACHERS[args.task]))
+        fresh, _ = _load_teacher(Path(args.teacher or C.default_teacher(args.task)))
         lat = sp.measure_latency({"teacher": fresh, "student": rebuild(out, fresh)}, 32, 128, 2, 10)
         record["cpu_latency"] = {"threads": args.latency_threads, "cpu": C.cpu_model(), **lat}
         (out / "train.json").write_text(json.dumps(record, indent=1, default=str))
@@ -172,8 +165,8 @@ def report(args: argparse.Namespace) -> None:
         # host); the teacher row is the original teacher.
         trained_with, tok = _load_teacher(Path(rec["teacher"]))
         student = rebuild(run, trained_with)
-        original = TEACHERS.get(task.name)
-        teacher = _load_teacher(original)[0] if original and original.is_dir() else trained_with
+        original = C.default_teacher(task.name)
+        teacher = _load_teacher(original)[0] if original.is_dir() else trained_with
         if args.save:
             sp.save_pretrained(student, run / "student", tokenizer=tok)
         eval_dl = make_dataloader(load_split(task, "validation", data_dir=args.data_dir), tok, task, 128, 128)
@@ -254,10 +247,8 @@ def _write(rows: list[dict], args: argparse.Namespace) -> None:
         "while ~5 other engineers' jobs ran (load average 12-20 on 2 cores): timings here are dominated by "
         "waiting for a core, and penalize the smaller model most.",
         "",
-        "| task | teacher | student | delta | encoder FLOPs | FLOPs reduction | idle: teacher / student ms "
-        "| idle speedup (/ reduction) | shared: teacher / student ms | shared speedup (/ reduction) | params |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = []
     for r in rows:
         red = 1 / r["flops"]
         tm, sm = r["teacher_metrics"], r["student_metrics"]
@@ -265,15 +256,25 @@ def _write(rows: list[dict], args: argparse.Namespace) -> None:
         names = " / ".join("acc" if k == "accuracy" else k for k in keys)
         ti, si, spi, xi = _speed(r["latency_idle"])
         th, sh, sph, xh = _speed(r["latency_here"])
-        lines.append(
-            f"| {r['task']} ({names}) | {_pct(tm, keys)} | {_pct(sm, keys)} | "
-            + " / ".join(f"{100 * (sm[k] - tm[k]):+.2f}" for k in keys)
-            + f" | {100 * r['flops']:.2f}% | {red:.1f}x | {ti} / {si} | {spi}"
-            + (f" ({xi / red:.2f})" if xi else "")
-            + f" | {th} / {sh} | {sph}"
-            + (f" ({xh / red:.2f})" if xh else "")
-            + f" | {r['params'] / 1e6:.2f}M / {r['teacher_params'] / 1e6:.2f}M |"
+        table.append(
+            [
+                f"{r['task']} ({names})",
+                _pct(tm, keys),
+                _pct(sm, keys),
+                " / ".join(f"{100 * (sm[k] - tm[k]):+.2f}" for k in keys),
+                f"{100 * r['flops']:.2f}%",
+                f"{red:.1f}x",
+                f"{ti} / {si}",
+                spi + (f" ({xi / red:.2f})" if xi else ""),
+                f"{th} / {sh}",
+                sph + (f" ({xh / red:.2f})" if xh else ""),
+                f"{r['params'] / 1e6:.2f}M / {r['teacher_params'] / 1e6:.2f}M",
+            ]
         )
+    columns = ["task", "teacher", "student", "delta", "encoder FLOPs", "FLOPs reduction"]
+    columns += ["idle: teacher / student ms", "idle speedup (/ reduction)", "shared: teacher / student ms"]
+    columns += ["shared speedup (/ reduction)", "params"]
+    lines.append(markdown_table(columns, table))
     lines += ["", "## Targets", ""]
     for r in rows:
         red, tm, sm = 1 / r["flops"], r["teacher_metrics"], r["student_metrics"]
@@ -306,24 +307,22 @@ def _write(rows: list[dict], args: argparse.Namespace) -> None:
             "as an fp16 copy; the student's word embeddings are frozen, i.e. the teacher's, sliced)",
             "",
         ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in (
-        (RESULTS, "\n".join(lines) + "\n"),
-        (RESULTS.with_suffix(".json"), json.dumps(rows, indent=1)),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    C.write_atomic(RESULTS, "\n".join(lines) + "\n")
+    C.write_atomic(RESULTS.with_suffix(".json"), json.dumps(rows, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="build and distil one student")
-    t.add_argument("--task", required=True, choices=sorted(TEACHERS))
-    t.add_argument("--teacher", default=None, help="teacher folder (default: the task's shared teacher)")
+    t.add_argument("--task", required=True, choices=sorted(TASKS))
+    t.add_argument(
+        "--teacher",
+        default=None,
+        help="teacher folder (default: " + "; ".join(f"{k}: {C.TEACHER_HELP[k]}" for k in TASKS) + ")",
+    )
     t.add_argument("--out", required=True)
-    t.add_argument("--data-dir", default=None, help="GLUE folder (default: ../shared/data/glue)")
+    C.add_data_flag(t)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--hidden", type=int, default=256)
@@ -349,15 +348,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--latency-threads", type=int, default=0, help="also time teacher vs student on this CPU")
     r = sub.add_parser("report", help="evaluate students and teachers, measure latency, write the table")
     r.add_argument("--runs", nargs="+", required=True)
-    r.add_argument("--data-dir", default=None)
+    C.add_data_flag(r)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--repeats", type=int, default=10)
     r.add_argument("--save", action="store_true", help="also save each student with sp.save_pretrained")
     sub.add_parser("render", help="re-write the table from benchmarks/results/tinybert.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if getattr(args, "data_dir", None) is None:
-        args.data_dir = str(SHARED / "data" / "glue")
     {"train": train, "report": report, "render": render}[args.cmd](args)
 
 

@@ -30,7 +30,7 @@ from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained
 from .evaluation import evaluate
 from .export import export_onnx, quantize_onnx
 from .mask import Mask, Scores
-from .recovery.distill import DistillConfig, distill, finetune
+from .recovery.distill import DistillConfig, PruneSchedule, distill, finetune
 from .recovery.reconstruct import ReconstructConfig, reconstruct
 from .run.compress import CompressConfig, compress
 from .scoring import (
@@ -52,6 +52,7 @@ __all__ = [
     "CompressConfig",
     "DistillConfig",
     "Mask",
+    "PruneSchedule",
     "ReconstructConfig",
     "Scores",
     "allocate",

@@ -8,6 +8,7 @@ One definition each, used by scoring, reconstruction, evaluation, distillation a
 - :func:`model_inputs`: the same without any target (what a label-free forward gets).
 - :func:`has_labels`, :func:`labels_of`.
 - :func:`logits_of`: the logits of a model output (``ModelOutput``, dict, tuple or tensor).
+- :func:`check_task`: token ids within the vocabulary, labels that fit the task head.
 - :func:`iterate`: at most ``max_batches`` of an iterable, with a progress bar, refusing empty data.
 """
 
@@ -108,3 +109,46 @@ def iterate(batches: Iterable | None, max_batches: int | None = None, *, progres
         yield batch
     if count == 0:
         raise ValueError(f"The batch iterable is empty; {what.lower()} needs at least one batch of examples.")
+
+
+def check_task(model, batches: Iterable[Mapping], *, labels: bool = True) -> None:
+    """Raise ``ValueError`` when the calibration data cannot belong to ``model``'s task head.
+
+    Checks token ids against the vocabulary and (with ``labels``) labels against the head: class ids in
+    ``[0, num_labels)`` (``-100`` is ignored), integer labels for a classifier, float targets for a
+    regression head (``num_labels=1``). Used by ``compress`` and ``score``.
+    """
+    config = model.config
+    vocab = getattr(config, "vocab_size", None)
+    num_labels = getattr(config, "num_labels", None)
+    regression = num_labels == 1 or getattr(config, "problem_type", None) == "regression"
+    for batch in batches:
+        ids = batch.get("input_ids")
+        if vocab is not None and isinstance(ids, torch.Tensor) and ids.numel() and int(ids.max()) >= vocab:
+            raise ValueError(
+                f"A calibration batch has token id {int(ids.max())} but the model's vocabulary has {vocab} "
+                "entries: the data was tokenized with another tokenizer. Tokenize it with this model's."
+            )
+        target = labels_of(batch) if labels else None
+        if not isinstance(target, torch.Tensor) or num_labels is None or target.dim() > 1:
+            continue  # no labels, or token-level / span labels: checked by the model's own loss
+        if regression:
+            if not target.is_floating_point():
+                raise ValueError(
+                    "The model has a regression head (num_labels=1) but the calibration labels are integer "
+                    f"class ids (e.g. {target[:4].tolist()}): the data is from a classification task. Use data "
+                    "of the model's task, or label_free=True."
+                )
+            continue
+        if target.is_floating_point() and not torch.equal(target, target.round()):
+            raise ValueError(
+                f"The model classifies into {num_labels} classes but the calibration labels are real numbers "
+                f"(e.g. {target[:4].tolist()}): the data is from a regression task. Use data of the model's task."
+            )
+        real = target[target != -100].long()
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_labels):
+            raise ValueError(
+                f"Calibration label {int(real.max()) if int(real.max()) >= num_labels else int(real.min())} is "
+                f"outside the model's {num_labels} classes [0, {num_labels - 1}]: the data is from a different "
+                "task than the classifier head. Use data of the model's task, or label_free=True."
+            )

@@ -22,6 +22,7 @@ import logging
 import sys
 import types
 import typing
+from pathlib import Path
 
 logger = logging.getLogger("structprune")
 
@@ -49,32 +50,75 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _nested_dataclass(hint):
+    """The dataclass a field holds (``PruneSchedule | None`` -> ``PruneSchedule``), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per field of ``cls`` (help from the field's metadata); defaults stay the dataclass's."""
+    """One ``--option`` per field of ``cls`` (help from the field's metadata); defaults stay the dataclass's.
+    A field holding a nested config (``prune: PruneSchedule``) gives ``--prune-<option>`` options."""
+    _add_options(parser.add_argument_group(f"{cls.__name__} options"), cls, skip, f"{cls.__name__}.", "")
+
+
+def _add_options(group, cls, skip: tuple[str, ...], dest: str, flag: str) -> None:
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
+        nested = _nested_dataclass(hints[f.name])
+        if nested is not None:
+            if f.default_factory is not dataclasses.MISSING:  # on by default: a switch turns it off
+                group.add_argument(
+                    "--" + (flag + f.name).replace("_", "-"), dest=f"{dest}{f.name}.{_ON}", type=_bool,
+                    metavar="BOOL", default=argparse.SUPPRESS, help=f"Turn {f.name} off with false (default true).",
+                )  # fmt: skip
+            _add_options(group, nested, ("progress",), f"{dest}{f.name}.", f"{flag}{f.name}-")
+            continue
         t = _arg_type(hints[f.name])
-        kwargs = {
-            "dest": f"{cls.__name__}.{f.name}",
-            "default": argparse.SUPPRESS,
-            "help": f.metadata.get("help", ""),
-        }
+        kwargs = {"dest": dest + f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
         if t is bool:
             kwargs.update(type=_bool, metavar="BOOL")
         elif t == "list":
-            kwargs.update(type=int, nargs="+")
+            kwargs.update(type=int, nargs="+", metavar="N")
         elif t in (int, float, str):
-            kwargs.update(type=t)
-        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+            kwargs.update(type=t, metavar={int: "N", float: "X", str: "TEXT"}[t])
+        group.add_argument("--" + (flag + f.name).replace("_", "-"), **kwargs)
 
 
 def dataclass_from_args(cls, args: argparse.Namespace, **fixed):
+    """Build ``cls`` from the options :func:`add_dataclass_options` added (nested configs as dicts)."""
     prefix = cls.__name__ + "."
-    values = {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
-    return cls(**{**values, **fixed})
+    values: dict = {}
+    for key, value in vars(args).items():
+        if not key.startswith(prefix):
+            continue
+        *parents, name = key[len(prefix) :].split(".")
+        node = values
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = value
+    return cls(**{**_switched(values), **fixed})
+
+
+_ON = "__on__"
+
+
+def _switched(values: dict) -> dict:
+    """Nested option groups whose switch is false become None (``--reconstruct false``)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            on = value.pop(_ON, True)
+            value = _switched(value) if on else None
+        out[key] = value
+    return out
 
 
 # --- commands ------------------------------------------------------------------------------------------
@@ -125,7 +169,19 @@ def cmd_teacher(args) -> int:
     return 0
 
 
+def _check_out(out: str, *reads: str) -> None:
+    """Refuse, before any work, an output folder that is one of the models being read."""
+    from .run.pipeline import resolve_model
+
+    target = Path(out).expanduser().resolve()
+    for model in reads:
+        source = Path(resolve_model(model)).expanduser()
+        if source.is_dir() and source.resolve() == target:
+            raise ValueError(f"--out {out} is the model being read ({model}); saving there would replace it.")
+
+
 def cmd_prune(args) -> int:
+    _check_out(args.out, args.model)
     from .checkpoint import save_pretrained
     from .data import get_task, load_split, make_dataloader
     from .report import layer_table, summary_table
@@ -150,6 +206,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    _check_out(args.out, args.student, args.teacher)
     from .checkpoint import save_pretrained
     from .data import get_task, load_split, make_dataloader
     from .recovery.distill import DistillConfig, distill

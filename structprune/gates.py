@@ -71,8 +71,9 @@ class Gates:
     def attach(self, model) -> Iterator[Gates]:
         """Install the hooks on ``model`` for the duration of the ``with`` block; always removed."""
         handles = []
+        v = view(model)
+        self._check_fits(v)
         try:
-            v = view(model)
             for lv in v.layers:
                 head_size = lv.o.in_features // max(len(lv.heads), 1)
                 handles.append(lv.o.register_forward_pre_hook(self._hook("o", lv, self.head, head_size)))
@@ -85,6 +86,25 @@ class Gates:
         finally:
             for h in handles:
                 h.remove()
+
+    def _check_fits(self, v) -> None:
+        """Gates index original coordinates: they must have been made for this model's original sizes."""
+        st = v.structure
+        for name, gate, size in (("head", self.head, st.num_heads), ("ffn", self.ffn, st.intermediate_size)):
+            if gate is None:
+                continue
+            shape = tuple(gate.shape[-2:])
+            if shape != (st.num_layers, size):
+                raise ValueError(
+                    f"Gates.{name} has shape {tuple(gate.shape)} but this model has {st.num_layers} layers of {size} "
+                    f"{'heads' if name == 'head' else 'FFN neurons'} (original sizes): the gates were made for "
+                    "another model. Build them from this model's mask."
+                )
+        if self.hidden is not None and tuple(self.hidden.shape[-1:]) != (st.hidden_size,):
+            raise ValueError(
+                f"Gates.hidden has {self.hidden.shape[-1]} dimensions but this model's hidden size is "
+                f"{st.hidden_size}: the gates were made for another model."
+            )
 
     def _hook(self, kind: str, lv: LayerView, gate: torch.Tensor | None, group: int):
         idx = lv.heads if kind == "o" else lv.ffn

@@ -51,6 +51,19 @@ class Scores:
             )
 
 
+def _bools(name: str, value) -> torch.Tensor:
+    """``value`` as a bool tensor; numbers must be exactly 0 or 1 (a 0.5 or a NaN is an error, not True)."""
+    t = torch.as_tensor(value).cpu()
+    if t.dtype == torch.bool:
+        return t
+    if t.numel() and not ((t == 0) | (t == 1)).all():
+        raise ValueError(
+            f"Mask.{name} must hold booleans (or 0/1); it holds other values such as "
+            f"{t[(t != 0) & (t != 1)].flatten()[:3].tolist()}."
+        )
+    return t.to(torch.bool)
+
+
 @dataclass
 class Mask:
     """Which heads (``head: bool[L, H]``), FFN neurons (``ffn: bool[L, I]``) and residual-stream
@@ -70,15 +83,15 @@ class Mask:
     hidden: torch.Tensor | None = None
 
     def __post_init__(self):
-        self.head = torch.as_tensor(self.head, dtype=torch.bool).cpu()
-        self.ffn = torch.as_tensor(self.ffn, dtype=torch.bool).cpu()
+        self.head = _bools("head", self.head)
+        self.ffn = _bools("ffn", self.ffn)
         if self.head.dim() != 2 or self.ffn.dim() != 2 or self.head.shape[0] != self.ffn.shape[0]:
             raise ValueError(
                 f"A Mask needs head bool[L, H] and ffn bool[L, I] with the same L; got "
                 f"{tuple(self.head.shape)} and {tuple(self.ffn.shape)}."
             )
         if self.hidden is not None:
-            self.hidden = torch.as_tensor(self.hidden, dtype=torch.bool).cpu()
+            self.hidden = _bools("hidden", self.hidden)
             if self.hidden.dim() != 1:
                 raise ValueError(f"Mask.hidden must be bool[D], got shape {tuple(self.hidden.shape)}.")
             if not self.hidden.any():

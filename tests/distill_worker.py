@@ -39,7 +39,7 @@ def main(out: str, batch_size: int) -> None:
     student = tiny.model("bert", seed=0, initializer_range=0.2, **no_dropout)
     cfg = DistillConfig(
         task="mnli", num_epochs=3, learning_rate=1e-3, warmup_ratio=0.1, hidden_weight=1.0,
-        prune_to=0.5, prune_steps=2, prune_end=0.5, prune_method="fisher", prune_batches=2,
+        prune=dict(to=0.5, steps=2, end=0.5, method="fisher", batches=2),
         progress=False, log_every=1, load_best_at_end=False,
     )  # fmt: skip
     student, history = distill(student, teacher, data(batch_size, True), data(batch_size, False), cfg)

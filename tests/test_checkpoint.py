@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import tiny
 import torch
+from helpers import HAS_HIDDEN, NO_STRUCTPRUNE_SCRIPT, pruned, run_without_structprune, tokenizer
 from safetensors.torch import save_file
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertForSequenceClassification,
-    BertTokenizerFast,
 )
 
 import structprune as sp
@@ -27,52 +25,6 @@ from structprune.checkpoint import registry
 from structprune.checkpoint import remote_modeling as rm
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def nonuniform_mask(model) -> sp.Mask:
-    """Different heads and FFN widths per layer, the middle layer dropped (tiny: 3 layers x 4 heads x 48)."""
-    mask = sp.Mask.full(model)
-    mask.head[0, [0, 3]] = False  # layer 0 keeps heads 1, 2
-    mask.ffn[0, :10] = False
-    mask.head[1] = False  # layer 1 dropped
-    mask.ffn[1] = False
-    mask.head[2, 0] = False  # layer 2 keeps heads 1, 2, 3 (union of kept heads: 1, 2, 3)
-    mask.ffn[2, 5:30] = False
-    return mask
-
-
-def stock_mask(model) -> sp.Mask:
-    """All heads, one FFN width (different neurons per layer), the middle layer dropped."""
-    mask = sp.Mask.full(model)
-    mask.head[1] = False
-    mask.ffn[1] = False
-    mask.ffn[0, :8] = False
-    mask.ffn[2, -8:] = False
-    return mask
-
-
-HAS_HIDDEN = "hidden" in sp.Mask.__dataclass_fields__
-
-
-def hidden_mask(model) -> sp.Mask:
-    """The non-uniform mask plus 5 of the 32 residual-stream dimensions removed."""
-    mask = nonuniform_mask(model)
-    mask.hidden = torch.ones(sp.arch.view(model).structure.hidden_size, dtype=torch.bool)
-    mask.hidden[[1, 5, 7, 20, 31]] = False
-    return mask
-
-
-def pruned(family: str = "bert", task: str = "seq-cls", stock: bool = False, hidden: bool = False):
-    model = tiny.model(family, task)
-    mask = stock_mask(model) if stock else hidden_mask(model) if hidden else nonuniform_mask(model)
-    return sp.prune_(model, mask)
-
-
-def tokenizer(tmp_path: Path) -> BertTokenizerFast:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(tiny.VOCAB - 5)]
-    file = tmp_path / "vocab.txt"
-    file.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(file))
 
 
 def files(folder: Path) -> set[str]:
@@ -197,66 +149,6 @@ def test_pruning_further_turns_a_stock_model_into_a_structprune_one_and_back(tmp
 
 
 # --- paths 2 and 3 (and 4 again): a Python that cannot import structprune -------------------------------
-_NO_STRUCTPRUNE = r"""
-import json, sys
-sys.path.extend(sys.argv[1].split(__import__("os").pathsep))
-try:
-    import structprune
-except ImportError:
-    pass
-else:
-    raise SystemExit("structprune is importable in the isolated interpreter")
-import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification
-
-results = {}
-for case in json.loads(open(sys.argv[2]).read()):
-    ref = load_file(case["ref"])
-    feed = {k: ref[k] for k in ("input_ids", "attention_mask")}
-    result = {}
-    if not case["stock"]:
-        try:
-            AutoModelForSequenceClassification.from_pretrained(case["dir"])
-            result["plain"] = "loaded"
-        except ValueError as err:
-            result["plain"] = str(err)
-    model = AutoModelForSequenceClassification.from_pretrained(case["dir"], trust_remote_code=not case["stock"])
-    result["module"] = type(model).__module__
-    with torch.no_grad():
-        result["max_diff"] = float((model.eval()(**feed).logits - ref["logits"]).abs().max())
-    results[case["dir"]] = result
-json.dump(results, open(sys.argv[3], "w"))
-"""
-
-
-def run_without_structprune(script: str, args: list[str], tmp_path: Path, timeout: int = 300):
-    """Run ``script`` in an interpreter that sees site-packages but not structprune (nor the repo)."""
-    paths = os.pathsep.join(
-        dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    )
-    file = tmp_path / "script.py"
-    file.write_text(script)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    # -I: no PYTHONPATH, no user site, no script dir; -S: no site-packages .pth files (the editable
-    # install of structprune is one); cwd outside the repository.
-    return subprocess.run(
-        [sys.executable, "-I", "-S", str(file), paths, *args],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_loads_without_structprune_via_remote_code_and_stock_config(tmp_path):
     cases = []
     kinds = ["nonuniform", "stock"] + (["hidden"] if HAS_HIDDEN else [])
@@ -274,7 +166,7 @@ def test_loads_without_structprune_via_remote_code_and_stock_config(tmp_path):
             cases.append({"dir": str(folder), "ref": str(ref), "stock": kind == "stock", "family": family})
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     out = tmp_path / "results.json"
-    proc = run_without_structprune(_NO_STRUCTPRUNE, [str(tmp_path / "cases.json"), str(out)], tmp_path)
+    proc = run_without_structprune(NO_STRUCTPRUNE_SCRIPT, [str(tmp_path / "cases.json"), str(out)], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     for case in cases:
@@ -354,7 +246,7 @@ _KILLED_MID_SAVE = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
 import tiny, structprune as sp
-from test_checkpoint import nonuniform_mask
+from helpers import nonuniform_mask
 
 class Killed:
     def save_pretrained(self, folder):

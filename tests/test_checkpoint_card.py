@@ -7,9 +7,9 @@ import re
 import pytest
 import tiny
 import torch
+from helpers import pruned
 from huggingface_hub import ModelCard
 from matplotlib.image import imread
-from test_checkpoint import pruned
 
 import structprune as sp
 from structprune.checkpoint.card import HEATMAP_FILE, kept_heads_matrix, layer_rows

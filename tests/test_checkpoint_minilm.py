@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_STRUCTPRUNE_SCRIPT, run_without_structprune
 from safetensors.torch import save_file
-from test_checkpoint import run_without_structprune
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import structprune as sp
@@ -17,21 +16,15 @@ from structprune.checkpoint import remote_modeling as rm
 
 pytestmark = pytest.mark.slow
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-TEACHER = SHARED / "models" / "minilm-l6-sst2"
-GLUE = SHARED / "data" / "glue"
-
 
 @pytest.fixture(scope="module")
-def minilm(tmp_path_factory):
-    if not (TEACHER / "config.json").is_file() or not (GLUE / "SST-2").is_dir():
-        pytest.skip("needs shared/models/minilm-l6-sst2 and shared/data/glue/SST-2 beside the repository")
+def minilm(tmp_path_factory, sst2_teacher, sst2_glue_dir):
     from structprune.data import load_split, make_dataloader
 
-    model = AutoModelForSequenceClassification.from_pretrained(TEACHER).eval()
-    tok = AutoTokenizer.from_pretrained(TEACHER)
+    model = AutoModelForSequenceClassification.from_pretrained(sst2_teacher).eval()
+    tok = AutoTokenizer.from_pretrained(sst2_teacher)
     loader = make_dataloader(
-        load_split("sst2", "validation", data_dir=GLUE), tok, "sst2", 16, max_length=64, limit=48
+        load_split("sst2", "validation", data_dir=sst2_glue_dir), tok, "sst2", 16, max_length=64, limit=48
     )
     batches = list(loader)
     sp.prune_(model, sp.allocate(sp.score(model, batches[:2], method="taylor"), model, flops=0.5))
@@ -46,13 +39,13 @@ def logits(model, batch) -> torch.Tensor:
         return model.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
-def test_minilm_pruned_to_half_the_flops_loads_everywhere(minilm, tmp_path):
+def test_minilm_pruned_to_half_the_flops_loads_everywhere(minilm, sst2_teacher, tmp_path):
     model, batches, folder = minilm
     s = sp.arch.view(model).structure
     assert not registry.is_stock(s)  # non-uniform heads/FFN per layer: the hard case
     assert sp.cost(model).encoder_flops <= 0.5 * sp.dense_cost(model).encoder_flops * 1.01
     assert (folder / "model.safetensors").stat().st_size < 0.9 * (
-        TEACHER / "model.safetensors"
+        sst2_teacher / "model.safetensors"
     ).stat().st_size
     assert {"tokenizer.json", "README.md", "structure.png", rm.MODELING_FILE} <= {
         p.name for p in folder.iterdir()
@@ -74,10 +67,8 @@ def test_minilm_pruned_to_half_the_flops_loads_everywhere(minilm, tmp_path):
         ref,
     )
     (tmp_path / "cases.json").write_text(json.dumps([{"dir": str(folder), "ref": str(ref), "stock": False}]))
-    from test_checkpoint import _NO_STRUCTPRUNE
-
     proc = run_without_structprune(
-        _NO_STRUCTPRUNE, [str(tmp_path / "cases.json"), str(tmp_path / "out.json")], tmp_path
+        NO_STRUCTPRUNE_SCRIPT, [str(tmp_path / "cases.json"), str(tmp_path / "out.json")], tmp_path
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (result,) = json.loads((tmp_path / "out.json").read_text()).values()

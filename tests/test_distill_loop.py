@@ -113,7 +113,7 @@ def test_distillation_pulls_the_student_to_the_teacher():
 def test_gradual_pruning_reaches_the_budget_with_a_dense_model():
     teacher = tiny.model("bert", hidden_dropout_prob=0.0)
     student = copy.deepcopy(teacher)
-    cfg = quiet(num_epochs=3, hidden_weight=1.0, prune_to=0.4, prune_steps=3, prune_end=0.6, prune_batches=2)
+    cfg = quiet(num_epochs=3, hidden_weight=1.0, prune=dict(to=0.4, steps=3, end=0.6, batches=2))
     student, history = distill(student, teacher, loader(), loader(shuffle=False), cfg)
     events = [r for r in history if "pruned_flops" in r]
     assert len(events) == 3
@@ -148,7 +148,7 @@ def interrupted(dl, checkpoint):
 @pytest.mark.parametrize("gradual", [False, True], ids=["plain", "gradual-pruning"])
 def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, gradual):
     teacher = tiny.model("bert")  # dropout on: the RNG must replay too
-    extra = dict(prune_to=0.5, prune_steps=3, prune_end=0.7, prune_batches=2) if gradual else {}
+    extra = dict(prune=dict(to=0.5, steps=3, end=0.7, batches=2)) if gradual else {}
     cfg = dict(num_epochs=3, hidden_weight=1.0, save_every=4, load_best_at_end=False, **extra)
 
     full, _ = distill(
@@ -263,9 +263,40 @@ def test_mixed_precision_on_gpu():
     teacher = tiny.model("bert").cuda()
     student = copy.deepcopy(teacher)
     sp.prune_(student, sp.allocate(sp.score(student, method="magnitude"), student, flops=0.5))
-    cfg = quiet(num_epochs=2, mixed_precision=precision, hidden_weight=1.0, prune_to=0.3, prune_steps=2)
+    cfg = quiet(num_epochs=2, mixed_precision=precision, hidden_weight=1.0, prune=dict(to=0.3, steps=2))
     student, history = distill(student, teacher, loader(), loader(shuffle=False), config=cfg)
     assert next(student.parameters()).is_cuda
     losses = [r["loss"] for r in history if "loss" in r]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert any("eval_accuracy" in r for r in history)
+
+
+def test_callbacks_see_the_loop_and_can_stop_it():
+    from structprune.recovery.distill import LoopCallback
+
+    class StopAfterThree(LoopCallback):
+        def __init__(self):
+            self.logged, self.evals, self.began, self.ended = [], 0, 0, 0
+
+        def on_train_begin(self, loop):
+            self.began += 1
+
+        def on_log(self, loop, record):
+            self.logged.append(record["step"])
+            if loop.rs.step >= 3:
+                loop.stop = True
+
+        def on_evaluate(self, loop, record):
+            self.evals += 1
+            assert "eval_accuracy" in record
+
+        def on_train_end(self, loop):
+            self.ended += 1
+
+    cb = StopAfterThree()
+    model = tiny.model("bert")
+    _, history = finetune(model, loader(), loader(shuffle=False), quiet(num_epochs=4), callbacks=[cb])
+    assert cb.began == cb.ended == 1 and cb.logged[:3] == [1, 2, 3]
+    assert max(r["step"] for r in history) == 3  # stopped after the third optimizer step (of 24)
+    with pytest.raises(TypeError, match="LoopCallback"):
+        finetune(tiny.model("bert"), loader(), None, quiet(), callbacks=[object()])

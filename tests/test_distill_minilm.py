@@ -9,38 +9,31 @@ adding the label loss (task_weight=1) gave 76.2%.
 
 import copy
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 
 import structprune as sp
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-TEACHER = SHARED / "models" / "minilm-l6-sst2"
-GLUE = SHARED / "data" / "glue"
-
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup():
-    if not (TEACHER / "model.safetensors").exists() or not (GLUE / "SST-2").is_dir():
-        pytest.skip(f"needs the shared SST-2 teacher ({TEACHER}) and GLUE data ({GLUE})")
+def setup(sst2_teacher, sst2_glue_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from structprune.data import load_split, make_dataloader
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # fastest on a busy machine; restored below
-    tok = AutoTokenizer.from_pretrained(TEACHER)
-    teacher = AutoModelForSequenceClassification.from_pretrained(TEACHER).eval()
+    tok = AutoTokenizer.from_pretrained(sst2_teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(sst2_teacher).eval()
     train = make_dataloader(
-        load_split("sst2", "train", data_dir=GLUE), tok, "sst2", batch_size=16, max_length=64, shuffle=True,
+        load_split("sst2", "train", data_dir=sst2_glue_dir), tok, "sst2", batch_size=16, max_length=64, shuffle=True,
         seed=0, limit=384, limit_mode="random",
     )  # fmt: skip
     val = make_dataloader(
-        load_split("sst2", "validation", data_dir=GLUE), tok, "sst2", batch_size=64, max_length=64
+        load_split("sst2", "validation", data_dir=sst2_glue_dir), tok, "sst2", batch_size=64, max_length=64
     )
     student = copy.deepcopy(teacher)
     scores = sp.score(student, list(itertools.islice(iter(train), 4)), method="taylor", progress=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import textwrap
@@ -13,32 +12,12 @@ import numpy as np
 import pytest
 import tiny
 import torch
-from transformers import BertTokenizer
+from helpers import rows
 
 from structprune import evaluate
 from structprune.data import TaskInfo, compute_metrics, get_task, load_split, make_dataloader
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO / ".." / "shared"
-WORDS = tiny.WORDS
-
-
-def tiny_tokenizer() -> BertTokenizer:
-    return tiny.tokenizer()
-
-
-def rows(n: int, seed: int = 0, num_labels: int = 2, pair: bool = False) -> list[dict]:
-    r = random.Random(seed)
-
-    def text() -> str:
-        return " ".join(r.choice(WORDS) for _ in range(r.randint(1, 14)))
-
-    out = []
-    for _ in range(n):
-        row = {"premise": text(), "hypothesis": text()} if pair else {"sentence": text()}
-        row["label"] = round(r.uniform(0, 5), 2) if num_labels == 1 else r.randint(0, num_labels - 1)
-        out.append(row)
-    return out
+TESTS = Path(__file__).resolve().parent
 
 
 def manual(model, loader, task):
@@ -70,7 +49,7 @@ def test_evaluate_tiny_classification_matches_manual():
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
 def test_evaluate_through_make_dataloader_independent_of_batching(family):
-    tok = tiny_tokenizer()
+    tok = tiny.tokenizer()
     model = tiny.model(family, num_labels=2)
     data = rows(37)
     task = TaskInfo.custom("t", text_keys="sentence", num_labels=2)
@@ -82,7 +61,7 @@ def test_evaluate_through_make_dataloader_independent_of_batching(family):
 
 
 def test_evaluate_regression():
-    tok = tiny_tokenizer()
+    tok = tiny.tokenizer()
     model = tiny.model("bert", num_labels=1)
     task = get_task("stsb")
     data = [
@@ -114,7 +93,7 @@ def test_evaluate_without_labels_and_dict_of_loaders():
     assert evaluate(model, unlabeled, "mnli", progress=False) == {}
     test_split = [{**b, "labels": torch.full_like(b["labels"], -1)} for b in tiny.batches(2)]
     assert evaluate(model, test_split, "mnli", progress=False) == {}
-    tok = tiny_tokenizer()
+    tok = tiny.tokenizer()
     loaders = {
         s: make_dataloader(rows(12, i, 3, pair=True), tok, "mnli")
         for i, s in enumerate(["validation_matched", "validation_mismatched"])
@@ -132,7 +111,7 @@ def test_evaluate_with_single_process_accelerator():
 
     accelerator = Accelerator(cpu=True)
     model = tiny.model("bert", num_labels=2)
-    loader = make_dataloader(rows(21), tiny_tokenizer(), "sst2", batch_size=4)
+    loader = make_dataloader(rows(21), tiny.tokenizer(), "sst2", batch_size=4)
     want = evaluate(model, loader, "sst2", progress=False)
     pmodel, ploader = accelerator.prepare(model, loader)
     assert evaluate(pmodel, ploader, "sst2", accelerator=accelerator, progress=False) == pytest.approx(
@@ -144,8 +123,8 @@ MULTI = """
 import json
 import sys
 sys.path.insert(0, {tests!r})
-import test_evaluation as T
 import tiny
+from helpers import rows
 from accelerate import debug_launcher
 
 
@@ -156,7 +135,7 @@ def body():
 
     acc = Accelerator(cpu=True)
     model = tiny.model("bert", num_labels=2)
-    loader = make_dataloader(T.rows(13), T.tiny_tokenizer(), "sst2", batch_size=4)
+    loader = make_dataloader(rows(13), tiny.tokenizer(), "sst2", batch_size=4)
     want = evaluate(model, loader, "sst2", progress=False)
     model, loader = acc.prepare(model, loader)
     got = evaluate(model, loader, "sst2", accelerator=acc, progress=False)
@@ -174,7 +153,7 @@ if __name__ == "__main__":
 def test_evaluate_two_processes_drops_duplicated_tail(tmp_path):
     """13 examples, batch 4, 2 processes: the last round is padded with repeats that must not be counted."""
     script = tmp_path / "multi.py"
-    script.write_text(textwrap.dedent(MULTI.format(tests=str(REPO / "tests"), out=str(tmp_path))))
+    script.write_text(textwrap.dedent(MULTI.format(tests=str(TESTS), out=str(tmp_path))))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
@@ -187,11 +166,8 @@ def test_evaluate_two_processes_drops_duplicated_tail(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_sst2_teacher_on_validation_subset():
-    teacher = SHARED / "models" / "minilm-l6-sst2"
-    glue = SHARED / "data" / "glue"
-    if not (teacher.is_dir() and glue.is_dir()):
-        pytest.skip(f"needs the shared SST-2 teacher and GLUE data beside the repository ({SHARED})")
+def test_real_sst2_teacher_on_validation_subset(sst2_teacher, sst2_glue_dir):
+    teacher, glue = sst2_teacher, sst2_glue_dir
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(teacher)

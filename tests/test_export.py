@@ -7,7 +7,7 @@ import onnxruntime
 import pytest
 import tiny
 import torch
-from test_checkpoint import pruned
+from helpers import pruned
 
 import structprune as sp
 from structprune.export.onnx import example_inputs, onnx_max_abs_diff

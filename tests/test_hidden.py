@@ -226,19 +226,17 @@ def test_shaped_student_saves_reloads_and_exports(family, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_teacher_to_a_tinybert_shape_is_exact_and_round_trips(shared_dir, tmp_path):
+def test_real_teacher_to_a_tinybert_shape_is_exact_and_round_trips(sst2_teacher, sst2_glue_dir, tmp_path):
     """The SST-2 MiniLM teacher cut to 3 layers x hidden 256 (+ heads/FFN) to <= 10% FLOPs: pruned ==
     the masked reference, cost == real parameter count, save/reload/ONNX keep the logits."""
     import json
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = shared_dir / "models/minilm-l6-sst2"
-    if not path.is_dir():
-        pytest.skip(f"the reference SST-2 teacher is absent ({path})")
+    path = sst2_teacher
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    rows = [json.loads(line) for line in (shared_dir / "data/glue/SST-2/train.jsonl").open()][:32]
+    rows = [json.loads(line) for line in (sst2_glue_dir / "SST-2/train.jsonl").open()][:32]
     batches = []
     for i in range(0, 32, 16):
         enc = tok([r["sentence"] for r in rows[i : i + 16]], padding=True, return_tensors="pt")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_checkpoint import pruned, tokenizer
+from helpers import pruned, tokenizer
 from transformers import AutoTokenizer
 
 import structprune as sp

@@ -18,18 +18,18 @@ def minilm(minilm_path):
     return AutoModel.from_pretrained(minilm_path).eval(), AutoTokenizer.from_pretrained(minilm_path)
 
 
-def _sst2(shared_dir, tok, n=32, split="validation"):
-    rows = [json.loads(line) for line in (shared_dir / "data/glue/SST-2" / f"{split}.jsonl").open()][:n]
+def _sst2(glue_dir, tok, n=32, split="validation"):
+    rows = [json.loads(line) for line in (glue_dir / "SST-2" / f"{split}.jsonl").open()][:n]
     enc = tok(
         [r["sentence"] for r in rows], padding=True, truncation=True, max_length=48, return_tensors="pt"
     )
     return dict(enc), torch.tensor([r["label"] for r in rows])
 
 
-def test_minilm_prune_half_flops_masked_equals_pruned(minilm, shared_dir):
+def test_minilm_prune_half_flops_masked_equals_pruned(minilm, sst2_glue_dir):
     model, tok = minilm
     model = copy.deepcopy(model)
-    batch, _ = _sst2(shared_dir, tok)
+    batch, _ = _sst2(sst2_glue_dir, tok)
     scores = sp.score(model, [batch], method="activation", progress=False)
     mask = sp.allocate(scores, model, flops=0.5, multiple_of=8)
     with torch.no_grad(), sp.gates.Gates.from_mask(mask).attach(model):
@@ -45,17 +45,15 @@ def test_minilm_prune_half_flops_masked_equals_pruned(minilm, shared_dir):
     assert all(lc.ffn % 8 == 0 for lc in c.layers)
 
 
-def test_sst2_teacher_taylor_beats_random_at_half_flops(shared_dir):
+def test_sst2_teacher_taylor_beats_random_at_half_flops(sst2_teacher, sst2_glue_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = shared_dir / "models/minilm-l6-sst2"
-    if not path.is_dir():
-        pytest.skip(f"the reference SST-2 teacher is absent ({path})")
+    path = sst2_teacher
     teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    calib, calib_labels = _sst2(shared_dir, tok, n=64, split="train")
+    calib, calib_labels = _sst2(sst2_glue_dir, tok, n=64, split="train")
     calib["labels"] = calib_labels
-    evalb, labels = _sst2(shared_dir, tok, n=200)
+    evalb, labels = _sst2(sst2_glue_dir, tok, n=200)
 
     def accuracy(m):
         with torch.no_grad():
@@ -73,10 +71,10 @@ def test_sst2_teacher_taylor_beats_random_at_half_flops(shared_dir):
     assert results["taylor"] > 0.7, results
 
 
-def test_demo_prints_the_before_after_table(minilm_path, shared_dir, capsys):
+def test_demo_prints_the_before_after_table(minilm_path, sst2_glue_dir, capsys):
     from structprune.run import demo
 
-    assert demo.main(["--examples", "32", "--repeats", "1", "--glue-dir", str(shared_dir / "data/glue")]) == 0
+    assert demo.main(["--examples", "32", "--repeats", "1", "--glue-dir", str(sst2_glue_dir)]) == 0
     out = capsys.readouterr().out
     assert "| parameters (total)" in out and "| encoder GFLOPs (seq 128)" in out and "CPU latency" in out
     assert out.count("/12 ") == 6 and "/1536" in out  # six layers of heads and neurons kept

@@ -58,14 +58,14 @@ def test_a_damaged_teacher_record_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_teacher_command_trains_once_records_its_curve_and_finds_it_again(
-    tiny_teacher, shared_dir, tmp_path, capsys
+    tiny_teacher, glue_dir, tmp_path, capsys
 ):
     cache = tmp_path / "teachers"
     overrides = [
         f"teacher.model={tiny_teacher}",
         f"teacher.cache_dir={cache}",
         "teacher.train.num_epochs=2",
-        f"data.data_dir={shared_dir / 'data/glue'}",
+        f"data.data_dir={glue_dir}",
         "data.max_length=32",
         "data.train_examples=64",
         "data.eval_examples=32",

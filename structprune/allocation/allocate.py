@@ -18,7 +18,7 @@ from torch import nn
 
 from ..arch import view
 from ..mask import Mask, Scores
-from .budget import Prices, check_fraction, prices
+from .budget import Prices, check_allocation, check_fraction, prices
 
 logger = logging.getLogger(__name__)
 
@@ -186,17 +186,9 @@ def allocate(
     v = view(model)
     st = v.structure
     L, H, intermediate = st.num_layers, st.num_heads, st.intermediate_size
-    if tuple(scores.head.shape) != (L, H) or tuple(scores.ffn.shape) != (L, intermediate):
-        raise ValueError(
-            f"Scores of shape head {tuple(scores.head.shape)} / ffn {tuple(scores.ffn.shape)} do not fit this "
-            f"model (head ({L}, {H}) / ffn ({L}, {intermediate})): score this model first."
-        )
     if strategy not in ("global", "uniform"):
         raise ValueError(f"strategy must be 'global' or 'uniform', got {strategy!r}.")
-    if not isinstance(multiple_of, int) or multiple_of < 1:
-        raise ValueError(f"multiple_of must be a positive integer, got {multiple_of!r}.")
-    if not isinstance(min_heads, int) or not 0 <= min_heads <= H:
-        raise ValueError(f"min_heads must be an integer between 0 and {H}, got {min_heads!r}.")
+    check_allocation(scores, model, min_heads=min_heads, multiple_of=multiple_of)
     fraction_budgets = [b for b in (flops, params) if b is not None]
     n_budgets = len(fraction_budgets) + (heads is not None or ffn is not None)
     shaped = layers is not None or hidden is not None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..arch import view
 from .cost import (
     dense_cost,
@@ -82,3 +84,27 @@ def prices(model, kind: str, fraction: float, seq_len: int, *, width: int | None
     fixed_at_d = fixed / L - (D - d) * layer_hidden_params_per_dim(v.layers[0])
     return Prices(kind, fixed_at_d * n_layers, head_params(d, dh), neuron_params(d),
                   fraction * dense.encoder_params, dense.encoder_params)  # fmt: skip
+
+
+def check_allocation(scores, model, *, min_heads, multiple_of) -> None:
+    """What ``allocate`` and the search both check: scores that fit the model and hold only finite
+    numbers, ``min_heads`` within a layer's heads, ``multiple_of`` within a layer's FFN width."""
+    st = view(model).structure
+    L, H, inter = st.num_layers, st.num_heads, st.intermediate_size
+    if tuple(scores.head.shape) != (L, H) or tuple(scores.ffn.shape) != (L, inter):
+        raise ValueError(
+            f"Scores of shape head {tuple(scores.head.shape)} / ffn {tuple(scores.ffn.shape)} do not fit this "
+            f"model (head ({L}, {H}) / ffn ({L}, {inter})): score this model first."
+        )
+    parts = [scores.head, scores.ffn, *(t for t in (scores.layer, scores.hidden) if t is not None)]
+    if not all(bool(torch.isfinite(t).all()) for t in parts):
+        raise ValueError("Scores contain NaN or inf; re-score the model (check the data and the loss).")
+    if isinstance(min_heads, bool) or not isinstance(min_heads, int) or not 0 <= min_heads <= H:
+        raise ValueError(f"min_heads must be an integer between 0 and {H}, got {min_heads!r}.")
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ValueError(f"multiple_of must be a positive integer, got {multiple_of!r}.")
+    if multiple_of > inter:
+        raise ValueError(
+            f"multiple_of={multiple_of} is larger than a layer's FFN ({inter} neurons): every layer would keep 0 "
+            f"or {multiple_of} neurons. Use a multiple_of of at most {inter} (e.g. 8, 16 or 64)."
+        )

@@ -24,7 +24,7 @@ from torch import nn
 from ..arch import view
 from ..mask import Mask, Scores
 from ..scoring.gradients import GateGradients
-from .budget import Prices, one_budget, prices
+from .budget import Prices, check_allocation, one_budget, prices
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +105,8 @@ def search(
             "search prices heads and neurons at the full hidden size; this model has pruned hidden dimensions. "
             "Search before hidden pruning, or use sp.allocate."
         )
-    L, H, inter = st.num_layers, st.num_heads, st.intermediate_size
-    if tuple(scores.head.shape) != (L, H) or tuple(scores.ffn.shape) != (L, inter):
-        raise ValueError(
-            f"Scores of shape head {tuple(scores.head.shape)} / ffn {tuple(scores.ffn.shape)} do not fit this "
-            f"model (head ({L}, {H}) / ffn ({L}, {inter})): score this model first."
-        )
-    if isinstance(min_heads, bool) or not isinstance(min_heads, int) or not 0 <= min_heads <= H:
-        raise ValueError(f"min_heads must be an integer between 0 and {H}, got {min_heads!r}.")
-    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
-        raise ValueError(f"multiple_of must be a positive integer, got {multiple_of!r}.")
-    if not (torch.isfinite(scores.head).all() and torch.isfinite(scores.ffn).all()):
-        raise ValueError("Scores contain NaN or inf; re-score the model (check the data and the loss).")
+    L, inter = st.num_layers, st.intermediate_size
+    check_allocation(scores, model, min_heads=min_heads, multiple_of=multiple_of)
     prices = _prices(model, flops, params, seq_len)
     alive = Mask.full(model)
     hs = scores.head.double().masked_fill(~alive.head, -math.inf)

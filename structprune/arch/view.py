@@ -8,10 +8,11 @@ scores and masks keep one meaning across repeated pruning, distillation maps and
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
+from .record import validate_structure
 from .spec import ArchSpec, get_spec, resolve
 
 CONFIG_KEY = "structprune"
@@ -69,15 +70,12 @@ class Structure:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Structure:
-        """Read a record; fields added later (``hidden``) take their defaults in older records."""
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        missing = [k for k in required if k not in data]
-        if missing:
-            raise ValueError(
-                f"config.{CONFIG_KEY} is missing the key {missing[0]!r}; the checkpoint is damaged."
-            )
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+    def from_dict(cls, data: dict, where: str = "") -> Structure:
+        """Read a record, validating every field (types, ranges, order, uniqueness, lengths); an error names
+        the field (and ``where`` it came from, e.g. the config file). Fields added later (``hidden``)
+        take their defaults in older records."""
+        d = validate_structure(data, where)
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass

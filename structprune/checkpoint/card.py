@@ -174,9 +174,23 @@ def _hub_id(name: str | None) -> str | None:
     return name if name and _HUB_ID.match(name) and not os.path.exists(name) else None
 
 
+def public_name(name: str | None) -> str | None:
+    """How a model is named on a card: a Hub id as it is; a local folder by its last component only (a
+    card is published, an absolute path of the machine it was made on is not)."""
+    if not name:
+        return None
+    if _hub_id(name):
+        return name
+    return f"a local model ({Path(name).name or name})"
+
+
 def card_data(model: nn.Module, info: CardInfo) -> ModelCardData:
     """The Hub metadata block of the card."""
-    base = info.base_model or _hub_id(info.teacher) or _hub_id(getattr(model.config, "_name_or_path", None))
+    base = (
+        _hub_id(info.base_model)
+        or _hub_id(info.teacher)
+        or _hub_id(getattr(model.config, "_name_or_path", None))
+    )
     family = base_model_type(model.config)
     eval_results = None
     if info.metrics_after:
@@ -228,7 +242,7 @@ def card_text(model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = No
     s = view(model).structure
     now, dense = cost(model, info.seq_len), dense_cost(model, info.seq_len)
     data = card_data(model, info)
-    teacher = info.teacher or data.base_model
+    teacher = public_name(info.teacher) or data.base_model
     lines = [f"# {data.model_name}", ""]
     source = (
         f"[{data.base_model}](https://huggingface.co/{data.base_model})"

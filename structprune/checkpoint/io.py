@@ -13,7 +13,7 @@ from ..arch import Structure, view
 from . import registry
 from . import remote_modeling as rm
 from .card import CardInfo, write_model_card
-from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config
+from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config, recover
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def save_pretrained(
                 "to save it beside the model."
             )
     registry.adopt(model)
-    with atomic_directory(path) as tmp:
+    source = getattr(model.config, "_name_or_path", None) or None
+    with atomic_directory(path, source=source) as tmp:
         model.save_pretrained(tmp, **kwargs)
         # Until the folder is complete, its config.json has another name: a save killed part-way leaves a
         # temporary folder that no loader accepts as a model.
@@ -149,6 +150,7 @@ def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> tr
             "structprune.from_pretrained never runs code from a checkpoint; drop trust_remote_code (structprune "
             "builds pruned models itself)."
         )
+    recover(path)  # a save of this folder killed half-way is finished first
     if os.path.isdir(path):
         _check_adopted(read_config(path), path)
         check_weights(path)

@@ -28,10 +28,15 @@ import transformers
 from torch import nn
 from transformers.models.auto import configuration_auto, modeling_auto
 
+# isort: off
 # --- inline: structprune/arch/head_bias.py (copied here when this file is written into a checkpoint) ---
 from ..arch.head_bias import HEAD_BIAS_INDEX, install_head_bias_selector  # noqa: E402
 
 # --- end inline ---
+# --- inline: structprune/arch/record.py (likewise) ---
+from ..arch.record import validate_arch, validate_structure  # noqa: E402
+# --- end inline ---
+# isort: on
 
 MODEL_TYPE_PREFIX = "structprune-"
 CONFIG_KEY = "structprune"
@@ -52,15 +57,50 @@ BASE_MODEL_TYPES: tuple[str, ...] = ()
 
 
 # --- resizing a stock model to the recorded structure ------------------------------------------------
+# Everything below reads config.json, which is data: module paths may only name registered submodules
+# (never attributes of a class), and attribute names may only name existing integer attributes.
+_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9][A-Za-z0-9_]*)*$")
+_ATTR = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _check_path(path) -> str:
+    if not isinstance(path, str) or not _PATH.match(path) or "__" in path:
+        raise ValueError(
+            f"config.{ARCH_KEY} holds the module path {path!r}, which is not a plain dotted module path; the "
+            "checkpoint's config.json was damaged or edited."
+        )
+    return path
+
+
 def _get(root: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        root = getattr(root, part)
+    """The submodule at ``path``, following registered submodules only (``Module._modules``)."""
+    for part in _check_path(path).split("."):
+        child = root._modules.get(part)
+        if child is None:
+            raise AttributeError(f"{type(root).__name__} has no submodule {part!r} (path {path!r})")
+        root = child
     return root
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(_get(root, parent) if parent else root, name, module)
+    parent_path, _, name = _check_path(path).rpartition(".")
+    parent = _get(root, parent_path) if parent_path else root
+    if name not in parent._modules:
+        raise ValueError(
+            f"config.{ARCH_KEY}: {path!r} is not a submodule of the model; the config was edited."
+        )
+    parent._modules[name] = module
+
+
+def _set_count(module: nn.Module, attr, value: int) -> None:
+    """Set an existing integer attribute of a module instance (a head count or an inner size)."""
+    current = module.__dict__.get(attr) if isinstance(attr, str) and _ATTR.match(attr) else None
+    if isinstance(current, bool) or not isinstance(current, int):
+        raise ValueError(
+            f"config.{ARCH_KEY} names the attribute {attr!r}, which {type(module).__name__} does not hold as a "
+            "count; the checkpoint's config.json was damaged or edited."
+        )
+    setattr(module, attr, value)
 
 
 def _find(model: nn.Module, site: list[str]) -> tuple[nn.Module, str] | None:
@@ -129,6 +169,10 @@ def _recorded(config) -> tuple[dict, dict]:
             f"This config has no '{CONFIG_KEY}' / '{ARCH_KEY}' entries, so it does not describe a pruned model; "
             "load it with the stock transformers class instead."
         )
+    where = getattr(config, "_name_or_path", "") or ""
+    where = f"{where}/config.json" if where else ""
+    validate_structure(structure, where)
+    validate_arch(arch, structure, where)
     return structure, arch
 
 
@@ -161,9 +205,9 @@ def apply_structure(model: nn.Module) -> nn.Module:
             _resize_norm(layer, path, width)
         attn = _get(layer, arch["attn"])
         for attr in arch["attn_head_count_attrs"]:
-            setattr(attn, attr, len(heads))
+            _set_count(attn, attr, len(heads))
         for attr in arch["attn_all_head_size_attrs"]:
-            setattr(attn, attr, inner)
+            _set_count(attn, attr, inner)
     if hidden is not None:
         sites = arch["hidden_sites"]
         resize = {
@@ -293,20 +337,27 @@ def make_classes(base_model_type: str) -> dict[str, type]:
     return {config_cls.__name__: config_cls, **make_model_classes(base_model_type, config_cls)}
 
 
-def _inline_head_bias(source: str) -> str:
-    """Replace the import of ``arch/head_bias.py`` by its code, so the copied file needs no structprune."""
-    start, end = "# --- inline: structprune/arch/head_bias.py", "# --- end inline ---"
-    i, j = source.find(start), source.find(end)
-    if i < 0 or j < 0:
+_INLINE = re.compile(r"^# --- inline: structprune/(\S+\.py).*?^# --- end inline ---\n", re.M | re.S)
+
+
+def _inline(source: str) -> str:
+    """Replace each marked import of a structprune module by that module's code (below its ``# --- code ---``
+    line), so the copied file needs no structprune."""
+    root = Path(__file__).resolve().parents[1]
+
+    def code(match: re.Match) -> str:
+        text = (root / match.group(1)).read_text(encoding="utf-8")
+        return text[text.index("# --- code ---") + len("# --- code ---") :].strip("\n") + "\n"
+
+    new, count = _INLINE.subn(code, source)
+    if count < 2:
         raise RuntimeError(f"{__file__} lost its inline markers; it cannot be copied into a checkpoint.")
-    code = (Path(__file__).resolve().parents[1] / "arch" / "head_bias.py").read_text(encoding="utf-8")
-    body = code[code.index("# --- code ---") + len("# --- code ---") :].strip("\n")
-    return source[:i] + body + "\n" + source[j + len(end) :]
+    return new
 
 
 def modeling_source(base_model_types: tuple[str, ...]) -> str:
     """This file's source, defining classes for ``base_model_types`` when imported (for a checkpoint)."""
-    source = _inline_head_bias(Path(__file__).read_text(encoding="utf-8"))
+    source = _inline(Path(__file__).read_text(encoding="utf-8"))
     line = f"BASE_MODEL_TYPES: tuple[str, ...] = {tuple(base_model_types)!r}"
     new, count = re.subn(r"^BASE_MODEL_TYPES: tuple\[str, \.\.\.\] = .*$", line, source, count=1, flags=re.M)
     if count != 1:

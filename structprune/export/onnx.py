@@ -101,7 +101,8 @@ def export_onnx(
 
         sp.export_onnx(model, "model.onnx")
         session = onnxruntime.InferenceSession("model.onnx")
-        session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        feed = {i.name: enc[i.name] for i in session.get_inputs()}   # BERT also takes token_type_ids
+        session.run(["logits"], feed)                                  # enc = tokenizer(..., return_tensors="np")
     """
     view(model)  # a supported, consistent model
     if opset < 18:
@@ -160,7 +161,7 @@ def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: dict[st
 
     Example::
 
-        sp.export.onnx_max_abs_diff(model, "model.onnx", sp.export.example_inputs(model))
+        onnx_max_abs_diff(model, "model.onnx", example_inputs(model))
     """
     import onnxruntime
 

@@ -2,30 +2,31 @@
 
 ``compress(model, calibration_data, flops=0.5)`` runs Fisher scoring on the calibration batches (labels,
 or the model's own predictions), the constrained mask search and its per-layer rearrangement
-(:mod:`structprune.search`), layer-wise reconstruction on the masked model (:mod:`structprune.reconstruct`)
-and surgery (:func:`structprune.prune_`), and returns the smaller model with a report.
+(:mod:`structprune.allocation.search`), surgery (:func:`structprune.prune_`) and layer-wise reconstruction
+of the pruned model against a copy of the unpruned one (:mod:`structprune.recovery.reconstruct`), and
+returns the smaller model with a report.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import nn
 
 from ..allocation.allocate import allocate
 from ..allocation.budget import one_budget
 from ..allocation.cost import cost, dense_cost
 from ..allocation.search import rearrange, retained, search
-from ..batches import labels_of
+from ..batches import check_task, labels_of
 from ..mask import Mask, Scores
-from ..recovery.reconstruct import FITS, ReconstructConfig, ReconstructReport, reconstruct, take_examples
-from ..scoring import available_scorers, score
+from ..recovery.reconstruct import ReconstructConfig, ReconstructReport, reconstruct, take_examples
+from ..scoring import available_scorers, score, scorer_options
 from ..scoring.gradients import GateGradients, gate_gradients
 from ..scoring.shape import score_shape
 from ..surgery.prune import prune_
@@ -45,9 +46,7 @@ class CompressConfig:
     label_free: bool | None = field(default=None, metadata={"help": "Score against the model's own predictions; None: only when the batches have no labels."})  # fmt: skip
     search: bool = field(default=True, metadata={"help": "Constrained mask search (False: sp.allocate's global per-layer-normalized ranking)."})  # fmt: skip
     rearrange: bool = field(default=True, metadata={"help": "Refine the mask within layers with Fisher interactions (method='fisher')."})  # fmt: skip
-    reconstruct: bool = field(default=True, metadata={"help": "Layer-wise least-squares reconstruction after the mask is chosen."})  # fmt: skip
-    fit: str = field(default="weights", metadata={"help": "Reconstruction: 'weights' or 'scales' (see structprune.reconstruct)."})  # fmt: skip
-    damp: float = field(default=0.01, metadata={"help": "Reconstruction ridge, relative to the mean Gram diagonal."})  # fmt: skip
+    reconstruct: ReconstructConfig | None = field(default_factory=ReconstructConfig, metadata={"help": "Layer-wise least-squares reconstruction after surgery (a ReconstructConfig, a dict of its options, True for the defaults, or False/None for none)."})  # fmt: skip
     num_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples (a few hundred to ~2000)."})  # fmt: skip
     seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps at least."})
@@ -64,8 +63,17 @@ class CompressConfig:
             raise ValueError(
                 f"Unknown method {self.method!r}; choose one of {', '.join(available_scorers())}."
             )
-        if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}.")
+        if self.reconstruct is True:
+            self.reconstruct = ReconstructConfig()
+        elif self.reconstruct is False:
+            self.reconstruct = None
+        elif isinstance(self.reconstruct, dict):
+            self.reconstruct = ReconstructConfig.from_dict(self.reconstruct)
+        if self.reconstruct is not None and not isinstance(self.reconstruct, ReconstructConfig):
+            raise ValueError(
+                "reconstruct must be a ReconstructConfig, a dict of its options, True or False, got "
+                f"{type(self.reconstruct).__name__}."
+            )
         if self.num_examples is not None and (
             isinstance(self.num_examples, bool)
             or not isinstance(self.num_examples, int)
@@ -96,49 +104,6 @@ class CompressReport:
         out["mask"] = self.mask.summary()
         out["reconstruction"] = self.reconstruction.to_dict() if self.reconstruction else None
         return out
-
-
-def check_task(model: nn.Module, batches: list[dict]) -> None:
-    """Raise ``ValueError`` when the calibration data cannot belong to ``model``'s task head.
-
-    Checks token ids against the vocabulary and labels against the head: class ids in
-    ``[0, num_labels)`` (``-100`` is ignored), integer labels for a classifier, float targets for a
-    regression head (``num_labels=1``).
-    """
-    config = model.config
-    vocab = getattr(config, "vocab_size", None)
-    num_labels = getattr(config, "num_labels", None)
-    regression = num_labels == 1 or getattr(config, "problem_type", None) == "regression"
-    for batch in batches:
-        ids = batch.get("input_ids")
-        if vocab is not None and isinstance(ids, torch.Tensor) and ids.numel() and int(ids.max()) >= vocab:
-            raise ValueError(
-                f"A calibration batch has token id {int(ids.max())} but the model's vocabulary has {vocab} "
-                "entries: the data was tokenized with another tokenizer. Tokenize it with this model's."
-            )
-        labels = labels_of(batch)
-        if not isinstance(labels, torch.Tensor) or num_labels is None or labels.dim() > 1:
-            continue  # no labels, or token-level / span labels: checked by the model's own loss
-        if regression:
-            if not labels.is_floating_point():
-                raise ValueError(
-                    "The model has a regression head (num_labels=1) but the calibration labels are integer "
-                    f"class ids (e.g. {labels[:4].tolist()}): the data is from a classification task. Use data "
-                    "of the model's task, or label_free=True."
-                )
-            continue
-        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-            raise ValueError(
-                f"The model classifies into {num_labels} classes but the calibration labels are real numbers "
-                f"(e.g. {labels[:4].tolist()}): the data is from a regression task. Use data of the model's task."
-            )
-        real = labels[labels != -100].long()
-        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= num_labels):
-            raise ValueError(
-                f"Calibration label {int(real.max()) if int(real.max()) >= num_labels else int(real.min())} is "
-                f"outside the model's {num_labels} classes [0, {num_labels - 1}]: the data is from a different "
-                "task than the classifier head. Use data of the model's task, or label_free=True."
-            )
 
 
 def _has_labels(batches: list[dict]) -> bool:
@@ -211,8 +176,8 @@ def compress(
         grads = gate_gradients(model, batches, label_free=label_free, progress=cfg.progress)
         scores = grads.fisher()
     else:
-        opts = {"label_free": label_free} if cfg.method in ("fisher", "taylor") else {}
-        scores = score(model, batches, method=cfg.method, progress=cfg.progress, **opts)
+        opts = scorer_options(cfg.method, batches, label_free=label_free)
+        scores = score(model, method=cfg.method, progress=cfg.progress, **opts)
     seconds["score"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -235,7 +200,7 @@ def compress(
     if reference is not None:
         t = time.perf_counter()
         recon = reconstruct(
-            model, reference, batches, ReconstructConfig(fit=cfg.fit, damp=cfg.damp, progress=cfg.progress)
+            model, reference, batches, dataclasses.replace(cfg.reconstruct, progress=cfg.progress)
         )
         del reference
         seconds["reconstruct"] = time.perf_counter() - t

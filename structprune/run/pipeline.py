@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -55,35 +56,64 @@ def resolve_data_dir(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+# What a recipe run writes into output.dir: with output.overwrite these (and only these) are replaced.
+RUN_OUTPUTS = (
+    STATE_FILE, "pruned", "distill", "distilled", "student", "student.onnx", "summary.json", "summary.md",
+    "prune_report.json",
+)  # fmt: skip
+
+
 class RunRecord:
-    """``run.json`` in the output folder: which recipe produced it and which stages are done."""
+    """``run.json`` in the output folder: which recipe produced it and which stages are done.
+
+    A folder holding another run is refused unless ``output.overwrite`` is set, and then only what a run
+    writes (:data:`RUN_OUTPUTS`) is removed; a folder holding anything else is always refused, naming
+    the files. Nothing is touched until :meth:`open` (after the pipeline has validated its inputs).
+    """
 
     def __init__(self, recipe: Recipe):
         self.dir = Path(recipe.output.dir)
         self.path = self.dir / STATE_FILE
-        fingerprint = recipe.fingerprint()
+        self.fingerprint = recipe.fingerprint()
+        self.recipe_dict = recipe.to_dict()
+        self.data = None
+        self._replace = False
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"output.dir {self.dir} is a file; give a folder.")
+        entries = sorted(p.name for p in self.dir.iterdir()) if self.dir.is_dir() else []
+        foreign = [name for name in entries if name not in RUN_OUTPUTS and not name.startswith(".")]
+        if foreign:
+            raise ValueError(
+                f"{self.dir} holds files a structprune run did not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); structprune never deletes or mixes with them. Choose "
+                "another output.dir."
+            )
         if self.path.is_file():
-            previous = json.loads(self.path.read_text())
-            if previous.get("fingerprint") != fingerprint:
-                if not recipe.output.overwrite:
-                    raise ValueError(
-                        f"{self.dir} holds a different run (recipe fingerprint {previous.get('fingerprint')} vs "
-                        f"{fingerprint}). Choose another output.dir, or set output.overwrite=true to replace it."
-                    )
-                shutil.rmtree(self.dir)
-        elif self.dir.is_dir() and any(self.dir.iterdir()):
-            if not recipe.output.overwrite:
+            previous = _read_record(self.path)
+            if previous.get("fingerprint") == self.fingerprint:
+                self.data = previous
+            elif not recipe.output.overwrite:
                 raise ValueError(
-                    f"{self.dir} is not empty and holds no structprune run. Choose another output.dir, or set "
-                    "output.overwrite=true to replace its contents."
+                    f"{self.dir} holds a different run (recipe fingerprint {previous.get('fingerprint')} vs "
+                    f"{self.fingerprint}). Choose another output.dir, or set output.overwrite=true to replace it."
                 )
-            shutil.rmtree(self.dir)
+            else:
+                self._replace = True
+        elif entries:
+            self._replace = True  # outputs of a run whose run.json is gone: only our own names are here
+
+    def open(self) -> None:
+        """Create the folder (replacing a previous run's outputs when that was allowed) and write run.json."""
+        if self._replace:
+            for name in RUN_OUTPUTS:
+                target = self.dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.data = (
-            json.loads(self.path.read_text())
-            if self.path.is_file()
-            else {"fingerprint": fingerprint, "recipe": recipe.to_dict(), "done": {}}
-        )
+        if self.data is None:
+            self.data = {"fingerprint": self.fingerprint, "recipe": self.recipe_dict, "done": {}}
         self.save()
 
     def done(self, stage: str):
@@ -95,6 +125,18 @@ class RunRecord:
 
     def save(self) -> None:
         atomic_write_json(self.path, self.data)
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); it is not a run record structprune can resume."
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("done", {}), dict):
+        raise ValueError(f"{path} is not a structprune run record (a mapping with 'fingerprint' and 'done').")
+    return data
 
 
 def _has_task_head(config) -> bool:
@@ -115,6 +157,19 @@ class Pipeline:
         self.out = None if teacher_only else self.state.dir
         self.timings: dict[str, float] = {}
         self._splits: dict = {}
+        self._check_inputs()
+        if self.state is not None:
+            self.state.open()  # only now, with every input checked, is the output folder touched
+
+    def _check_inputs(self) -> None:
+        """Everything a run reads, checked before anything is written: the teacher and the data splits."""
+        source = resolve_model(self.recipe.teacher.model)
+        looks_local = source.startswith(("/", ".", "~")) or os.path.exists(source)
+        if looks_local and not os.path.isdir(os.path.expanduser(source)):
+            raise ValueError(f"teacher.model={self.recipe.teacher.model!r}: {source} is not a model folder.")
+        self.split("train")
+        for name in self.task.validation_splits:
+            self.split(name)
 
     # --- data ----------------------------------------------------------------------------------
     def split(self, name: str):

@@ -135,6 +135,8 @@ class Recipe:
         d.pop("output")
         for section in ("distill", "prune"):
             d[section].pop("progress", None)
+        if isinstance(d["prune"].get("reconstruct"), dict):
+            d["prune"]["reconstruct"].pop("progress", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -160,6 +162,8 @@ def build(cls, data: dict | None, where: str = ""):
     kwargs = {}
     for name, value in data.items():
         hint = hints.get(name)
+        if not dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            hint = _optional_dataclass(hint) or hint  # e.g. distill.prune: PruneSchedule | None
         if dataclasses.is_dataclass(hint):
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"{where}{name} must be a mapping of {hint.__name__} keys, got {value!r}.")
@@ -173,6 +177,14 @@ def build(cls, data: dict | None, where: str = ""):
         raise ValueError(f"{where.rstrip('.') or 'recipe'}: {err}") from None
     except TypeError as err:
         raise ValueError(f"{where.rstrip('.') or 'recipe'}: {err}") from None
+
+
+def _optional_dataclass(hint):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
 
 
 def coerce(value, hint, name: str):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..arch import view
-from ..batches import iterate, model_inputs
+from ..batches import check_task, iterate, model_inputs
 from ..gates import Gates
 from ..mask import Scores
 from . import functional as fn
@@ -146,6 +146,14 @@ register_scorer("magnitude", _magnitude, needs_data=False)
 register_scorer("random", _random, needs_data=False)
 
 
+def _checked(model, batches, *, labels: bool):
+    """``batches`` as they stream, each checked against the model (token ids, labels) before use."""
+    for batch in batches:
+        if isinstance(batch, Mapping):
+            check_task(model, [batch], labels=labels)
+        yield batch
+
+
 def score(
     model: nn.Module, batches: Iterable[Mapping] | None = None, method: str = "taylor", **options
 ) -> Scores:
@@ -168,6 +176,8 @@ def score(
             f"method={method!r} needs data: pass batches (an iterable of dicts of model inputs)."
         )
     options.setdefault("progress", True)
+    if batches is not None and info.needs_data:
+        batches = _checked(model, batches, labels=info.gradients and not options.get("label_free", False))
     with scoring_state(model):
         try:
             head, ffn = info.fn(model, v, batches, **options)

@@ -7,16 +7,21 @@ Example::
     student, history = sp.distill(student, teacher, train_dl, eval_dl, config=cfg)
 """
 
-from .config import DistillConfig
-from .gradual import cubic_fractions, flops_fraction, prune_event, prune_schedule
-from .loop import NonFiniteLossError, distill, finetune
+from .callbacks import LoopCallback
+from .config import DistillConfig, PruneSchedule
+from .gradual import GradualPruning, cubic_fractions, flops_fraction, prune_event, prune_schedule
+from .loop import Loop, NonFiniteLossError, distill, finetune
 from .maps import DistillMap, build_map
 from .module import DistillModule
 
 __all__ = [
     "DistillConfig",
+    "PruneSchedule",
     "DistillMap",
     "DistillModule",
+    "GradualPruning",
+    "Loop",
+    "LoopCallback",
     "NonFiniteLossError",
     "build_map",
     "cubic_fractions",

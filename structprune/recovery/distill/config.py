@@ -5,8 +5,62 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from ...scoring import available_scorers
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
-PRUNE_METHODS = ("taylor", "fisher", "activation", "magnitude")
+
+
+@dataclass
+class PruneSchedule:
+    """Gradual pruning inside the training loop: ``steps`` pruning events between ``start`` and ``end``
+    (fractions of training), on a cubic schedule from the student's current size down to ``to`` of the
+    unpruned model's encoder FLOPs; at each event the student is re-scored on ``batches`` training
+    batches with ``method`` and physically pruned, and the optimizer is rebuilt.
+
+    Example::
+
+        cfg = DistillConfig(output_dir="runs/sst2-25", task="sst2", prune=PruneSchedule(to=0.25, steps=4))
+        cfg = DistillConfig(prune={"to": 0.25, "steps": 4})      # the same, as a recipe writes it
+    """
+
+    to: float = field(default=0.5, metadata={"help": "Target fraction of the unpruned encoder FLOPs."})
+    steps: int = field(default=4, metadata={"help": "Number of pruning events."})
+    start: float = field(default=0.0, metadata={"help": "Fraction of training at the first event."})
+    end: float = field(default=0.5, metadata={"help": "Fraction of training at the last event."})
+    method: str = field(default="taylor", metadata={"help": "Importance scorer between events."})
+    batches: int = field(default=8, metadata={"help": "Training batches used to score at each event."})
+    seq_len: int = field(default=128, metadata={"help": "Sequence length of the FLOPs budget."})
+    multiple_of: int = field(default=1, metadata={"help": "Round FFN widths to this multiple."})
+    min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps."})
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(msg)
+
+        need(0 < self.to < 1, f"prune.to is a FLOPs fraction in (0, 1), got {self.to}.")
+        need(self.steps >= 1, f"prune.steps must be >= 1, got {self.steps}.")
+        need(
+            0 <= self.start <= self.end <= 1,
+            f"Need 0 <= prune.start <= prune.end <= 1, got {self.start} and {self.end}.",
+        )
+        need(
+            self.method in available_scorers(),
+            f"prune.method must be one of {available_scorers()}, got {self.method!r}.",
+        )
+        need(self.batches >= 1, f"prune.batches must be >= 1, got {self.batches}.")
+        need(self.seq_len >= 1, f"prune.seq_len must be >= 1, got {self.seq_len}.")
+        need(self.multiple_of >= 1, f"prune.multiple_of must be >= 1, got {self.multiple_of}.")
+        need(self.min_heads >= 0, f"prune.min_heads must be >= 0, got {self.min_heads}.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PruneSchedule:
+        """Build from a dict; unknown keys raise ``ValueError`` naming the valid ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown prune option(s) {unknown}; valid options: {sorted(names)}.")
+        return cls(**data)
 
 
 @dataclass
@@ -15,9 +69,7 @@ class DistillConfig:
 
     The loss is ``task_weight * task + logit_weight * KD(T) + hidden_weight * hidden MSE +
     attention_weight * attention KL``; any weight may be 0 (with no teacher only the task term runs).
-    Setting ``prune_to`` turns on gradual pruning: the student is re-scored and physically pruned
-    ``prune_steps`` times between ``prune_start`` and ``prune_end`` (fractions of training), following a
-    cubic schedule from its current size down to ``prune_to`` of the unpruned model's encoder FLOPs.
+    Setting ``prune`` (a :class:`PruneSchedule`) turns on gradual pruning while the student learns.
 
     Example::
 
@@ -87,17 +139,12 @@ class DistillConfig:
     )
 
     # --- gradual pruning --------------------------------------------------------------------------
-    prune_to: float | None = field(
-        default=None, metadata={"help": "Target fraction of the unpruned encoder FLOPs; None = no pruning."}
+    prune: PruneSchedule | None = field(
+        default=None,
+        metadata={
+            "help": "Gradual pruning while training (a PruneSchedule, or a dict of its options); None = off."
+        },
     )
-    prune_steps: int = field(default=4, metadata={"help": "Number of pruning events."})
-    prune_start: float = field(default=0.0, metadata={"help": "Fraction of training at the first event."})
-    prune_end: float = field(default=0.5, metadata={"help": "Fraction of training at the last event."})
-    prune_method: str = field(default="taylor", metadata={"help": "Importance scorer between events."})
-    prune_batches: int = field(default=8, metadata={"help": "Training batches used to score at each event."})
-    prune_seq_len: int = field(default=128, metadata={"help": "Sequence length of the FLOPs budget."})
-    prune_multiple_of: int = field(default=1, metadata={"help": "Round FFN widths to this multiple."})
-    prune_min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps."})
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -153,23 +200,12 @@ class DistillConfig:
                 all(isinstance(i, int) and i >= 0 for i in self.layer_map),
                 f"layer_map must list a teacher layer index (int >= 0) per student layer, got {self.layer_map}.",
             )
-        if self.prune_to is not None:
-            need(0 < self.prune_to < 1, f"prune_to is a FLOPs fraction in (0, 1), got {self.prune_to}.")
-            need(self.prune_steps >= 1, f"prune_steps must be >= 1, got {self.prune_steps}.")
-            need(
-                0 <= self.prune_start <= self.prune_end <= 1,
-                f"Need 0 <= prune_start <= prune_end <= 1, got {self.prune_start} and {self.prune_end}.",
-            )
-            need(
-                self.prune_method in PRUNE_METHODS,
-                f"prune_method must be one of {PRUNE_METHODS}, got {self.prune_method!r}.",
-            )
-            need(self.prune_batches >= 1, f"prune_batches must be >= 1, got {self.prune_batches}.")
-            need(self.prune_seq_len >= 1, f"prune_seq_len must be >= 1, got {self.prune_seq_len}.")
-            need(
-                self.prune_multiple_of >= 1, f"prune_multiple_of must be >= 1, got {self.prune_multiple_of}."
-            )
-            need(self.prune_min_heads >= 0, f"prune_min_heads must be >= 0, got {self.prune_min_heads}.")
+        if isinstance(self.prune, dict):
+            self.prune = PruneSchedule.from_dict(self.prune)
+        need(
+            self.prune is None or isinstance(self.prune, PruneSchedule),
+            f"prune must be a PruneSchedule, a dict of its options or None, got {type(self.prune).__name__}.",
+        )
 
     @property
     def uses_hidden(self) -> bool:

@@ -4,7 +4,8 @@ At each event the student is re-scored on a few training batches (``structprune.
 allocated (``structprune.allocate``) and the structure is physically removed (``structprune.prune_``).
 The schedule is cubic (Zhu & Gupta, 2017): most structure goes early, when the model can still recover.
 
-How this meets Accelerate (see ``loop.py``): surgery replaces parameters, so after an event the loop
+:class:`GradualPruning` is the loop callback that runs the events (the loop adds it when
+``DistillConfig.prune`` is set). How this meets Accelerate (see ``loop.py``): surgery replaces parameters, so after an event the loop
 frees the prepared objects (``accelerator.free_memory``), builds a new optimizer (fresh AdamW moments for
 the new, smaller tensors) and scheduler (continuing at the current step), and calls ``prepare`` again
 (DDP re-wraps the smaller model). Every process computes the same mask: scores are averaged across
@@ -25,8 +26,12 @@ from torch import nn
 from ...allocation.allocate import allocate
 from ...allocation.cost import cost, dense_cost
 from ...mask import Mask, Scores
-from ...scoring import score
+from ...scoring import score, scorer_options
 from ...surgery.prune import prune_
+from .callbacks import LoopCallback
+from .config import PruneSchedule
+from .maps import build_map
+from .runstate import seed_step
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +112,10 @@ def prune_event(
         for i, b in enumerate(itertools.islice(iter(batches), max_batches * procs))
         if i % procs == rank
     ]
-    options = {"max_batches": max_batches, "progress": False} if method != "magnitude" else {}
-    scores = _reduce_scores(
-        score(model, data if method != "magnitude" else None, method=method, **options), accelerator
-    )
+    options = scorer_options(method, data)
+    if options["batches"] is not None:
+        options.update(max_batches=max_batches, progress=False)
+    scores = _reduce_scores(score(model, method=method, **options), accelerator)
     mask = allocate(
         scores, model, flops=fraction, seq_len=seq_len, multiple_of=multiple_of, min_heads=min_heads
     )
@@ -122,3 +127,56 @@ def prune_event(
         100 * fraction,
     )
     return mask
+
+
+class GradualPruning(LoopCallback):
+    """Prune the student on ``schedule`` while it trains (see :class:`PruneSchedule`).
+
+    The events depend only on the optimizer step and the size the run started from (kept across
+    resumes). An event due at step ``s`` runs before that step's first micro-batch; one scheduled at the
+    very end still runs after the last step, so the result meets the budget. While events remain, no
+    evaluation may become the kept best (the model is still changing shape).
+    """
+
+    def __init__(self, schedule: PruneSchedule):
+        self.schedule = schedule
+        self.events: list[tuple[int, float]] = []
+
+    def on_train_begin(self, loop) -> None:
+        p = self.schedule
+        self.events = prune_schedule(loop.total, p.start, p.end, p.steps, loop.rs.schedule_start, p.to)
+        logger.info("gradual pruning schedule (step, FLOPs fraction): %s", self.events)
+        # a resumed run continues the learning-rate schedule of the optimizer built at the last event
+        loop.lr_offset = max([s for s, _ in self.events if s < loop.rs.step], default=0)
+
+    def on_step_begin(self, loop) -> None:
+        due = [f for s, f in self.events if s == loop.rs.step]
+        if due and loop.rs.pruned_at != loop.rs.step:
+            self._prune(loop, due[-1])
+
+    def on_train_end(self, loop) -> None:
+        leftover = [f for s, f in self.events if s >= loop.rs.step and loop.rs.pruned_at != s]
+        if leftover:
+            self._prune(loop, leftover[-1])
+            loop.evaluate(may_keep=True)
+
+    def allows_best(self, loop) -> bool:
+        return not [s for s, _ in self.events if s >= loop.rs.step]
+
+    def _prune(self, loop, fraction: float) -> None:
+        """One event: score and prune the student, rebuild the optimizer, follow the layer map."""
+        p, rs = self.schedule, loop.rs
+        seed_step(loop.cfg, None, rs.step, salt=17)  # every process scores the same batches
+        loop.accelerator.wait_for_everyone()
+        student = loop.module.student
+        student.eval()
+        prune_event(student, loop.train_data, fraction, method=p.method, max_batches=p.batches, seq_len=p.seq_len,
+                    multiple_of=p.multiple_of, min_heads=p.min_heads, accelerator=loop.accelerator)  # fmt: skip
+        student.train()
+        rs.pruned_at = rs.step
+        if loop.module.dmap is not None:
+            loop.module.dmap = build_map(student, loop.teacher, loop.cfg.layer_map)
+        loop.rebuild_optimizer()
+        record = {"step": rs.step, "pruned_flops": flops_fraction(student, p.seq_len), "target": fraction}
+        record["params"] = sum(x.numel() for x in student.parameters())
+        loop.log(record)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -27,8 +28,9 @@ from tqdm.auto import tqdm
 from ...batches import model_inputs
 from ...mask import Mask
 from . import checks, runstate
+from .callbacks import LoopCallback
 from .config import DistillConfig
-from .gradual import flops_fraction, prune_event, prune_schedule
+from .gradual import GradualPruning, flops_fraction
 from .maps import build_map
 from .module import DistillModule
 
@@ -45,13 +47,15 @@ def distill(
     train_data: DataLoader,
     eval_data: DataLoader | None = None,
     config: DistillConfig | None = None,
+    callbacks: list[LoopCallback] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Train ``student`` to match ``teacher`` (and the labels) on ``train_data``; returns ``(student, history)``.
 
     ``train_data``/``eval_data`` are DataLoaders of dicts (``input_ids``, ``attention_mask``, ``labels``,
     ...), e.g. from :func:`structprune.data.make_dataloader`. The teacher runs in eval mode under
     ``no_grad`` and is never updated. ``history`` is the list of logged records (training losses and
-    ``eval_*`` metrics, each with its ``step``). With ``config.prune_to`` set, the student is pruned
+    ``eval_*`` metrics, each with its ``step``). ``callbacks``: :class:`LoopCallback` objects (log, early
+    stop, ...). With ``config.prune`` set, the student is pruned
     gradually while it learns and comes back as a smaller dense model.
 
     Example::
@@ -61,7 +65,7 @@ def distill(
     """
     if teacher is None:
         raise ValueError("distill needs a teacher; to train without one use structprune.finetune.")
-    return _run(student, teacher, train_data, eval_data, config or DistillConfig())
+    return _run(student, teacher, train_data, eval_data, config or DistillConfig(), callbacks)
 
 
 def finetune(
@@ -69,6 +73,7 @@ def finetune(
     train_data: DataLoader,
     eval_data: DataLoader | None = None,
     config: DistillConfig | None = None,
+    callbacks: list[LoopCallback] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Fine-tune ``model`` on the task loss alone: the same loop as :func:`distill`, with no teacher.
 
@@ -76,7 +81,7 @@ def finetune(
 
         teacher, history = sp.finetune(model, train_dl, eval_dl, sp.DistillConfig(task="mrpc", num_epochs=3))
     """
-    return _run(model, None, train_data, eval_data, config or DistillConfig())
+    return _run(model, None, train_data, eval_data, config or DistillConfig(), callbacks)
 
 
 def _accelerator(cfg: DistillConfig) -> Accelerator:
@@ -124,14 +129,17 @@ def _scheduler(opt, total: int, warmup: int, offset: int) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _seed_step(cfg: DistillConfig, accelerator: Accelerator | None, micro_step: int, salt: int = 0) -> None:
-    """Seed the global RNG from (seed, step, process): dropout masks replay exactly after a resume.
-    ``accelerator=None`` gives every process the same seed (the data order of a pruning event)."""
-    rank = accelerator.process_index if accelerator is not None else 0
-    torch.manual_seed((cfg.seed * 1_000_003 + micro_step * 7919 + rank * 104_729 + salt) % 2**63)
+def _callbacks(cfg: DistillConfig, callbacks) -> list:
+    extra = list(callbacks or [])
+    bad = [type(c).__name__ for c in extra if not isinstance(c, LoopCallback)]
+    if bad:
+        raise TypeError(f"callbacks must be structprune LoopCallback instances, got {bad}.")
+    return ([GradualPruning(cfg.prune)] if cfg.prune is not None else []) + extra
 
 
-def _run(student, teacher, train_data, eval_data, cfg: DistillConfig) -> tuple[nn.Module, list[dict]]:
+def _run(
+    student, teacher, train_data, eval_data, cfg: DistillConfig, callbacks=None
+) -> tuple[nn.Module, list[dict]]:
     if not isinstance(cfg, DistillConfig):
         raise TypeError(f"config must be a DistillConfig, got {type(cfg).__name__}.")
     checks.check_inputs(student, teacher, train_data, eval_data, cfg)
@@ -153,7 +161,8 @@ def _run(student, teacher, train_data, eval_data, cfg: DistillConfig) -> tuple[n
     if teacher is not None:
         teacher_state = (teacher.training, [(p, p.requires_grad) for p in teacher.parameters()])
     try:
-        return _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info, resume)
+        return _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info, resume,
+                      _callbacks(cfg, callbacks))  # fmt: skip
     finally:
         checks.restore_attention(restore_attn)
         if teacher_state is not None:  # leave the teacher as we found it (mode and requires_grad)
@@ -163,7 +172,66 @@ def _run(student, teacher, train_data, eval_data, cfg: DistillConfig) -> tuple[n
         accelerator.end_training()
 
 
-def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info, resume):
+@dataclass
+class Loop:
+    """What the training loop holds while it runs; callbacks read it and may ask it to stop (``stop``).
+
+    ``model``/``opt``/``sched`` are the Accelerate-prepared objects; :meth:`rebuild_optimizer` makes new
+    ones after surgery replaced parameters.
+    """
+
+    cfg: DistillConfig
+    accelerator: Accelerator
+    module: DistillModule
+    teacher: nn.Module | None
+    train_data: DataLoader
+    train_dl: DataLoader
+    eval_dl: DataLoader | None
+    task_info: object
+    out_dir: object
+    rs: runstate.LoopState
+    warmup: int
+    model: nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    sched: object = None
+    lr_offset: int = 0
+    stop: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.rs.total
+
+    def build_optimizer(self, offset: int) -> None:
+        opt = _optimizer(self.module, self.cfg)
+        sched = _scheduler(opt, self.total, self.warmup, offset)
+        self.model, self.opt, self.sched = self.accelerator.prepare(self.module, opt, sched)
+
+    def rebuild_optimizer(self) -> None:
+        """Surgery replaced parameters: drop the prepared objects and prepare new ones (fresh AdamW moments,
+        the schedule continuing at the current step, DDP re-wrapping the smaller model)."""
+        self.accelerator.free_memory(self.model, self.opt, self.sched)
+        self.build_optimizer(offset=self.rs.step)
+
+    def evaluate(self, may_keep: bool | None = None) -> None:
+        if self.eval_dl is None:
+            return
+        keep = all(cb.allows_best(self) for cb in self.callbacks) if may_keep is None else may_keep
+        record = _evaluate(
+            self.module, self.eval_dl, self.task_info, self.accelerator, self.rs, self.out_dir, keep
+        )
+        for cb in self.callbacks:
+            cb.on_evaluate(self, record)
+
+    def log(self, record: dict) -> None:
+        runstate.log(record, self.rs, self.accelerator, self.out_dir)
+        for cb in self.callbacks:
+            cb.on_log(self, record)
+
+    callbacks: list = field(default_factory=list)
+
+
+def _prepare_module(student, teacher, cfg: DistillConfig, accelerator) -> DistillModule:
+    """The student (plus a learned projection when widths differ) with the losses of ``cfg``."""
     distil = teacher is not None
     dmap = (
         build_map(student, teacher, cfg.layer_map)
@@ -186,28 +254,25 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
         teacher.eval()
         teacher.requires_grad_(False)
         teacher.to(accelerator.device)  # not prepared: no DDP wrapper, no optimizer, no gradients
+    return module
 
+
+def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info, resume, callbacks):
+    module = _prepare_module(student, teacher, cfg, accelerator)
     train_dl = accelerator.prepare(train_data)
     eval_dl = accelerator.prepare(eval_data) if eval_data is not None else None
     steps_per_epoch = max(1, math.ceil(len(train_dl) / cfg.gradient_accumulation_steps))
     total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
-    warmup = int(cfg.warmup_ratio * total)
     rs = runstate.LoopState(total=total, steps_per_epoch=steps_per_epoch)
     if resume is not None:
         rs.restore(resume)
     else:
-        rs.schedule_start = flops_fraction(student, cfg.prune_seq_len)
-    events = []
-    if cfg.prune_to is not None:
-        # The schedule depends only on the step and the size the run started from (kept across resumes).
-        events = prune_schedule(
-            total, cfg.prune_start, cfg.prune_end, cfg.prune_steps, rs.schedule_start, cfg.prune_to
-        )
-        logger.info("gradual pruning schedule (step, FLOPs fraction): %s", events)
-    offset = max([s for s, _ in events if s < rs.step], default=0)
-    opt = _optimizer(module, cfg)
-    sched = _scheduler(opt, total, warmup, offset)
-    model, opt, sched = accelerator.prepare(module, opt, sched)
+        rs.schedule_start = flops_fraction(student, cfg.prune.seq_len if cfg.prune else 128)
+    loop = Loop(cfg, accelerator, module, teacher, train_data, train_dl, eval_dl, task_info, out_dir, rs,
+                warmup=int(cfg.warmup_ratio * total), callbacks=list(callbacks))  # fmt: skip
+    for cb in loop.callbacks:
+        cb.on_train_begin(loop)
+    loop.build_optimizer(offset=loop.lr_offset)
     if resume is not None:
         accelerator.load_state(resume["path"])
         runstate.truncate_metrics(out_dir, rs.step, accelerator)
@@ -215,12 +280,11 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
     if accelerator.is_main_process:
         accelerator.init_trackers("structprune", config=runstate.flat_config(cfg))
 
-    bar = tqdm(total=total, initial=rs.step, desc="distill" if distil else "finetune",
+    bar = tqdm(total=total, initial=rs.step, desc="distill" if teacher is not None else "finetune",
                disable=not (cfg.progress and accelerator.is_main_process))  # fmt: skip
     sums: dict[str, float] = {}
     count = 0
-    pruning_done = lambda: not [s for s, _ in events if s >= rs.step]  # noqa: E731
-    while rs.step < total:
+    while rs.step < total and not loop.stop:
         epoch = rs.step // steps_per_epoch
         in_epoch = rs.step - epoch * steps_per_epoch
         _set_epoch(train_dl, train_data, epoch)
@@ -229,44 +293,12 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
             loader = accelerator.skip_first_batches(train_dl, in_epoch * cfg.gradient_accumulation_steps)
         micro = in_epoch * cfg.gradient_accumulation_steps
         for batch in loader:
-            # --- gradual pruning event(s) due before this optimizer step -----------------------------
-            due = [f for s, f in events if s == rs.step]
-            if due and micro % cfg.gradient_accumulation_steps == 0 and rs.pruned_at != rs.step:
-                model, opt, sched = _prune(
-                    accelerator,
-                    module,
-                    model,
-                    opt,
-                    sched,
-                    train_data,
-                    cfg,
-                    due[-1],
-                    rs,
-                    total,
-                    warmup,
-                    teacher,
-                )
-            # --- one batch -------------------------------------------------------------------------
-            _seed_step(cfg, accelerator, epoch * len(train_dl) + micro)
+            if micro % cfg.gradient_accumulation_steps == 0:
+                for cb in loop.callbacks:
+                    cb.on_step_begin(loop)
+            runstate.seed_step(cfg, accelerator, epoch * len(train_dl) + micro)
             micro += 1
-            with accelerator.accumulate(model):
-                teacher_out = None
-                if distil:
-                    with torch.no_grad(), accelerator.autocast():
-                        teacher_out = teacher(
-                            **model_inputs(batch),
-                            output_hidden_states=cfg.uses_hidden,
-                            output_attentions=cfg.uses_attention,
-                        )
-                loss, parts = model(batch, teacher_out)
-                _check_finite(loss, accelerator, rs, out_dir)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                opt.step()
-                if accelerator.sync_gradients:
-                    sched.step()
-                opt.zero_grad()
+            loss, parts = _step(loop, batch)
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1
@@ -278,68 +310,58 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
             if rs.step % cfg.log_every == 0 or rs.step == total:
                 record = _reduce_means(sums, count, accelerator)
                 record.update(
-                    step=rs.step, epoch=round(rs.step / steps_per_epoch, 4), lr=sched.get_last_lr()[0]
+                    step=rs.step, epoch=round(rs.step / steps_per_epoch, 4), lr=loop.sched.get_last_lr()[0]
                 )
-                runstate.log(record, rs, accelerator, out_dir)
+                loop.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 sums, count = {}, 0
-            end_of_epoch = rs.step % steps_per_epoch == 0
-            if eval_dl is not None and (
-                (cfg.eval_every and rs.step % cfg.eval_every == 0)
-                or (cfg.eval_every is None and end_of_epoch)
-                or rs.step == total
-            ):
-                _evaluate(module, eval_dl, task_info, accelerator, rs, out_dir, pruning_done())
+            if (cfg.eval_every and rs.step % cfg.eval_every == 0) or (
+                cfg.eval_every is None and rs.step % steps_per_epoch == 0) or rs.step == total:  # fmt: skip
+                loop.evaluate()
             if cfg.save_every and (rs.step % cfg.save_every == 0 or rs.step == total):
                 runstate.save_checkpoint(accelerator, out_dir, rs, module.student, cfg)
-            if rs.step >= total:
+            if rs.step >= total or loop.stop:
                 break
     bar.close()
-    # A pruning event scheduled at the very end still runs, so the result meets the budget.
-    leftover = [f for s, f in events if s >= rs.step and rs.pruned_at != s]
-    if leftover:
-        model, opt, sched = _prune(
-            accelerator, module, model, opt, sched, train_data, cfg, leftover[-1], rs, total, warmup, teacher
-        )
-        if eval_dl is not None:
-            _evaluate(module, eval_dl, task_info, accelerator, rs, out_dir, True)
+    for cb in loop.callbacks:
+        cb.on_train_end(loop)
     accelerator.wait_for_everyone()
     if cfg.load_best_at_end and rs.best is not None:
         runstate.load_best(module.student, rs, out_dir, accelerator)
     module.student.eval()
+    bad = [n for n, p in module.student.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"Training ended with non-finite weights ({bad[0]}, ...); the model object now holds them. Last good "
+            f"checkpoint: {runstate.latest_checkpoint(out_dir) if out_dir else 'none (set save_every)'}. Lower "
+            "learning_rate or use mixed_precision='bf16' rather than 'fp16'."
+        )
     return module.student, rs.history
 
 
-def _prune(accelerator, module, model, opt, sched, train_data, cfg, fraction, rs, total, warmup, teacher):
-    """Run one gradual-pruning event, then rebuild and re-prepare optimizer, scheduler and DDP wrapper."""
-    _seed_step(cfg, None, rs.step, salt=17)
-    accelerator.wait_for_everyone()
-    student = module.student
-    student.eval()
-    prune_event(
-        student,
-        train_data,
-        fraction,
-        method=cfg.prune_method,
-        max_batches=cfg.prune_batches,
-        seq_len=cfg.prune_seq_len,
-        multiple_of=cfg.prune_multiple_of,
-        min_heads=cfg.prune_min_heads,
-        accelerator=accelerator,
-    )
-    student.train()
-    rs.pruned_at = rs.step
-    if module.dmap is not None:
-        module.dmap = build_map(student, teacher, cfg.layer_map)
-    # Surgery replaced parameters: drop the old prepared objects and prepare new ones.
-    accelerator.free_memory(model, opt, sched)
-    opt = _optimizer(module, cfg)
-    sched = _scheduler(opt, total, warmup, rs.step)
-    model, opt, sched = accelerator.prepare(module, opt, sched)
-    record = {"step": rs.step, "pruned_flops": flops_fraction(student, cfg.prune_seq_len), "target": fraction}
-    record["params"] = sum(p.numel() for p in student.parameters())
-    runstate.log(record, rs, accelerator, runstate.out_path(cfg))
-    return model, opt, sched
+def _step(loop: Loop, batch) -> tuple[torch.Tensor, dict]:
+    """One micro-batch: the frozen teacher's outputs, the student's loss, backward, and (at the end of
+    an accumulation) clipping, the optimizer and the scheduler."""
+    cfg, accelerator = loop.cfg, loop.accelerator
+    with accelerator.accumulate(loop.model):
+        teacher_out = None
+        if loop.teacher is not None:
+            with torch.no_grad(), accelerator.autocast():
+                teacher_out = loop.teacher(
+                    **model_inputs(batch),
+                    output_hidden_states=cfg.uses_hidden,
+                    output_attentions=cfg.uses_attention,
+                )
+        loss, parts = loop.model(batch, teacher_out)
+        _check_finite(loss, accelerator, loop.rs, loop.out_dir)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(loop.model.parameters(), cfg.max_grad_norm)
+        loop.opt.step()
+        if accelerator.sync_gradients:
+            loop.sched.step()
+        loop.opt.zero_grad()
+    return loss, parts
 
 
 def _set_epoch(prepared: DataLoader, raw: DataLoader, epoch: int) -> None:
@@ -376,8 +398,11 @@ def _evaluate(module, eval_dl, task_info, accelerator, rs, out_dir, may_keep: bo
     record = {"step": rs.step, "epoch": round(rs.step / rs.steps_per_epoch, 4)}
     record.update({f"eval_{k}": float(v) for k, v in metrics.items()})
     main = metrics.get(task_info.main_metric)
-    if may_keep and main is not None and (rs.best is None or main > rs.best["value"]):
+    # a diverged model (NaN/inf loss or metric) never becomes the kept best
+    finite = all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, int | float))
+    if may_keep and main is not None and finite and (rs.best is None or main > rs.best["value"]):
         rs.best = {"step": rs.step, "metric": task_info.main_metric, "value": float(main)}
         runstate.save_best(module.student, rs, out_dir, accelerator)
         record["best"] = True
     runstate.log(record, rs, accelerator, out_dir)
+    return record

@@ -7,10 +7,13 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ...arch import view
@@ -160,21 +163,61 @@ def save_checkpoint(accelerator, out_dir: Path, rs: LoopState, student, cfg: Dis
     return final
 
 
+_STATE_KEYS = ("step", "best", "history", "pruned_at", "schedule_start", "structure")
+
+
+def _read_state(path: Path) -> dict:
+    """The run state of checkpoint ``path``, after checking the checkpoint is whole: the state parses
+    with every key, each safetensors file opens, each torch file is a complete archive."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / STATE_FILE} is unreadable ({err})") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path / STATE_FILE} lacks {missing[0]!r}")
+    for f in sorted(path.iterdir()):
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt") as st:
+                    st.keys()
+            except Exception as err:  # noqa: BLE001 - any failure to open means a damaged file
+                raise ValueError(f"{f} is damaged ({err})") from None
+        elif f.suffix in (".bin", ".pt", ".pth") and not zipfile.is_zipfile(f):
+            raise ValueError(f"{f} is truncated or not a torch archive")
+    return state
+
+
 def load_trainer_state(cfg: DistillConfig) -> dict:
-    """Find the checkpoint ``cfg.resume_from`` names and read its run state."""
+    """Find the checkpoint ``cfg.resume_from`` names and read its run state.
+
+    With ``'latest'``, a damaged newest checkpoint (a kill while writing, a full disk) is skipped with a
+    warning and the newest intact one is used."""
     out = out_path(cfg)
     if cfg.resume_from == "latest":
-        path = latest_checkpoint(out)
-        if path is None:
+        found = _checkpoints(out) if out else []
+        if not found:
             raise ValueError(f"resume_from='latest' but {out / CHECKPOINTS} holds no checkpoint.")
-    else:
-        path = Path(cfg.resume_from)
+        problems = []
+        for path in reversed(found):
+            try:
+                state = _read_state(path)
+            except ValueError as err:
+                problems.append(str(err))
+                logger.warning("skipping the damaged checkpoint %s: %s", path, err)
+                continue
+            if problems:
+                logger.warning("resuming from %s, the newest intact checkpoint", path)
+            state["path"] = str(path)
+            return state
+        raise ValueError(f"No intact checkpoint in {out / CHECKPOINTS}: {'; '.join(problems)}.")
+    path = Path(cfg.resume_from)
     if not (path / STATE_FILE).is_file():
         raise ValueError(
             f"{path} is not a checkpoint of this loop ({STATE_FILE} missing); pass a folder under "
             f"{out / CHECKPOINTS} or 'latest'."
         )
-    state = json.loads((path / STATE_FILE).read_text())
+    state = _read_state(path)
     state["path"] = str(path)
     return state
 
@@ -204,3 +247,10 @@ def load_best(student, rs: LoopState, out_dir: Path | None, accelerator) -> None
     logger.info(
         "loaded the best weights (%s = %.4f at step %d)", rs.best["metric"], rs.best["value"], rs.best["step"]
     )
+
+
+def seed_step(cfg: DistillConfig, accelerator, micro_step: int, salt: int = 0) -> None:
+    """Seed the global RNG from (seed, step, process): dropout masks replay exactly after a resume.
+    ``accelerator=None`` gives every process the same seed (the data order of a pruning event)."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    torch.manual_seed((cfg.seed * 1_000_003 + micro_step * 7919 + rank * 104_729 + salt) % 2**63)

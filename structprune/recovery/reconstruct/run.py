@@ -27,7 +27,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -70,6 +70,15 @@ class ReconstructConfig:
             not isinstance(self.max_examples, int) or self.max_examples < 1
         ):
             raise ValueError(f"max_examples must be a positive integer or None, got {self.max_examples!r}.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReconstructConfig:
+        """Build from a dict (a recipe's ``prune.reconstruct``); unknown keys raise ``ValueError``."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"Unknown reconstruct option(s) {unknown}; valid options: {', '.join(names)}.")
+        return cls(**data)
 
 
 @dataclass
@@ -256,15 +265,59 @@ def reconstruct(
     if config is not None and options:
         raise TypeError("Pass either config=ReconstructConfig(...) or keyword options, not both.")
     start = time.perf_counter()
-    sv = view(model)
-    st = sv.structure
+    mask, ref_model, gates = _reference(model, reference)
+    device = next(model.parameters()).device
+    inputs = [model_inputs(b, device) for b in take_examples(calibration_data, cfg.max_examples)]
+    real = [_real_tokens(b, device) for b in inputs]  # [B, T] bool per batch
+    was_training = (model.training, ref_model.training)
+    model.eval()
+    ref_model.eval()
+
+    ref, stu = _Side(ref_model, None), _Side(model, gates)
+    ref.capture(inputs)
+    if mask is None:
+        stu.capture(inputs)
+    else:
+        stu.calls = ref.calls  # one model, gated: the same layer calls
+    h_ref = [_first(*call) for call in ref.calls]  # each layer's input, per batch
+    h_stu = [_first(*call) for call in stu.calls]
+
+    fits: list[BlockFit] = []
+    for orig in tqdm(sorted(ref.by_orig), desc="reconstruct", disable=not cfg.progress, leave=False):
+        targets = _reference_targets(ref, orig, h_ref, real)  # also moves h_ref to the next layer
+        if orig not in stu.by_orig or (mask is not None and orig not in mask.kept_layers):
+            continue  # dropped layer: the student passes its input through
+        slv = stu.by_orig[orig]
+        for kind, group in (("o", stu.view.structure.head_size), ("down", 1)):
+            lin = slv.o if kind == "o" else slv.down
+            keep = None if mask is None else (mask.head[orig] if kind == "o" else mask.ffn[orig])
+            cols = _columns(slv, keep, group)
+            stats = _student_stats(stu, slv, orig, kind, cols, lin, h_stu, real, targets[kind], device)
+            fits.append(_fit_block(cfg, lin, cols, stats, orig, "attn" if kind == "o" else "ffn", group))
+        for b in range(len(inputs)):
+            h_stu[b] = stu.run(orig, b, h_stu[b])
+    model.train(was_training[0])
+    ref_model.train(was_training[1])
+    n_tokens = int(sum(int(r.sum()) for r in real))
+    report = ReconstructReport(cfg.fit, _examples(inputs), n_tokens, time.perf_counter() - start, fits)
+    logger.info(
+        "reconstruct: %d blocks, calibration error %.4g -> %.4g (%.1fs)",
+        len(fits),
+        report.error_before,
+        report.error_after,
+        report.seconds,
+    )
+    return report
+
+
+def _reference(model: nn.Module, reference) -> tuple[Mask | None, nn.Module, Gates | None]:
+    """``(mask, reference model, student gates)`` for a Mask or an unpruned reference model."""
+    st = view(model).structure
     if isinstance(reference, Mask):
         reference.check_compatible(model)
-        mask = reference
-        ref_model, gates = model, Gates.from_mask(mask)
+        mask, ref_model, gates = reference, model, Gates.from_mask(reference)
     elif isinstance(reference, nn.Module):
-        rv = view(reference)
-        rs = rv.structure
+        rs = view(reference).structure
         if (rs.num_layers, rs.num_heads, rs.intermediate_size, rs.hidden_size) != (
             st.num_layers, st.num_heads, st.intermediate_size, st.hidden_size,
         ):  # fmt: skip
@@ -278,101 +331,66 @@ def reconstruct(
         raise TypeError(
             f"reference must be the unpruned model or a structprune.Mask, got {type(reference).__name__}."
         )
-
     hidden_pruned = st.hidden is not None or view(ref_model).structure.hidden is not None
     if hidden_pruned or (mask is not None and mask.hidden is not None):
         raise ValueError(
             "reconstruct re-fits heads and FFN neurons of models with their full hidden size; this model or "
             "mask prunes hidden dimensions. Reconstruct after head/FFN pruning and before hidden pruning."
         )
-    device = next(model.parameters()).device
-    batches = take_examples(calibration_data, cfg.max_examples)
-    inputs = [model_inputs(b, device) for b in batches]
-    real = [
-        (
-            b["attention_mask"].bool()
-            if b.get("attention_mask") is not None
-            else torch.ones(b["input_ids"].shape[:2], dtype=torch.bool, device=device)
-        )  # fmt: skip
-        for b in inputs
+    return mask, ref_model, gates
+
+
+def _real_tokens(batch: dict, device) -> torch.Tensor:
+    if batch.get("attention_mask") is not None:
+        return batch["attention_mask"].bool()
+    return torch.ones(batch["input_ids"].shape[:2], dtype=torch.bool, device=device)
+
+
+def _reference_targets(ref: _Side, orig: int, h_ref: list, real: list) -> dict[str, list[torch.Tensor]]:
+    """The reference's pre-LayerNorm block sums of layer ``orig`` over real tokens (``o``: attention,
+    ``down``: FFN), per batch; ``h_ref`` advances to the layer's outputs."""
+    targets: dict[str, list[torch.Tensor]] = {"o": [], "down": []}
+    seen: dict[str, torch.Tensor] = {}
+    lv = ref.by_orig[orig]
+    handles = [
+        lv.o.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("o", out)),
+        lv.down.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("down", out)),
+        lv.up.register_forward_pre_hook(lambda m, a, s=seen: s.__setitem__("up_in", a[0])),
     ]
-    n_examples, n_tokens = _examples(inputs), int(sum(int(r.sum()) for r in real))
-    was_training = (model.training, ref_model.training)
-    model.eval()
-    ref_model.eval()
+    try:
+        for b in range(len(h_ref)):
+            out = ref.run(orig, b, h_ref[b])
+            targets["o"].append((seen["o"] + h_ref[b])[real[b]])
+            targets["down"].append((seen["down"] + seen["up_in"])[real[b]])
+            h_ref[b] = out
+    finally:
+        for h in handles:
+            h.remove()
+    return targets
 
-    ref = _Side(ref_model, None)
-    stu = _Side(model, gates)
-    ref.capture(inputs)
-    if mask is None:
-        stu.capture(inputs)
-    else:
-        stu.calls = ref.calls
-    h_ref = [_first(*call) for call in ref.calls]
-    h_stu = [_first(*call) for call in stu.calls]
 
-    fits: list[BlockFit] = []
-    dh = st.head_size
-    for orig in tqdm(sorted(ref.by_orig), desc="reconstruct", disable=not cfg.progress, leave=False):
-        # reference: pre-LN targets of both blocks, and the next input
-        targets: dict[str, list[torch.Tensor]] = {"o": [], "down": []}
+def _student_stats(stu: _Side, slv: LayerView, orig: int, kind: str, cols, lin: nn.Linear, h_stu: list,
+                   real: list, targets: list, device) -> BlockStats:  # fmt: skip
+    """Gram statistics of the student's projection ``kind`` inputs (kept columns) against what it must
+    add to its own residual to reach the reference's block sum."""
+    stats = BlockStats.zeros(lin.in_features if cols is None else len(cols), lin.out_features)
+    for b in range(len(h_stu)):
         seen: dict[str, torch.Tensor] = {}
-        lv = ref.by_orig[orig]
-        handles = [
-            lv.o.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("o", out)),
-            lv.down.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("down", out)),
-            lv.up.register_forward_pre_hook(lambda m, a, s=seen: s.__setitem__("up_in", a[0])),
-        ]
+
+        def observer(k, layer, x, seen=seen):
+            if k == kind:
+                seen["x"] = x
+                raise _Stop
+
+        handle = slv.up.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("up_in", a[0]))
         try:
-            for b in range(len(inputs)):
-                out = ref.run(orig, b, h_ref[b])
-                targets["o"].append((seen["o"] + h_ref[b])[real[b]])
-                targets["down"].append((seen["down"] + seen["up_in"])[real[b]])
-                h_ref[b] = out
+            stu.run(orig, b, h_stu[b], observer)
         finally:
-            for h in handles:
-                h.remove()
-        if orig not in stu.by_orig or (mask is not None and orig not in mask.kept_layers):
-            continue  # dropped layer: the student passes its input through
-        slv = stu.by_orig[orig]
-        for kind, group in (("o", dh), ("down", 1)):
-            lin = slv.o if kind == "o" else slv.down
-            keep = None if mask is None else (mask.head[orig] if kind == "o" else mask.ffn[orig])
-            cols = _columns(slv, keep, group)
-            stats = BlockStats.zeros(lin.in_features if cols is None else len(cols), lin.out_features)
-            for b in range(len(inputs)):
-                seen = {}
-
-                def observer(k, layer, x, kind=kind, seen=seen):
-                    if k == kind:
-                        seen["x"] = x
-                        raise _Stop
-
-                handle = slv.up.register_forward_pre_hook(
-                    lambda m, a, seen=seen: seen.__setitem__("up_in", a[0])
-                )
-                try:
-                    stu.run(orig, b, h_stu[b], observer)
-                finally:
-                    handle.remove()
-                resid = h_stu[b] if kind == "o" else seen["up_in"]
-                x = seen["x"] if cols is None else seen["x"][..., cols.to(device)]
-                x = x[real[b]]
-                stats.add(x, targets[kind][b] - resid[real[b]])
-            fits.append(_fit_block(cfg, lin, cols, stats, orig, "attn" if kind == "o" else "ffn", group))
-        for b in range(len(inputs)):
-            h_stu[b] = stu.run(orig, b, h_stu[b])
-    model.train(was_training[0])
-    ref_model.train(was_training[1])
-    report = ReconstructReport(cfg.fit, n_examples, n_tokens, time.perf_counter() - start, fits)
-    logger.info(
-        "reconstruct: %d blocks, calibration error %.4g -> %.4g (%.1fs)",
-        len(fits),
-        report.error_before,
-        report.error_after,
-        report.seconds,
-    )
-    return report
+            handle.remove()
+        resid = h_stu[b] if kind == "o" else seen["up_in"]
+        x = seen["x"] if cols is None else seen["x"][..., cols.to(device)]
+        stats.add(x[real[b]], targets[b] - resid[real[b]])
+    return stats
 
 
 def _fit_block(
