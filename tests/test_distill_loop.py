@@ -145,10 +145,14 @@ def interrupted(dl, checkpoint):
     return DataLoader(dl.dataset, batch_size=dl.batch_size, shuffle=True, collate_fn=dying)
 
 
-@pytest.mark.parametrize("gradual", [False, True], ids=["plain", "gradual-pruning"])
+@pytest.mark.parametrize(
+    "gradual", [False, True, "shape"], ids=["plain", "gradual-pruning", "gradual-depth-width"]
+)
 def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, gradual):
     teacher = tiny.model("bert")  # dropout on: the RNG must replay too
     extra = dict(prune=dict(to=0.5, steps=3, end=0.7, batches=2)) if gradual else {}
+    if gradual == "shape":
+        extra["prune"].update(layers=2, hidden=24)
     cfg = dict(num_epochs=3, hidden_weight=1.0, save_every=4, load_best_at_end=False, **extra)
 
     full, _ = distill(
@@ -300,3 +304,84 @@ def test_callbacks_see_the_loop_and_can_stop_it():
     assert max(r["step"] for r in history) == 3  # stopped after the third optimizer step (of 24)
     with pytest.raises(TypeError, match="LoopCallback"):
         finetune(tiny.model("bert"), loader(), None, quiet(), callbacks=[object()])
+
+
+TWO_STAGES = [
+    {"name": "intermediate", "num_epochs": 1, "hidden_weight": 1.0, "attention_weight": 1.0},
+    {"name": "prediction", "num_epochs": 1, "logit_weight": 1.0, "task_weight": 0.5, "learning_rate": 1e-3},
+]
+
+
+def test_stages_switch_terms_and_restart_the_schedule():
+    teacher = tiny.model("bert")
+    pruned = copy.deepcopy(teacher)
+    sp.prune_(pruned, sp.allocate(sp.score(pruned, method="magnitude"), pruned, flops=0.5))
+    cfg = quiet(stages=TWO_STAGES, warmup_ratio=0.5)
+    _, history = distill(pruned, teacher, loader(), loader(shuffle=False), cfg)
+    losses = [r for r in history if "loss" in r]
+    first, second = [r for r in losses if r["step"] <= 6], [r for r in losses if r["step"] > 6]
+    assert len(first) == len(second) == 6  # 48 examples / batch 8: 6 steps per one-epoch stage
+    assert all("hidden" in r and "attention" in r and "logit" not in r for r in first)
+    assert all("logit" in r and "task" in r and "hidden" not in r for r in second)
+    assert [r["stage"] for r in history if "stage" in r] == ["prediction"]
+    # each stage warms up from a small rate to its own peak (2e-3, then 1e-3) and decays
+    assert first[0]["lr"] < first[2]["lr"] and abs(max(r["lr"] for r in second) - 1e-3) < 2e-4
+    assert second[0]["lr"] < second[2]["lr"]
+    # only the prediction stage may give the kept best
+    assert all(r["step"] > 6 for r in history if r.get("best"))
+
+
+@pytest.mark.parametrize("kill_at", [6, 8], ids=["at-the-boundary", "after-it"])
+def test_resume_across_the_stage_boundary_is_exact(tmp_path, kill_at):
+    teacher = tiny.model("bert")
+    cfg = dict(stages=TWO_STAGES, save_every=2, load_best_at_end=False)
+    full, _ = distill(
+        copy.deepcopy(teacher), teacher, loader(), config=quiet(output_dir=str(tmp_path / "a"), **cfg)
+    )
+    with pytest.raises(Interrupt):
+        distill(copy.deepcopy(teacher), teacher, interrupted(loader(), tmp_path / f"b/checkpoints/step-{kill_at}"),
+                config=quiet(output_dir=str(tmp_path / "b"), **cfg))  # fmt: skip
+    resumed, _ = distill(copy.deepcopy(teacher), teacher, loader(),
+                         config=quiet(output_dir=str(tmp_path / "b"), resume_from="latest", **cfg))  # fmt: skip
+    assert same(weights(resumed), weights(full), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "stages, match",
+    [
+        ([], "non-empty list"),
+        ([{"name": "x", "num_epochs": 1}], "every loss weight at 0"),
+        ([{"name": "x", "num_epochs": 0, "logit_weight": 1}], "num_epochs must be > 0"),
+        ([{"name": "x", "epochs": 1}], "Unknown stage option"),
+        ([{"name": "x", "num_epochs": 1, "hidden_weight": -1}], "hidden_weight must be"),
+    ],
+)
+def test_stage_options_are_validated(stages, match):
+    with pytest.raises(ValueError, match=match):
+        DistillConfig(stages=stages)
+
+
+@pytest.mark.parametrize("hidden_weight", [0.0, 1.0], ids=["logits-only", "with-hidden-states"])
+def test_gradual_depth_and_width_end_exactly_at_the_target_and_reload(tmp_path, hidden_weight):
+    teacher = tiny.model("bert")
+    cfg = quiet(num_epochs=3, hidden_weight=hidden_weight,
+                prune=dict(to=0.3, steps=3, end=0.6, batches=2, layers=2, hidden=24))  # fmt: skip
+    student, history = distill(copy.deepcopy(teacher), teacher, loader(), loader(shuffle=False), cfg)
+    st = sp.arch.view(student).structure
+    assert len(st.layers) == 2 and st.hidden_width == 24
+    assert flops_fraction(student) <= 0.3 + 0.02
+    events = [r for r in history if "pruned_flops" in r]
+    widths = [r["params"] for r in events]
+    assert len(events) == 3 and widths == sorted(widths, reverse=True)
+    sp.save_pretrained(student, tmp_path / "s", tokenizer=None, card=False)
+    again = sp.from_pretrained(tmp_path / "s")
+    batch = {k: v for k, v in tiny.batch().items() if k != "labels"}
+    with torch.no_grad():
+        assert torch.allclose(again(**batch).logits, student(**batch).logits, atol=1e-6)
+
+
+def test_prune_schedule_shape_options_are_validated():
+    with pytest.raises(ValueError, match="prune.layers must be a positive integer"):
+        DistillConfig(prune={"to": 0.3, "layers": 0})
+    with pytest.raises(ValueError, match="prune.hidden must be a positive integer"):
+        DistillConfig(prune={"to": 0.3, "hidden": 1.5})

@@ -11,11 +11,87 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
+class DistillStage:
+    """One stage of a staged (TinyBERT-style) distillation: how long it runs and which loss terms it uses.
+
+    The default two stages are TinyBERT's: an *intermediate* stage that matches hidden states (embedding
+    output included, through the layer map) and attention maps on the kept heads, then a *prediction*
+    stage on the logits (and the task loss). Each stage restarts the learning-rate schedule (warmup, then
+    linear decay to 0 at its end); the best checkpoint is only kept in the last stage.
+
+    Example::
+
+        cfg = DistillConfig(task="mrpc", stages=[
+            DistillStage("intermediate", num_epochs=10, hidden_weight=1.0, attention_weight=1.0),
+            DistillStage("prediction", num_epochs=3, logit_weight=1.0, task_weight=0.0),
+        ])
+    """
+
+    name: str = field(default="stage", metadata={"help": "Name shown in the logs."})
+    num_epochs: float = field(default=1.0, metadata={"help": "Epochs over train_data in this stage."})
+    task_weight: float = field(default=0.0, metadata={"help": "Weight of the task loss (labels)."})
+    logit_weight: float = field(default=0.0, metadata={"help": "Weight of logit KD."})
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of hidden-state MSE (embeddings included)."}
+    )
+    attention_weight: float = field(default=0.0, metadata={"help": "Weight of attention KD (kept heads)."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate (None: the config's)."}
+    )
+
+    def __post_init__(self):
+        if not (
+            isinstance(self.num_epochs, int | float)
+            and math.isfinite(self.num_epochs)
+            and self.num_epochs > 0
+        ):
+            raise ValueError(f"stage {self.name!r}: num_epochs must be > 0, got {self.num_epochs!r}.")
+        weights = ("task_weight", "logit_weight", "hidden_weight", "attention_weight")
+        for w in weights:
+            v = getattr(self, w)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"stage {self.name!r}: {w} must be a finite number >= 0, got {v!r}.")
+        if not any(getattr(self, w) > 0 for w in weights):
+            raise ValueError(f"stage {self.name!r} has every loss weight at 0; give it at least one term.")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"stage {self.name!r}: learning_rate must be > 0, got {self.learning_rate!r}.")
+
+    @property
+    def uses_hidden(self) -> bool:
+        return self.hidden_weight > 0
+
+    @property
+    def uses_attention(self) -> bool:
+        return self.attention_weight > 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DistillStage:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown stage option(s) {unknown}; valid options: {sorted(names)}.")
+        return cls(**data)
+
+
+def tinybert_stages(intermediate_epochs: float, prediction_epochs: float, *, task_weight: float = 0.0,
+                    attention: bool = True) -> list[DistillStage]:  # fmt: skip
+    """TinyBERT's two stages: hidden states (+ attention) first, then the logits (+ ``task_weight`` x task)."""
+    return [
+        DistillStage(
+            "intermediate", intermediate_epochs, hidden_weight=1.0, attention_weight=1.0 if attention else 0.0
+        ),
+        DistillStage("prediction", prediction_epochs, logit_weight=1.0, task_weight=task_weight),
+    ]
+
+
+@dataclass
 class PruneSchedule:
     """Gradual pruning inside the training loop: ``steps`` pruning events between ``start`` and ``end``
     (fractions of training), on a cubic schedule from the student's current size down to ``to`` of the
     unpruned model's encoder FLOPs; at each event the student is re-scored on ``batches`` training
-    batches with ``method`` and physically pruned, and the optimizer is rebuilt.
+    batches with ``method`` and physically pruned, and the optimizer is rebuilt. With ``layers`` and/or
+    ``hidden`` the depth and the residual width shrink on the same schedule (CoFi-style), reaching
+    exactly those sizes at the last event; the layer map follows the kept layers.
 
     Example::
 
@@ -32,12 +108,22 @@ class PruneSchedule:
     seq_len: int = field(default=128, metadata={"help": "Sequence length of the FLOPs budget."})
     multiple_of: int = field(default=1, metadata={"help": "Round FFN widths to this multiple."})
     min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps."})
+    layers: int | None = field(
+        default=None, metadata={"help": "Target depth, reached gradually (None: keep every layer)."}
+    )
+    hidden: int | None = field(
+        default=None, metadata={"help": "Target hidden size, reached gradually (None: keep it)."}
+    )
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
             if not ok:
                 raise ValueError(msg)
 
+        for name in ("layers", "hidden"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                 f"prune.{name} must be a positive integer or None, got {v!r}.")  # fmt: skip
         need(0 < self.to < 1, f"prune.to is a FLOPs fraction in (0, 1), got {self.to}.")
         need(self.steps >= 1, f"prune.steps must be >= 1, got {self.steps}.")
         need(
@@ -138,6 +224,14 @@ class DistillConfig:
         },
     )
 
+    stages: list[DistillStage] | None = field(
+        default=None,
+        metadata={
+            "help": "Staged distillation (TinyBERT): DistillStage objects or dicts, run in order; their epochs "
+            "replace num_epochs and their weights the loss weights above. None = one stage."
+        },
+    )
+
     # --- gradual pruning --------------------------------------------------------------------------
     prune: PruneSchedule | None = field(
         default=None,
@@ -200,6 +294,13 @@ class DistillConfig:
                 all(isinstance(i, int) and i >= 0 for i in self.layer_map),
                 f"layer_map must list a teacher layer index (int >= 0) per student layer, got {self.layer_map}.",
             )
+        if self.stages is not None:
+            need(isinstance(self.stages, list | tuple) and len(self.stages) > 0,
+                 f"stages must be a non-empty list of DistillStage (or dicts), got {self.stages!r}.")  # fmt: skip
+            self.stages = [DistillStage.from_dict(x) if isinstance(x, dict) else x for x in self.stages]
+            need(all(isinstance(x, DistillStage) for x in self.stages),
+                 "stages must hold DistillStage objects or dicts of their options.")  # fmt: skip
+            need(self.max_steps is None, "stages set their own lengths (num_epochs each); drop max_steps.")
         if isinstance(self.prune, dict):
             self.prune = PruneSchedule.from_dict(self.prune)
         need(
@@ -209,11 +310,17 @@ class DistillConfig:
 
     @property
     def uses_hidden(self) -> bool:
-        return self.hidden_weight > 0
+        """Whether any stage (or the one-stage run) matches hidden states."""
+        return any(t.hidden_weight > 0 for t in self.term_sets)
 
     @property
     def uses_attention(self) -> bool:
-        return self.attention_weight > 0
+        return any(t.attention_weight > 0 for t in self.term_sets)
+
+    @property
+    def term_sets(self) -> list:
+        """The loss weights of each stage (the config itself when it has no stages)."""
+        return list(self.stages) if self.stages else [self]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,8 +25,9 @@ from torch import nn
 
 from ...allocation.allocate import allocate
 from ...allocation.cost import cost, dense_cost
+from ...arch import view
 from ...mask import Mask, Scores
-from ...scoring import score, scorer_options
+from ...scoring import score, score_shape, scorer_options
 from ...surgery.prune import prune_
 from .callbacks import LoopCallback
 from .config import PruneSchedule
@@ -75,9 +76,12 @@ def prune_schedule(
 def _reduce_scores(scores: Scores, accelerator) -> Scores:
     if accelerator is None or accelerator.num_processes == 1:
         return scores
-    head = accelerator.reduce(scores.head.to(accelerator.device), reduction="sum").cpu()
-    ffn = accelerator.reduce(scores.ffn.to(accelerator.device), reduction="sum").cpu()
-    return Scores(head, ffn, method=scores.method, meta=scores.meta)
+
+    def total(t):
+        return None if t is None else accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+
+    return Scores(total(scores.head), total(scores.ffn), method=scores.method, meta=scores.meta,
+                  hidden=total(scores.hidden), layer=total(scores.layer))  # fmt: skip
 
 
 def prune_event(
@@ -91,8 +95,11 @@ def prune_event(
     multiple_of: int = 1,
     min_heads: int = 1,
     accelerator=None,
+    layers: int | None = None,
+    hidden: int | None = None,
 ) -> Mask:
-    """Score ``model`` on ``batches``, allocate ``fraction`` of the dense FLOPs and prune it in place.
+    """Score ``model`` on ``batches``, allocate ``fraction`` of the dense FLOPs and prune it in place;
+    with ``layers``/``hidden`` also cut the depth / residual width to those sizes first.
 
     With an ``accelerator``, each process scores its own share of the batches and the scores are summed
     over processes, so every process removes the same structure (``fisher`` sums per-example terms, so
@@ -112,12 +119,22 @@ def prune_event(
         for i, b in enumerate(itertools.islice(iter(batches), max_batches * procs))
         if i % procs == rank
     ]
-    options = scorer_options(method, data)
-    if options["batches"] is not None:
-        options.update(max_batches=max_batches, progress=False)
-    scores = _reduce_scores(score(model, method=method, **options), accelerator)
+    st = view(model).structure
+    shape = {}
+    if layers is not None and layers < len(st.layers):
+        shape["layers"] = layers
+    if hidden is not None and hidden < st.hidden_width:
+        shape["hidden"] = hidden
+    if shape:
+        scores = score_shape(model, data, method=method, max_batches=max_batches, progress=False)
+    else:
+        options = scorer_options(method, data)
+        if options["batches"] is not None:
+            options.update(max_batches=max_batches, progress=False)
+        scores = score(model, method=method, **options)
+    scores = _reduce_scores(scores, accelerator)
     mask = allocate(
-        scores, model, flops=fraction, seq_len=seq_len, multiple_of=multiple_of, min_heads=min_heads
+        scores, model, flops=fraction, seq_len=seq_len, multiple_of=multiple_of, min_heads=min_heads, **shape
     )
     mask = mask & Mask.full(model)
     prune_(model, mask)
@@ -127,6 +144,38 @@ def prune_event(
         100 * fraction,
     )
     return mask
+
+
+def follow_width(
+    projection: nn.Linear | None, dims_before: list[int], student: nn.Module, teacher: nn.Module
+):
+    """The hidden-state projection (student width -> teacher width) after the student's residual stream
+    lost dimensions: its input columns follow the kept dimensions; where there was none (same width
+    before), a new one starts as the selection that puts each kept dimension back at its teacher position."""
+    dims = view(student).structure.hidden_dims
+    if dims == dims_before:
+        return projection
+    t_dims = view(teacher).structure.hidden_dims
+    if projection is None:
+        where = {d: i for i, d in enumerate(t_dims)}
+        if any(d not in where for d in dims):
+            raise ValueError(
+                "The student keeps hidden dimensions the teacher does not have; set hidden_weight=0."
+            )
+        projection = nn.Linear(len(dims), len(t_dims)).to(next(student.parameters()).device)
+        with torch.no_grad():
+            projection.weight.zero_()
+            projection.bias.zero_()
+            for j, d in enumerate(dims):
+                projection.weight[where[d], j] = 1.0
+        return projection
+    position = {d: j for j, d in enumerate(dims_before)}
+    keep = torch.tensor([position[d] for d in dims], device=projection.weight.device)
+    new = nn.Linear(len(dims), projection.out_features).to(projection.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(projection.weight[:, keep])
+        new.bias.copy_(projection.bias)
+    return new
 
 
 class GradualPruning(LoopCallback):
@@ -160,6 +209,18 @@ class GradualPruning(LoopCallback):
             self._prune(loop, leftover[-1])
             loop.evaluate(may_keep=True)
 
+    def shape_at(self, loop, fraction: float) -> dict:
+        """Depth and width due at the event that reaches ``fraction``: the same cubic progress as the FLOPs,
+        from the run's starting shape to the targets (exactly the targets at the last event)."""
+        p, start = self.schedule, loop.rs.schedule_start
+        progress = 1.0 if fraction <= p.to or start <= p.to else (start - fraction) / (start - p.to)
+        shape = {}
+        for name, target, begin in (("layers", p.layers, loop.rs.schedule_shape[0]),
+                                    ("hidden", p.hidden, loop.rs.schedule_shape[1])):  # fmt: skip
+            if target is not None:
+                shape[name] = max(target, round(begin - (begin - target) * progress))
+        return shape
+
     def allows_best(self, loop) -> bool:
         return not [s for s, _ in self.events if s >= loop.rs.step]
 
@@ -170,9 +231,13 @@ class GradualPruning(LoopCallback):
         loop.accelerator.wait_for_everyone()
         student = loop.module.student
         student.eval()
+        dims_before = view(student).structure.hidden_dims
         prune_event(student, loop.train_data, fraction, method=p.method, max_batches=p.batches, seq_len=p.seq_len,
-                    multiple_of=p.multiple_of, min_heads=p.min_heads, accelerator=loop.accelerator)  # fmt: skip
+                    multiple_of=p.multiple_of, min_heads=p.min_heads, accelerator=loop.accelerator,
+                    **self.shape_at(loop, fraction))  # fmt: skip
         student.train()
+        if loop.module.dmap is not None and loop.cfg.uses_hidden:
+            loop.module.projection = follow_width(loop.module.projection, dims_before, student, loop.teacher)
         rs.pruned_at = rs.step
         if loop.module.dmap is not None:
             loop.module.dmap = build_map(student, loop.teacher, loop.cfg.layer_map)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ...arch import view
 from ...batches import model_inputs
 from ...mask import Mask
 from . import checks, runstate
@@ -33,6 +34,7 @@ from .config import DistillConfig
 from .gradual import GradualPruning, flops_fraction
 from .maps import build_map
 from .module import DistillModule
+from .stages import StagedDistillation
 
 logger = logging.getLogger(__name__)
 
@@ -108,23 +110,25 @@ def _accelerator(cfg: DistillConfig) -> Accelerator:
     )
 
 
-def _optimizer(module: nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
+def _optimizer(module: nn.Module, cfg: DistillConfig, lr: float) -> torch.optim.Optimizer:
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
-def _scheduler(opt, total: int, warmup: int, offset: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup then linear decay to 0 at ``total``; ``offset`` = steps done before this optimizer."""
+def _scheduler(opt, span: tuple[int, int], warmup: int, offset: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then linear decay to 0 over the optimizer steps ``span = (start, end)`` (the whole run,
+    or one stage); ``offset`` = the global step at which this optimizer was built."""
+    start, end = span
 
     def factor(step: int) -> float:
-        s = step + offset
+        s = step + offset - start
         if s < warmup:
             return (s + 1) / (warmup + 1)
-        return max(0.0, (total - s) / max(1, total - warmup))
+        return max(0.0, (end - start - s) / max(1, end - start - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -134,7 +138,10 @@ def _callbacks(cfg: DistillConfig, callbacks) -> list:
     bad = [type(c).__name__ for c in extra if not isinstance(c, LoopCallback)]
     if bad:
         raise TypeError(f"callbacks must be structprune LoopCallback instances, got {bad}.")
-    return ([GradualPruning(cfg.prune)] if cfg.prune is not None else []) + extra
+    own = [GradualPruning(cfg.prune)] if cfg.prune is not None else []
+    if cfg.stages:
+        own.append(StagedDistillation(cfg.stages))
+    return own + extra
 
 
 def _run(
@@ -190,7 +197,9 @@ class Loop:
     task_info: object
     out_dir: object
     rs: runstate.LoopState
-    warmup: int
+    span: tuple[int, int] = (0, 0)
+    """Optimizer steps of the current learning-rate schedule (the whole run, or the current stage)."""
+    learning_rate: float = 0.0
     model: nn.Module | None = None
     opt: torch.optim.Optimizer | None = None
     sched: object = None
@@ -202,8 +211,9 @@ class Loop:
         return self.rs.total
 
     def build_optimizer(self, offset: int) -> None:
-        opt = _optimizer(self.module, self.cfg)
-        sched = _scheduler(opt, self.total, self.warmup, offset)
+        opt = _optimizer(self.module, self.cfg, self.learning_rate)
+        warmup = int(self.cfg.warmup_ratio * (self.span[1] - self.span[0]))
+        sched = _scheduler(opt, self.span, warmup, offset)
         self.model, self.opt, self.sched = self.accelerator.prepare(self.module, opt, sched)
 
     def rebuild_optimizer(self) -> None:
@@ -262,14 +272,16 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
     train_dl = accelerator.prepare(train_data)
     eval_dl = accelerator.prepare(eval_data) if eval_data is not None else None
     steps_per_epoch = max(1, math.ceil(len(train_dl) / cfg.gradient_accumulation_steps))
-    total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
+    total = cfg.max_steps or sum(max(1, math.ceil(t.num_epochs * steps_per_epoch)) for t in cfg.term_sets)
     rs = runstate.LoopState(total=total, steps_per_epoch=steps_per_epoch)
     if resume is not None:
         rs.restore(resume)
     else:
         rs.schedule_start = flops_fraction(student, cfg.prune.seq_len if cfg.prune else 128)
+        st = view(student).structure
+        rs.schedule_shape = [len(st.layers), st.hidden_width]
     loop = Loop(cfg, accelerator, module, teacher, train_data, train_dl, eval_dl, task_info, out_dir, rs,
-                warmup=int(cfg.warmup_ratio * total), callbacks=list(callbacks))  # fmt: skip
+                span=(0, total), learning_rate=cfg.learning_rate, callbacks=list(callbacks))  # fmt: skip
     for cb in loop.callbacks:
         cb.on_train_begin(loop)
     loop.build_optimizer(offset=loop.lr_offset)

@@ -26,26 +26,27 @@ class DistillModule(nn.Module):
         self.projection = projection
         self.config = config
         self.dmap = dmap
+        self.terms = config  # the loss weights in force: the config's, or the current stage's
 
     def forward(self, batch: Mapping, teacher_out=None):
-        cfg = self.config
+        cfg, terms = self.config, self.terms
         labels = labels_of(batch)
         inputs = model_inputs(batch)
         distil = teacher_out is not None
         out = self.student(
             **inputs,
-            output_hidden_states=distil and cfg.uses_hidden,
-            output_attentions=distil and cfg.uses_attention,
+            output_hidden_states=distil and terms.hidden_weight > 0,
+            output_attentions=distil and terms.attention_weight > 0,
         )
         logits = logits_of(out)
         parts: dict[str, torch.Tensor] = {}
-        if labels is not None and (cfg.task_weight > 0 or not distil):
+        if labels is not None and (terms.task_weight > 0 or not distil):
             parts["task"] = task_loss(logits, labels)
         if distil:
             token_mask = inputs.get("attention_mask") if logits.dim() == 3 else None
-            if cfg.logit_weight > 0:
+            if terms.logit_weight > 0:
                 parts["logit"] = logit_kd(logits, logits_of(teacher_out), cfg.temperature, token_mask)
-            if cfg.uses_hidden:
+            if terms.hidden_weight > 0:
                 parts["hidden"] = hidden_mse(
                     out.hidden_states,
                     teacher_out.hidden_states,
@@ -53,7 +54,7 @@ class DistillModule(nn.Module):
                     inputs.get("attention_mask"),
                     self.projection,
                 )
-            if cfg.uses_attention:
+            if terms.attention_weight > 0:
                 parts["attention"] = attention_kd(
                     out.attentions,
                     teacher_out.attentions,
@@ -62,10 +63,10 @@ class DistillModule(nn.Module):
                     inputs.get("attention_mask"),
                 )
         weights = {
-            "task": cfg.task_weight if distil else 1.0,
-            "logit": cfg.logit_weight,
-            "hidden": cfg.hidden_weight,
-            "attention": cfg.attention_weight,
+            "task": terms.task_weight if distil else 1.0,
+            "logit": terms.logit_weight,
+            "hidden": terms.hidden_weight,
+            "attention": terms.attention_weight,
         }
         loss = sum(weights[k] * v for k, v in parts.items())
         return loss, parts

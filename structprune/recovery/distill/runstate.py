@@ -40,6 +40,7 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
     pruned_at: int = -1
     schedule_start: float | None = None
+    schedule_shape: list[int] | None = None  # [layers, hidden width] when the run started
     best_state: dict | None = None
 
     def restore(self, saved: dict) -> None:
@@ -48,6 +49,7 @@ class LoopState:
         self.history = saved["history"]
         self.pruned_at = saved["pruned_at"]
         self.schedule_start = saved["schedule_start"]
+        self.schedule_shape = saved.get("schedule_shape")
 
 
 def trackers(cfg: DistillConfig) -> str | None:
@@ -152,6 +154,7 @@ def save_checkpoint(accelerator, out_dir: Path, rs: LoopState, student, cfg: Dis
             "history": rs.history,
             "pruned_at": rs.pruned_at,
             "schedule_start": rs.schedule_start,
+            "schedule_shape": rs.schedule_shape,
             "structure": view(student).structure.to_dict(),
         }
         atomic_write_json(tmp / STATE_FILE, state)
