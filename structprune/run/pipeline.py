@@ -59,7 +59,7 @@ def resolve_data_dir(value: str | None) -> Path | None:
 # What a recipe run writes into output.dir: with output.overwrite these (and only these) are replaced.
 RUN_OUTPUTS = (
     STATE_FILE, "pruned", "distill", "distilled", "student", "student.onnx", "summary.json", "summary.md",
-    "prune_report.json",
+    "prune_report.json", "augment",
 )  # fmt: skip
 
 
@@ -177,11 +177,12 @@ class Pipeline:
             self._splits[name] = load_split(self.task, name, self.data_dir)
         return self._splits[name]
 
-    def loaders(self, tokenizer):
+    def loaders(self, tokenizer, train_data=None):
         d = self.recipe.data
         train = make_dataloader(
-            self.split("train"), tokenizer, self.task, batch_size=d.batch_size, max_length=d.max_length,
-            shuffle=True, seed=d.seed, limit=d.train_examples, limit_mode="random",
+            self.split("train") if train_data is None else train_data, tokenizer, self.task,
+            batch_size=d.batch_size, max_length=d.max_length, shuffle=True, seed=d.seed,
+            limit=d.train_examples if train_data is None else None, limit_mode="random",
         )  # fmt: skip
         evals = {
             s: make_dataloader(
@@ -269,13 +270,36 @@ class Pipeline:
             self.recipe.distill, output_dir=str(run_dir), task=self.task.name,
             resume_from="latest" if resume else None, overwrite=not resume,
         )  # fmt: skip
-        train, evals = self.loaders(tokenizer)
+        train, evals = self.loaders(tokenizer, self.augmented(teacher, tokenizer))
         t0 = time.perf_counter()
         student, history = distill(student, teacher, train, next(iter(evals.values())), cfg)
         self.timings["distill_s"] = time.perf_counter() - t0
         path = save_pretrained(student, self.out / "distilled", tokenizer=tokenizer, card=False)
         self.state.finish("distill", str(path))
         return student
+
+    def augmented(self, teacher, tokenizer):
+        """The distillation data with teacher-labelled variants (recipe ``augment``), or None (plain)."""
+        a = self.recipe.augment
+        if a is None:
+            return None
+        from datasets import concatenate_datasets
+
+        from ..data import subset
+        from ..recovery.distill.augment import augment_dataset, load_unlabelled
+
+        d = self.recipe.data
+        t0 = time.perf_counter()
+        train = subset(self.split("train"), d.train_examples, mode="random", seed=d.seed)
+        cache = self.out / "augment"
+        parts = [augment_dataset(train, self.task, tokenizer, teacher, a, cache_dir=cache)]
+        if a.unlabelled:
+            extra = load_unlabelled(a.unlabelled, self.task)
+            parts.append(
+                augment_dataset(extra, self.task, tokenizer, teacher, a, cache_dir=cache, labelled=False)
+            )
+        self.timings["augment_s"] = time.perf_counter() - t0
+        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
     def evaluate(self, models: dict, tokenizer) -> dict:
         if "evaluate" in self.recipe.skip:

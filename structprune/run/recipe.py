@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..recovery.distill import DistillConfig
+from ..recovery.distill.augment import AugmentConfig
 from .compress import CompressConfig
 
 STAGES = ("teacher", "prune", "reconstruct", "distill", "evaluate", "save")
@@ -117,6 +118,10 @@ class Recipe:
     prune: CompressConfig = field(default_factory=CompressConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    augment: AugmentConfig | None = field(
+        default=None,
+        metadata={"help": "Teacher-labelled augmentation of the distillation data (TinyBERT); None = off."},
+    )
     skip: list[str] = field(
         default_factory=list, metadata={"help": f"Stages to skip, of {', '.join(STAGES)}."}
     )
