@@ -8,7 +8,7 @@ Example::
 """
 
 from .callbacks import LoopCallback
-from .config import DistillConfig, PruneSchedule
+from .config import DistillConfig, DistillStage, PruneSchedule, tinybert_stages
 from .gradual import GradualPruning, cubic_fractions, flops_fraction, prune_event, prune_schedule
 from .loop import Loop, NonFiniteLossError, distill, finetune
 from .maps import DistillMap, build_map
@@ -16,6 +16,7 @@ from .module import DistillModule
 
 __all__ = [
     "DistillConfig",
+    "DistillStage",
     "PruneSchedule",
     "DistillMap",
     "DistillModule",
@@ -30,4 +31,5 @@ __all__ = [
     "flops_fraction",
     "prune_event",
     "prune_schedule",
+    "tinybert_stages",
 ]

@@ -151,6 +151,12 @@ def _run(
         raise TypeError(f"config must be a DistillConfig, got {type(cfg).__name__}.")
     checks.check_inputs(student, teacher, train_data, eval_data, cfg)
     accelerator = _accelerator(cfg)
+    if cfg.prune is not None and accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        raise ValueError(
+            f"Gradual pruning (prune=...) changes the student's shapes while it trains, which a student sharded "
+            f"by {accelerator.distributed_type.name} cannot do. Run it under DDP or on one process, then distil "
+            "the pruned student under FSDP/DeepSpeed without prune."
+        )
     out_dir = runstate.prepare_output_dir(cfg, accelerator)
     torch.manual_seed(cfg.seed)
     task_info = checks.task_info(cfg, eval_data)
