@@ -25,7 +25,7 @@ def test_compress_meets_budget_and_reports(label_free):
     model = tiny.model("bert")
     dense = copy.deepcopy(model)
     calib = _calib(labels=None) if label_free else _calib()
-    out, report = compress(model, calib, flops=0.5, progress=False)
+    out, report = compress(model, calib, flops=0.5, select=False, progress=False)
     assert out is model
     assert report.label_free is label_free
     assert report.flops_kept <= 0.5
@@ -46,7 +46,16 @@ def test_compress_without_search_or_reconstruction_is_the_allocate_path():
     ref = copy.deepcopy(model)
     scores = sp.score(ref, calib, method="taylor", progress=False)
     sp.prune_(ref, sp.allocate(scores, ref, flops=0.5))
-    compress(model, calib, flops=0.5, method="taylor", search=False, reconstruct=False, progress=False)
+    compress(
+        model,
+        calib,
+        flops=0.5,
+        method="taylor",
+        search=False,
+        reconstruct=False,
+        select=False,
+        progress=False,
+    )
     batch = tiny.batch(seed=9)
     torch.testing.assert_close(tiny.outputs(model, batch), tiny.outputs(ref, batch))
 
@@ -54,10 +63,41 @@ def test_compress_without_search_or_reconstruction_is_the_allocate_path():
 def test_compress_num_examples_and_params_budget():
     model = tiny.model("bert")
     _, report = compress(
-        model, _calib(), params=0.7, num_examples=20, reconstruct={"fit": "scales"}, progress=False
+        model,
+        _calib(),
+        params=0.7,
+        num_examples=20,
+        reconstruct={"fit": "scales"},
+        select=False,
+        progress=False,
     )
     assert report.examples == 20
     assert report.reconstruction.fit == "scales"
+
+
+@pytest.mark.parametrize("label_free", [False, True])
+def test_compress_keeps_the_candidate_with_the_lowest_held_out_loss(label_free):
+    from structprune.run.select import heldout_loss, reference_logits, split_holdout
+
+    model = tiny.model("bert")
+    dense = copy.deepcopy(model)
+    calib = _calib(8, labels=None) if label_free else _calib(8)
+    out, report = compress(model, calib, flops=0.5, progress=False)
+    assert len(report.candidates) >= 4  # search / allocate (fisher, taylor), with and without reconstruction
+    assert report.choice == min(report.candidates, key=report.candidates.get)
+    fit, held = split_holdout(calib, 0.25)
+    assert sum(len(b["input_ids"]) for b in held) == 16 and len(fit) == 6
+    ref = reference_logits(dense, held) if label_free else None
+    assert heldout_loss(out, held, label_free=label_free, reference=ref) == pytest.approx(
+        report.candidates[report.choice], rel=1e-5
+    )  # the model returned is the candidate chosen
+    assert sp.Mask.full(model) == report.mask and report.flops_kept <= 0.5
+    assert "select" in report.seconds
+
+
+def test_too_few_examples_to_hold_back_use_them_all():
+    _, report = compress(tiny.model("bert"), _calib(3), flops=0.5, progress=False)
+    assert report.candidates == {} and report.choice == "search+rearrange, reconstructed"
 
 
 def test_compress_bad_input():
@@ -109,9 +149,11 @@ def test_reconstruction_beats_plain_pruning_on_real_sst2(sst2_teacher, sst2_glue
 
     grads = sp.gate_gradients(teacher, calib, progress=False)  # one scoring pass for both
     plain, _ = compress(
-        copy.deepcopy(teacher), calib, 0.4, gradients=grads, reconstruct=False, progress=False
+        copy.deepcopy(teacher), calib, 0.4, gradients=grads, reconstruct=False, select=False, progress=False
     )
-    fitted, report = compress(copy.deepcopy(teacher), calib, 0.4, gradients=grads, progress=False)
+    fitted, report = compress(
+        copy.deepcopy(teacher), calib, 0.4, gradients=grads, select=False, progress=False
+    )
     acc_plain = evaluate(plain, val, "sst2", progress=False)["accuracy"]
     acc_fitted = evaluate(fitted, val, "sst2", progress=False)["accuracy"]
     assert report.mask == sp.Mask.full(plain)  # same mask: the difference is the reconstruction

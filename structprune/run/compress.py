@@ -30,6 +30,7 @@ from ..scoring import available_scorers, score, scorer_options
 from ..scoring.gradients import GateGradients, gate_gradients
 from ..scoring.shape import score_shape
 from ..surgery.prune import prune_
+from .select import heldout_loss, reference_logits, split_holdout, taylor_from
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class CompressConfig:
     search: bool = field(default=True, metadata={"help": "Constrained mask search (False: sp.allocate's global per-layer-normalized ranking)."})  # fmt: skip
     rearrange: bool = field(default=True, metadata={"help": "Refine the mask within layers with Fisher interactions (method='fisher')."})  # fmt: skip
     reconstruct: ReconstructConfig | None = field(default_factory=ReconstructConfig, metadata={"help": "Layer-wise least-squares reconstruction after surgery (a ReconstructConfig, a dict of its options, True for the defaults, or False/None for none)."})  # fmt: skip
+    select: bool = field(default=True, metadata={"help": "Choose among candidates (search / global allocation of Fisher and Taylor scores, with and without reconstruction) by the loss on held-back calibration examples."})  # fmt: skip
+    holdout: float = field(default=0.25, metadata={"help": "Share of the calibration examples held back to choose among candidates (select=True)."})  # fmt: skip
     num_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples (a few hundred to ~2000)."})  # fmt: skip
     seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
     min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps at least."})
@@ -59,6 +62,8 @@ class CompressConfig:
         if self.flops is None and self.params is None:
             self.flops = 0.5
         one_budget(self.flops, self.params)
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}.")
         if self.method not in available_scorers():
             raise ValueError(
                 f"Unknown method {self.method!r}; choose one of {', '.join(available_scorers())}."
@@ -98,6 +103,10 @@ class CompressReport:
     """Share of the total importance score the mask keeps."""
     seconds: dict[str, float]
     reconstruction: ReconstructReport | None = None
+    choice: str = "configured"
+    """The candidate kept (``select=True``), e.g. ``"search+rearrange, reconstructed"``."""
+    candidates: dict[str, float] = field(default_factory=dict)
+    """Held-out calibration loss of every candidate tried (empty when nothing was held back)."""
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("mask", "reconstruction")}
@@ -163,6 +172,7 @@ def compress(
         shape = score_shape(model, batches, label_free=label_free, progress=cfg.progress)
         prune_(model, allocate(shape, model, layers=cfg.layers, hidden=cfg.hidden))
 
+    fit, held = split_holdout(batches, cfg.holdout) if cfg.select else (batches, [])
     t = time.perf_counter()
     grads = gradients
     if grads is not None:
@@ -170,40 +180,77 @@ def compress(
             raise ValueError("gradients= gives Fisher scores; it goes with method='fisher'.")
         if tuple(grads.head.shape[1:]) != tuple(Mask.full(model).head.shape):
             raise ValueError("gradients= were collected on another model; call gate_gradients on this one.")
+        n_fit = sum(len(b["input_ids"]) for b in fit)
+        if held and grads.num_examples == n_examples:  # collected on these batches: keep the fit part's
+            grads = GateGradients(grads.head[:n_fit], grads.ffn[:n_fit], label_free=grads.label_free)
+        elif held:
+            fit, held = batches, []  # gradients of other examples: nothing can be held back from them
         scores: Scores = grads.fisher()
         label_free = grads.label_free
-    elif cfg.method == "fisher" and cfg.rearrange:
-        grads = gate_gradients(model, batches, label_free=label_free, progress=cfg.progress)
+    elif cfg.method == "fisher" and (cfg.rearrange or held):
+        grads = gate_gradients(model, fit, label_free=label_free, progress=cfg.progress)
         scores = grads.fisher()
     else:
-        opts = scorer_options(cfg.method, batches, label_free=label_free)
+        opts = scorer_options(cfg.method, fit, label_free=label_free)
         scores = score(model, method=cfg.method, progress=cfg.progress, **opts)
     seconds["score"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    shape = dict(seq_len=cfg.seq_len, min_heads=cfg.min_heads, multiple_of=cfg.multiple_of, **budget)
     if cfg.search:
-        mask = search(scores, model, seq_len=cfg.seq_len, min_heads=cfg.min_heads, multiple_of=cfg.multiple_of, **budget)  # fmt: skip
-        if grads is not None:
+        mask = search(scores, model, **shape)
+        if grads is not None and cfg.rearrange:
             mask = rearrange(mask, grads)
+        name = "search+rearrange" if grads is not None and cfg.rearrange else "search"
     else:
-        mask = allocate(scores, model, seq_len=cfg.seq_len, min_heads=cfg.min_heads, multiple_of=cfg.multiple_of, **budget)  # fmt: skip
+        mask = allocate(scores, model, **shape)
+        name = f"allocate ({cfg.method})"
+    masks = {name: mask}
+    if held:  # the simpler paths, from the same scores and gradients
+        masks.setdefault(f"allocate ({cfg.method})", allocate(scores, model, **shape))
+        if grads is not None:
+            sizes = [len(b["input_ids"]) for b in fit]
+            masks.setdefault("allocate (taylor)", allocate(taylor_from(grads, sizes), model, **shape))
     seconds["search"] = time.perf_counter() - t
 
-    recon = None
     dense_flops = dense_cost(model, cfg.seq_len).encoder_flops
-    t = time.perf_counter()
+    recon_cfg = dataclasses.replace(cfg.reconstruct, progress=cfg.progress) if cfg.reconstruct else None
     # Reconstruct the pruned model against a copy of the unpruned one: the student's passes then run at
     # the pruned size, about half the work of fitting on the gated full-size model.
-    reference = copy.deepcopy(model) if cfg.reconstruct else None
-    prune_(model, mask)
-    seconds["prune"] = time.perf_counter() - t
-    if reference is not None:
+    reference = copy.deepcopy(model) if (recon_cfg is not None or held) else None
+    candidates: dict[str, float] = {}
+    choice, recon = (name, recon_cfg is not None), None
+    if held:
         t = time.perf_counter()
-        recon = reconstruct(
-            model, reference, batches, dataclasses.replace(cfg.reconstruct, progress=cfg.progress)
-        )
-        del reference
-        seconds["reconstruct"] = time.perf_counter() - t
+        ref_logits = reference_logits(reference, held) if label_free else None
+        seen: list = []
+        best = None
+        for mname, m in masks.items():
+            if any(m == other for other in seen):
+                continue
+            seen.append(m)
+            for fitted in (True, False) if recon_cfg is not None else (False,):
+                cand = copy.deepcopy(reference)
+                prune_(cand, m)
+                report_c = reconstruct(cand, reference, fit, recon_cfg) if fitted else None
+                label = f"{mname}, {'reconstructed' if fitted else 'not reconstructed'}"
+                candidates[label] = heldout_loss(cand, held, label_free=label_free, reference=ref_logits)
+                if best is None or candidates[label] < best[0]:
+                    best = (candidates[label], (mname, fitted), m, cand.state_dict(), report_c)
+                del cand
+        _, choice, mask, state, recon = best
+        prune_(model, mask)
+        model.load_state_dict(state)
+        seconds["select"] = time.perf_counter() - t
+    else:
+        t = time.perf_counter()
+        prune_(model, mask)
+        seconds["prune"] = time.perf_counter() - t
+        if recon_cfg is not None:
+            t = time.perf_counter()
+            recon = reconstruct(model, reference, batches, recon_cfg)
+            seconds["reconstruct"] = time.perf_counter() - t
+    del reference
     seconds["total"] = time.perf_counter() - start
     total_importance = float(scores.head.double().sum() + scores.ffn.double().sum())
     report = CompressReport(
@@ -217,9 +264,12 @@ def compress(
         retained_importance=retained(scores, mask) / total_importance if total_importance > 0 else 1.0,
         seconds=seconds,
         reconstruction=recon,
+        choice=f"{choice[0]}, {'reconstructed' if choice[1] else 'not reconstructed'}",
+        candidates=candidates,
     )
     logger.info(
-        "compress: %.1f%% of encoder FLOPs kept, %d -> %d parameters, %.1fs",
+        "compress: %s; %.1f%% of encoder FLOPs kept, %d -> %d parameters, %.1fs",
+        report.choice,
         100 * report.flops_kept,
         params_before,
         report.params_after,
