@@ -85,3 +85,29 @@ def test_quantize_smoke(tmp_path):
     for fmt in ("| PyTorch fp32 (safetensors) |", "| ONNX fp32 |", "| ONNX int8 (dynamic) |"):
         assert text.count(fmt) == 2  # the dense and the pruned model
     assert "ONNX fp32 parity with PyTorch" in text
+
+
+def test_quality_smoke(tmp_path):
+    import json
+
+    args = ["--smoke", "--out", str(tmp_path)]
+    out = _script("quality").main(args)
+    text = out.read_text()
+    assert text.startswith("# Quality against converged task teachers")
+    for field in ("- Command:", "- Date:", "- Machine:", "- Versions:"):
+        assert field in text, f"missing {field!r} in the results header"
+    assert "## Summary" in text and "## SST-2" in text
+    assert text.count("|-") >= 2  # the summary table and the SST-2 table (structprune.report.markdown_table)
+    assert "Kwon et al. 2022" in text and "CoFi" in text and "TinyBERT-4" in text  # the published anchors
+    for method in ("dense teacher", "retraining-free sp.compress", "Taylor + sp.allocate (global)"):
+        assert f"| {method} " in text
+    assert "| pruned + distilled (TinyBERT stages) " in text and "| pruned + fine-tuned, no teacher " in text
+    assert "choice: " in text  # compress reports the candidate it kept
+    rows = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
+    assert all("metrics" in r for r in rows if not r["method"].startswith("Torch-Pruning"))
+    # a rerun re-measures the dense teacher only and keeps every row already measured
+    _script("quality").main(args)
+    again = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
+    measured = {(r["method"], r["budget"]): r.get("measured") for r in again}
+    assert measured[("dense teacher", None)] == "run 2"
+    assert all(m == "run 1" for (method, _), m in measured.items() if method != "dense teacher" and m)

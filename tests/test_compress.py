@@ -172,3 +172,11 @@ def test_compress_reuses_gradients_across_budgets():
         compress(tiny.model("bert", num_hidden_layers=2), calib, flops=0.5, gradients=grads, progress=False)
     with pytest.raises(ValueError, match="method='fisher'"):
         compress(copy.deepcopy(model), calib, flops=0.5, gradients=grads, method="taylor", progress=False)
+
+
+def test_compress_to_a_tinybert_shape_with_its_defaults():
+    model = tiny.model("bert")
+    _, report = compress(model, _calib(8), flops=0.3, layers=2, hidden=24, progress=False)
+    st = sp.arch.view(model).structure
+    assert len(st.layers) == 2 and st.hidden_width == 24 and report.flops_kept <= 0.3
+    assert report.reconstruction is None and report.choice.startswith("allocate")

@@ -89,3 +89,13 @@ def test_teacher_command_trains_once_records_its_curve_and_finds_it_again(
     assert cli.main(["teacher", str(MRPC), *overrides, f"teacher.model={copy}"]) == 0
     assert f"teacher: {entry}" in capsys.readouterr().out
     assert (entry / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_the_recipes_minilm_teacher_resolves(minilm_path, glue_dir):
+    from structprune.run.pipeline import Pipeline, resolve_model
+    from structprune.run.recipe import load_recipe
+
+    assert resolve_model("minilm") == str(minilm_path)
+    recipe = load_recipe(MRPC, [f"data.data_dir={glue_dir}"])
+    Pipeline(recipe, teacher_only=True)  # inputs checked (teacher folder, data splits) without a crash

