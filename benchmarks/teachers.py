@@ -88,17 +88,18 @@ def write_results(out: Path, runs: list[dict], note: str) -> None:
                     r["record"].get("train_seconds_this_process", "-"),
                 ]
             )
-        recipe_run = next((r for r in rs if r["is_recipe"]), None)
         lines += [f"## {info.name} ({info.main_metric}; target >= {TARGETS.get(task, '-')})", ""]
         lines.append(
             markdown_table(["learning rate", "epochs", "best", "at epoch", "last epoch", "train s"], rows)
         )
-        if recipe_run and recipe_run["record"]["curve"]:
-            curve = recipe_run["record"]["curve"]
+        for r in sorted(rs, key=lambda r: r["lr"]):
+            curve = r["record"]["curve"]
+            if not curve:
+                continue
             metric_keys = [k for k in curve[-1] if k.startswith("eval_") and k != "eval_loss"]
             lines += [
                 "",
-                f"Validation curve of the recipe's teacher (learning rate {recipe_run['lr']:g}):",
+                f"Validation curve, learning rate {r['lr']:g}{' (the recipe)' if r['is_recipe'] else ''}:",
                 "",
             ]
             lines.append(
@@ -110,16 +111,18 @@ def write_results(out: Path, runs: list[dict], note: str) -> None:
                     ],  # fmt: skip
                 )
             )
-            best = recipe_run["record"].get("best") or {}
-            if key in best:
-                summary.append([info.name, info.main_metric, _pct(best[key]), TARGETS.get(task, "-"),
-                                "met" if _pct(best[key]) >= TARGETS.get(task, 0) else "missed"])  # fmt: skip
+        scored = [(r, (r["record"].get("best") or {}).get(key)) for r in rs]
+        scored = [(r, v) for r, v in scored if v is not None]
+        if scored:
+            r, v = max(scored, key=lambda x: x[1])
+            summary.append([info.name, info.main_metric, _pct(v), f"{r['lr']:g}" + (" (recipe)" if r["is_recipe"] else ""),
+                            TARGETS.get(task, "-"), "met" if _pct(v) >= TARGETS.get(task, 0) else "missed"])  # fmt: skip
         lines.append("")
     if summary:
         intro += [
-            "## Summary (recipe teachers)",
+            "## Summary (best teacher of the sweep so far)",
             "",
-            markdown_table(["task", "metric", "teacher", "target", ""], summary),
+            markdown_table(["task", "metric", "teacher", "learning rate", "target", ""], summary),
             "",
         ]
     _common.write_atomic(out, "\n".join(intro + lines) + "\n")
