@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	HF_HUB_OFFLINE=1 .venv/bin/structprune run recipes/glue/sst2-demo.yaml
+	HF_HUB_OFFLINE=1 .venv/bin/structprune run sst2-demo
 
 test: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -24,27 +24,45 @@ Example::
     sp.cost(model, seq_len=128)
 """
 
-from .allocation import allocate, cost, dense_cost, measure_latency, rearrange, search
-from .arch import ArchSpec, register_architecture
-from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained
-from .evaluation import evaluate
-from .export import export_onnx, quantize_onnx
-from .mask import Mask, Scores
-from .recovery.distill import DistillConfig, PruneSchedule, distill, finetune
-from .recovery.reconstruct import ReconstructConfig, reconstruct
-from .run.compress import CompressConfig, compress
-from .scoring import (
-    available_scorers,
-    gate_gradients,
-    register_scorer,
-    score,
-    score_hidden,
-    score_layers,
-    score_shape,
-)
-from .surgery import prune_
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from . import _autoconfig
 
 __version__ = "0.1.0"
+
+# ``import structprune`` is cheap (no torch, datasets, accelerate, ...): each name below is imported from
+# its module the first time it is used. The config classes of pruned checkpoints are registered with
+# transformers' AutoConfig as soon as transformers' Auto classes are imported (structprune/_autoconfig.py).
+_EXPORTS = {
+    "allocation": ("allocate", "cost", "dense_cost", "measure_latency", "rearrange", "search"),
+    "arch": ("ArchSpec", "register_architecture"),
+    "checkpoint": ("CardInfo", "from_pretrained", "push_to_hub", "save_pretrained"),
+    "evaluation": ("evaluate",),
+    "export": ("export_onnx", "quantize_onnx"),
+    "mask": ("Mask", "Scores"),
+    "progress": ("set_progress",),
+    "recovery.distill": ("DistillConfig", "PruneSchedule", "distill", "finetune"),
+    "recovery.reconstruct": ("ReconstructConfig", "reconstruct"),
+    "run.compress": ("CompressConfig", "compress"),
+    "scoring": (
+        "available_scorers",
+        "gate_gradients",
+        "register_scorer",
+        "score",
+        "score_hidden",
+        "score_layers",
+        "score_shape",
+    ),
+    "surgery": ("prune_",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBMODULES = (
+    "allocation", "arch", "atomic", "batches", "checkpoint", "cli", "data", "errors", "evaluation", "export",
+    "gates", "mask", "progress", "recovery", "report", "run", "scoring", "surgery",
+)  # fmt: skip
 
 __all__ = [
     "ArchSpec",
@@ -80,4 +98,44 @@ __all__ = [
     "score_layers",
     "score_shape",
     "search",
-]
+    "set_progress",
+]  # the names of _EXPORTS (a test keeps them equal)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE, *_SUBMODULES})
+
+
+_autoconfig.install()
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .allocation import allocate, cost, dense_cost, measure_latency, rearrange, search
+    from .arch import ArchSpec, register_architecture
+    from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained
+    from .evaluation import evaluate
+    from .export import export_onnx, quantize_onnx
+    from .mask import Mask, Scores
+    from .progress import set_progress
+    from .recovery.distill import DistillConfig, PruneSchedule, distill, finetune
+    from .recovery.reconstruct import ReconstructConfig, reconstruct
+    from .run.compress import CompressConfig, compress
+    from .scoring import (
+        available_scorers,
+        gate_gradients,
+        register_scorer,
+        score,
+        score_hidden,
+        score_layers,
+        score_shape,
+    )
+    from .surgery import prune_

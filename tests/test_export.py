@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import onnx
 import onnxruntime
 import pytest
@@ -71,3 +74,13 @@ def test_export_arguments_are_checked(tmp_path):
     with pytest.raises(FileNotFoundError):
         sp.quantize_onnx(tmp_path / "missing.onnx", tmp_path / "q.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_export_of_an_eval_model_is_quiet(tmp_path, caplog):
+    model = pruned("bert").eval()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        sp.export_onnx(model, tmp_path / "model.onnx")
+    assert [str(w.message) for w in caught] == []  # no "training mode" or torch-internal notes
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not model.training

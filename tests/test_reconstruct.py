@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 
 import pytest
@@ -164,6 +165,45 @@ def test_too_few_examples_warns_regularizes_and_stays_finite():
     assert all(torch.isfinite(p).all() for p in pruned.parameters())
     raised = [b for b in report.blocks if b.damp > 0.01]
     assert raised and all(b.error_after <= b.error_before * (1 + 1e-9) for b in report.blocks)
+
+
+def _unpadded(n: int, seq_len: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, tiny.VOCAB, (n, seq_len), generator=g)
+    return [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
+
+
+@pytest.mark.parametrize("fit", ["weights", "scales"])
+def test_few_tokens_warn_once_at_the_callers_line_with_advice_that_suffices(fit):
+    dense = tiny.model("bert", intermediate_size=96)
+    mask = _random_mask(dense, 0, flops=0.8)
+    pruned = copy.deepcopy(dense)
+    sp.prune_(pruned, mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reconstruct(pruned, dense, _unpadded(1, 2), fit=fit, progress=False)
+    assert len(caught) == 1, [str(w.message) for w in caught]  # one warning per call, not one per block
+    warning = caught[0]
+    assert warning.filename == __file__  # the user's line, not structprune's internals
+    text = str(warning.message)
+    assert "few for" in text and f"fit={fit!r}" in text
+    examples = int(re.search(r"about (\d+) examples of this length", text).group(1))
+    assert examples > 1
+    if fit == "weights":
+        assert "fit='scales', which needs" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what the warning advised is enough
+        reconstruct(copy.deepcopy(pruned), dense, _unpadded(examples, 2, seed=1), fit=fit, progress=False)
+    with pytest.warns(UserWarning, match="few for"):  # one example fewer is not
+        reconstruct(copy.deepcopy(pruned), dense, _unpadded(examples - 1, 2, seed=1), fit=fit, progress=False)
+
+
+def test_reconstruction_warning_points_at_the_compress_call():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sp.compress(tiny.model("bert"), _unpadded(2, 3), flops=0.6, progress=False)
+    few = [w for w in caught if "few for" in str(w.message)]
+    assert len(few) == 1 and few[0].filename == __file__
 
 
 def test_max_examples_and_dropped_layers():

@@ -19,11 +19,13 @@ from torch import nn
 
 from ..allocation.cost import cost, dense_cost
 from ..arch import view
+from ..errors import install_command
 from .registry import base_model_type, is_stock
 
 logger = logging.getLogger(__name__)
 
 HEATMAP_FILE = "structure.png"
+CARD_EXTRA_HINT = install_command("matplotlib")  # pip install 'structprune[card]'
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -236,8 +238,11 @@ def _how_to_load(stock: bool) -> str:
     )
 
 
-def card_text(model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = None) -> str:
-    """The README.md text (metadata block + body) for ``model``."""
+def card_text(
+    model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = None, *, heatmap: bool = True
+) -> str:
+    """The README.md text (metadata block + body) for ``model``. ``heatmap=False``: the card says how to
+    get the ``structure.png`` picture instead of showing it (matplotlib was not installed)."""
     rows = rows if rows is not None else layer_rows(model, info.seq_len)
     s = view(model).structure
     now, dense = cost(model, info.seq_len), dense_cost(model, info.seq_len)
@@ -292,7 +297,10 @@ def card_text(model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = No
     lines += [
         "## Kept per layer",
         "",
-        f"![Heads and FFN neurons kept per layer]({HEATMAP_FILE})",
+        f"![Heads and FFN neurons kept per layer]({HEATMAP_FILE})"
+        if heatmap
+        else f"(The heatmap `{HEATMAP_FILE}` of kept heads and neurons was not drawn: it needs matplotlib, "
+        f"`{CARD_EXTRA_HINT}`.)",
         "",
         "| layer | heads kept | head ids | FFN neurons kept | parameters | FLOPs |",
         "|---:|---:|---|---:|---:|---:|",
@@ -315,6 +323,9 @@ def card_text(model: nn.Module, info: CardInfo, rows: list[LayerRow] | None = No
 def write_model_card(model: nn.Module, folder: str | os.PathLike, info: CardInfo | None = None) -> Path:
     """Write ``README.md`` and ``structure.png`` for ``model`` into ``folder``; return the README path.
 
+    The picture needs matplotlib (the ``card`` extra); without it the card is written without the picture
+    and says how to get it.
+
     Example::
 
         sp.checkpoint.write_model_card(model, "out/pruned", sp.CardInfo(base_model="org/teacher", budget="50% FLOPs"))
@@ -323,8 +334,15 @@ def write_model_card(model: nn.Module, folder: str | os.PathLike, info: CardInfo
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = layer_rows(model, info.seq_len)
-    render_heatmap(rows, folder / HEATMAP_FILE)
-    card = ModelCard(card_text(model, info, rows))  # parses and checks the metadata block
+    try:
+        render_heatmap(rows, folder / HEATMAP_FILE)
+        heatmap = True
+    except ImportError:  # matplotlib is optional: saving never depends on it
+        logger.info(
+            "matplotlib is not installed: the model card has no %s (%s)", HEATMAP_FILE, CARD_EXTRA_HINT
+        )
+        heatmap = False
+    card = ModelCard(card_text(model, info, rows, heatmap=heatmap))  # parses and checks the metadata block
     readme = folder / "README.md"
     card.save(readme)
     return readme

@@ -185,6 +185,26 @@ def atomic_directory(path: str | os.PathLike, *, source: str | os.PathLike | Non
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def saved_by_structprune(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a model that structprune saved: a config.json that records a pruned structure
+    (``structprune``), or a model card tagged ``structprune``. What the command line's ``--overwrite`` may
+    replace (and :func:`atomic_directory` still keeps any other file there)."""
+    folder = Path(folder)
+    try:
+        if "structprune" in read_config(folder):
+            return True
+    except (FileNotFoundError, ValueError):
+        return False
+    card = folder / "README.md"
+    if not card.is_file():
+        return False
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return False
+    metadata = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    return any(line.strip() == "- structprune" for line in metadata.splitlines())
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     """Parse ``folder/config.json`` as plain JSON (no code runs); clear errors naming the file."""
     file = Path(folder) / CONFIG_FILE

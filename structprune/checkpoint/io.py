@@ -10,6 +10,7 @@ import transformers
 from torch import nn
 
 from ..arch import Structure, view
+from ..progress import hf_bars
 from . import registry
 from . import remote_modeling as rm
 from .card import CardInfo, write_model_card
@@ -76,7 +77,8 @@ def save_pretrained(
     registry.adopt(model)
     source = getattr(model.config, "_name_or_path", None) or None
     with atomic_directory(path, source=source) as tmp:
-        model.save_pretrained(tmp, **kwargs)
+        with hf_bars():
+            model.save_pretrained(tmp, **kwargs)
         # Until the folder is complete, its config.json has another name: a save killed part-way leaves a
         # temporary folder that no loader accepts as a model.
         os.replace(tmp / CONFIG_FILE, tmp / _PENDING_CONFIG)
@@ -163,9 +165,10 @@ def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> tr
     )
     cls = _model_class(config, auto_class)
     try:
-        model, info = cls.from_pretrained(
-            path, config=config, trust_remote_code=False, output_loading_info=True, **kwargs
-        )
+        with hf_bars():
+            model, info = cls.from_pretrained(
+                path, config=config, trust_remote_code=False, output_loading_info=True, **kwargs
+            )
     except RuntimeError as err:
         if "mismatch" not in str(err):
             raise

@@ -1,9 +1,9 @@
 """The pruned-model classes, registered with transformers' Auto classes, and :func:`adopt`.
 
 ``import structprune`` registers one config class per supported family under the model type
-``structprune-<family>`` (cheap: configuration modules only). The model classes of a family are built
-and registered the first time transformers parses such a config, so that after ``import structprune``
-``AutoModelForSequenceClassification.from_pretrained(folder)`` builds the per-layer shapes itself and
+``structprune-<family>`` (as soon as transformers' Auto classes are imported: :mod:`structprune._autoconfig`).
+The model classes of a family are built and registered the first time transformers parses such a config,
+so that after ``import structprune`` ``AutoModelForSequenceClassification.from_pretrained(folder)`` builds the per-layer shapes itself and
 never runs the modeling file that the checkpoint carries for users without structprune.
 """
 
@@ -16,12 +16,12 @@ import transformers
 from torch import nn
 from transformers.models.auto import configuration_auto
 
+from .. import _autoconfig
 from ..arch import ModelView, Structure, supported_families, view
 from . import remote_modeling as rm
 
 logger = logging.getLogger(__name__)
 
-_CONFIGS: dict[str, type] = {}
 _MODELS: dict[str, dict[str, type]] = {}
 
 
@@ -32,19 +32,9 @@ def base_model_type(config) -> str:
 
 def config_class(base: str) -> type:
     """The registered config class of pruned ``base`` models (``StructPruneBertConfig`` for ``"bert"``)."""
-    if base not in _CONFIGS:
-        cls = rm.make_config_class(base)
-        inherited = cls.from_dict.__func__
-
-        def from_dict(klass, config_dict, **kwargs):
-            model_classes(base)  # transformers resolves the model class right after parsing the config
-            return inherited(klass, config_dict, **kwargs)
-
-        cls.from_dict = classmethod(from_dict)
-        transformers.AutoConfig.register(cls.model_type, cls, exist_ok=True)
-        vars(rm)[cls.__name__] = cls  # importable by name (pickle, copy)
-        _CONFIGS[base] = cls
-    return _CONFIGS[base]
+    cls = _autoconfig.config_class(base)
+    vars(rm).setdefault(cls.__name__, cls)  # also importable from this package's modeling module, as before
+    return cls
 
 
 def model_classes(base: str) -> dict[str, type]:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
+from ..progress import bar
 from .tasks import TaskInfo, get_task
 
 __all__ = ["BucketBatchSampler", "TokenizedDataset", "make_dataloader", "subset", "tokenize"]
@@ -114,7 +114,7 @@ def tokenize(
 
     parts: dict[str, list[np.ndarray]] = {}
     lengths: list[np.ndarray] = []
-    for start in tqdm(range(0, n, _CHUNK), desc=f"tokenize {task.name}", disable=not progress or n <= _CHUNK):
+    for start in bar(range(0, n, _CHUNK), enabled=progress and n > _CHUNK, desc=f"tokenize {task.name}"):
         chunk = [[("" if t is None else str(t)) for t in col[start : start + _CHUNK]] for col in texts]
         enc = tokenizer(*chunk, truncation=True, max_length=max_length, return_attention_mask=False)
         for name, seqs in enc.items():

@@ -8,11 +8,14 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 
 from .tasks import TaskInfo, get_task
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["DataNotFoundError", "HUB_DATASET", "default_data_dir", "load_files", "load_split"]
 
@@ -103,6 +106,8 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_file(path: Path) -> datasets.Dataset:
+    import datasets
+
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -127,6 +132,8 @@ def _check_and_cast(
     ds: datasets.Dataset, task: TaskInfo, source: str, require_labels: bool
 ) -> datasets.Dataset:
     """Check the task's columns exist, then make labels int64 class ids (classification) or float32."""
+    import datasets
+
     missing = [k for k in task.text_keys if k not in ds.column_names]
     has_labels = task.label_column in ds.column_names
     if require_labels and not has_labels:
@@ -269,6 +276,8 @@ def load_split(
         raise DataNotFoundError(
             f"Custom task {task.name!r} is not on the Hub: pass data_dir=<folder> or a file path as split."
         )
+    import datasets
+
     try:
         ds = datasets.load_dataset(HUB_DATASET, task.hub_config, split=split)
     except ValueError as e:  # unknown split name

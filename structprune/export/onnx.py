@@ -10,6 +10,7 @@ configs, and torch.onnx already handles every supported family.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..arch import view
+from ..errors import require
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,23 @@ class _Positional(nn.Module):
         return tuple(v for v in out.values() if isinstance(v, torch.Tensor))
 
 
+_EXPORTER_LOGGERS = ("torch.onnx._internal.exporter._registration",)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Raise these loggers to ERROR for the duration (their warnings are not about the user's model)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _output_names(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
     with torch.no_grad():
         out = model(**inputs, return_dict=True)
@@ -104,6 +123,7 @@ def export_onnx(
         feed = {i.name: enc[i.name] for i in session.get_inputs()}   # BERT also takes token_type_ids
         session.run(["logits"], feed)                                  # enc = tokenizer(..., return_tensors="np")
     """
+    require("ONNX export", "onnx", "onnxscript", *(["onnxruntime"] if check else []))
     view(model)  # a supported, consistent model
     if opset < 18:
         raise ValueError(f"opset={opset}: the torch.export-based exporter needs opset 18 or newer.")
@@ -121,10 +141,15 @@ def export_onnx(
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
         outputs = _output_names(model, {n: inputs[n] for n in names})
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_loggers(*_EXPORTER_LOGGERS):
+            # torch's exporter notes that are not about this model: unused axis names, deprecations inside
+            # torch itself, and torchvision operators it skips because torchvision is not installed
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+            warnings.filterwarnings(
+                "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+            )
             program = torch.onnx.export(
-                _Positional(model),
+                _Positional(model).eval(),  # eval: the wrapper too (else "exporting in training mode")
                 args,
                 input_names=names,
                 output_names=outputs,
@@ -187,6 +212,7 @@ def quantize_onnx(path: str | os.PathLike, out: str | os.PathLike) -> Path:
         sp.export_onnx(model, "model.onnx")
         sp.quantize_onnx("model.onnx", "model-int8.onnx")
     """
+    require("int8 quantization", "onnx", "onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path, out = Path(path), Path(out)

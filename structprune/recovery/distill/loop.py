@@ -23,11 +23,11 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ...arch import view
 from ...batches import model_inputs
 from ...mask import Mask
+from ...progress import bar as progress_bar
 from . import checks, runstate
 from .callbacks import LoopCallback
 from .config import DistillConfig
@@ -298,8 +298,8 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
     if accelerator.is_main_process:
         accelerator.init_trackers("structprune", config=runstate.flat_config(cfg))
 
-    bar = tqdm(total=total, initial=rs.step, desc="distill" if teacher is not None else "finetune",
-               disable=not (cfg.progress and accelerator.is_main_process))  # fmt: skip
+    bar = progress_bar(total=total, initial=rs.step, desc="distill" if teacher is not None else "finetune",
+                       enabled=cfg.progress and accelerator.is_main_process)  # fmt: skip
     sums: dict[str, float] = {}
     count = 0
     while rs.step < total and not loop.stop:

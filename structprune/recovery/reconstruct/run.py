@@ -24,19 +24,19 @@ calibration tokens for the unknowns: a warning and a larger ridge.
 from __future__ import annotations
 
 import logging
+import math
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...arch import LayerView, view
 from ...batches import model_inputs
 from ...gates import Gates
 from ...mask import Mask
+from ...progress import bar, warn
 from .solve import BlockStats, block_error, solve_scales, solve_weights
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,8 @@ def reconstruct(
     h_stu = [_first(*call) for call in stu.calls]
 
     fits: list[BlockFit] = []
-    for orig in tqdm(sorted(ref.by_orig), desc="reconstruct", disable=not cfg.progress, leave=False):
+    few: list[_Few] = []
+    for orig in bar(sorted(ref.by_orig), enabled=cfg.progress, desc="reconstruct", leave=False):
         targets = _reference_targets(ref, orig, h_ref, real)  # also moves h_ref to the next layer
         if orig not in stu.by_orig or (mask is not None and orig not in mask.kept_layers):
             continue  # dropped layer: the student passes its input through
@@ -293,13 +294,16 @@ def reconstruct(
             keep = None if mask is None else (mask.head[orig] if kind == "o" else mask.ffn[orig])
             cols = _columns(slv, keep, group)
             stats = _student_stats(stu, slv, orig, kind, cols, lin, h_stu, real, targets[kind], device)
-            fits.append(_fit_block(cfg, lin, cols, stats, orig, "attn" if kind == "o" else "ffn", group))
+            block = "attn" if kind == "o" else "ffn"
+            fits.append(_fit_block(cfg, lin, cols, stats, orig, block, group, few))
         for b in range(len(inputs)):
             h_stu[b] = stu.run(orig, b, h_stu[b])
     model.train(was_training[0])
     ref_model.train(was_training[1])
     n_tokens = int(sum(int(r.sum()) for r in real))
     report = ReconstructReport(cfg.fit, _examples(inputs), n_tokens, time.perf_counter() - start, fits)
+    if few:
+        warn(_few_message(cfg, few, len(fits), report.examples, n_tokens))
     logger.info(
         "reconstruct: %d blocks, calibration error %.4g -> %.4g (%.1fs)",
         len(fits),
@@ -393,6 +397,36 @@ def _student_stats(stu: _Side, slv: LayerView, orig: int, kind: str, cols, lin: 
     return stats
 
 
+@dataclass
+class _Few:
+    """A block with fewer calibration rows than ``tokens_per_unknown`` per unknown (its ridge is raised)."""
+
+    layer: int
+    block: str
+    tokens: int
+    unknowns: int
+    tokens_needed: int  # calibration tokens that would reach tokens_per_unknown with this fit
+    tokens_needed_scales: int  # the same with fit="scales"
+
+
+def _few_message(cfg: ReconstructConfig, few: list[_Few], blocks: int, examples: int, tokens: int) -> str:
+    """One warning for a whole reconstruct call, with advice computed from the same thresholds."""
+    worst = max(few, key=lambda f: f.tokens_needed)
+    per_example = max(tokens / max(examples, 1), 1e-9)
+    need_examples = math.ceil(worst.tokens_needed / per_example)
+    text = (
+        f"Reconstruction: {len(few)} of {blocks} blocks have too few calibration tokens for their unknowns "
+        f"(fit={cfg.fit!r} wants {cfg.tokens_per_unknown:g} per unknown; e.g. layer {worst.layer} "
+        f"{worst.block}: {worst.tokens} tokens are few for {worst.unknowns} unknowns per output), so their "
+        f"ridge was raised. To avoid it, use at least {worst.tokens_needed} calibration tokens: about "
+        f"{need_examples} examples of this length ({per_example:.3g} real tokens each; {examples} given)"
+    )
+    if cfg.fit == "weights":
+        scales = max(f.tokens_needed_scales for f in few)
+        text += f", or fit='scales', which needs {scales} token{'s' if scales != 1 else ''}"
+    return text + "."
+
+
 def _fit_block(
     cfg: ReconstructConfig,
     lin: nn.Linear,
@@ -401,6 +435,7 @@ def _fit_block(
     orig: int,
     block: str,
     group: int,
+    few: list[_Few] | None = None,
 ) -> BlockFit:
     if cols is None:
         cols = torch.arange(lin.in_features)
@@ -417,12 +452,18 @@ def _fit_block(
     need = cfg.tokens_per_unknown * unknowns
     if rows < need:
         damp = cfg.damp * need / max(rows, 1)
-        warnings.warn(
-            f"Layer {orig} {block}: {stats.count} calibration tokens are few for {unknowns} unknowns per "
-            f"output (fit={cfg.fit!r}); raising the ridge to damp={damp:.3g}. Use more calibration examples "
-            "(a few hundred to ~2000) or fit='scales'.",
-            stacklevel=4,
-        )
+        if few is not None:
+            per_token = 1 if cfg.fit == "weights" else lin.out_features  # rows one calibration token gives
+            few.append(
+                _Few(
+                    orig,
+                    block,
+                    stats.count,
+                    unknowns,
+                    math.ceil(need / per_token),
+                    math.ceil(cfg.tokens_per_unknown * (w0.shape[1] // group) / lin.out_features),
+                )
+            )
     before = block_error(stats, w0, b0)
     if cfg.fit == "weights":
         w, b, step = solve_weights(stats, w0, b0, damp, cfg.max_change, fit_bias)
@@ -430,10 +471,9 @@ def _fit_block(
         w, b, step = solve_scales(stats, w0, b0, group, damp, cfg.max_scale, fit_bias)
     after = block_error(stats, w, b) if step > 0 else before
     if not (torch.isfinite(w).all() and torch.isfinite(b).all()) or after > before:
-        warnings.warn(
+        warn(
             f"Layer {orig} {block}: the least-squares fit was not finite or did not lower the error; keeping "
-            "the current weights.",
-            stacklevel=4,
+            "the current weights."
         )
         w, b, step, after = w0, b0, 0.0, before
     with torch.no_grad():
