@@ -29,8 +29,9 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from torch import nn
 from ...atomic import atomic_write_text
 from ...batches import logits_of
 from ...data import get_task
+from ...options import FromDict
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,10 @@ METHODS = ("auto", "embedding", "mlm")
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(FromDict):
     """Options of :func:`augment_dataset`."""
+
+    options_name: ClassVar[str] = "augment"
 
     multiplier: int = field(default=20, metadata={"help": "Variants generated per training example."})
     max_examples: int | None = field(
@@ -93,14 +97,6 @@ class AugmentConfig:
             self.max_length >= 8 and self.batch_size >= 1,
             "augment.max_length must be >= 8 and batch_size >= 1.",
         )
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AugmentConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown augment option(s) {unknown}; valid options: {sorted(names)}.")
-        return cls(**data)
 
 
 # --- word-level replacement ---------------------------------------------------------------------------

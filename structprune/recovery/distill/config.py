@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
+from ...options import FromDict
 from ...scoring import available_scorers
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
-class DistillStage:
+class DistillStage(FromDict):
     """One stage of a staged (TinyBERT-style) distillation: how long it runs and which loss terms it uses.
 
     The default two stages are TinyBERT's: an *intermediate* stage that matches hidden states (embedding
@@ -26,6 +28,8 @@ class DistillStage:
             DistillStage("prediction", num_epochs=3, logit_weight=1.0, task_weight=0.0),
         ])
     """
+
+    options_name: ClassVar[str] = "stage"
 
     name: str = field(default="stage", metadata={"help": "Name shown in the logs."})
     num_epochs: float = field(default=1.0, metadata={"help": "Epochs over train_data in this stage."})
@@ -64,14 +68,6 @@ class DistillStage:
     def uses_attention(self) -> bool:
         return self.attention_weight > 0
 
-    @classmethod
-    def from_dict(cls, data: dict) -> DistillStage:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown stage option(s) {unknown}; valid options: {sorted(names)}.")
-        return cls(**data)
-
 
 def tinybert_stages(intermediate_epochs: float, prediction_epochs: float, *, task_weight: float = 0.0,
                     attention: bool = True) -> list[DistillStage]:  # fmt: skip
@@ -85,7 +81,7 @@ def tinybert_stages(intermediate_epochs: float, prediction_epochs: float, *, tas
 
 
 @dataclass
-class PruneSchedule:
+class PruneSchedule(FromDict):
     """Gradual pruning inside the training loop: ``steps`` pruning events between ``start`` and ``end``
     (fractions of training), on a cubic schedule from the student's current size down to ``to`` of the
     unpruned model's encoder FLOPs; at each event the student is re-scored on ``batches`` training
@@ -98,6 +94,8 @@ class PruneSchedule:
         cfg = DistillConfig(output_dir="runs/sst2-25", task="sst2", prune=PruneSchedule(to=0.25, steps=4))
         cfg = DistillConfig(prune={"to": 0.25, "steps": 4})      # the same, as a recipe writes it
     """
+
+    options_name: ClassVar[str] = "prune"
 
     to: float = field(default=0.5, metadata={"help": "Target fraction of the unpruned encoder FLOPs."})
     steps: int = field(default=4, metadata={"help": "Number of pruning events."})
@@ -139,18 +137,9 @@ class PruneSchedule:
         need(self.multiple_of >= 1, f"prune.multiple_of must be >= 1, got {self.multiple_of}.")
         need(self.min_heads >= 0, f"prune.min_heads must be >= 0, got {self.min_heads}.")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> PruneSchedule:
-        """Build from a dict; unknown keys raise ``ValueError`` naming the valid ones."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown prune option(s) {unknown}; valid options: {sorted(names)}.")
-        return cls(**data)
-
 
 @dataclass
-class DistillConfig:
+class DistillConfig(FromDict):
     """Options of :func:`structprune.distill` and :func:`structprune.finetune` (one loop for both).
 
     The loss is ``task_weight * task + logit_weight * KD(T) + hidden_weight * hidden MSE +
@@ -162,6 +151,8 @@ class DistillConfig:
         cfg = DistillConfig(output_dir="runs/sst2", task="sst2", num_epochs=3, hidden_weight=1.0)
         student, history = sp.distill(student, teacher, train_dl, eval_dl, config=cfg)
     """
+
+    options_name: ClassVar[str] = "DistillConfig"
 
     # --- run folder, checkpoints, logging ---------------------------------------------------------
     output_dir: str | None = field(
@@ -324,12 +315,3 @@ class DistillConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DistillConfig:
-        """Build from a dict (e.g. a YAML recipe); unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown DistillConfig option(s) {unknown}; valid options: {sorted(names)}.")
-        return cls(**data)

@@ -27,7 +27,8 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +37,7 @@ from ...arch import LayerView, view
 from ...batches import model_inputs
 from ...gates import Gates
 from ...mask import Mask
+from ...options import FromDict
 from ...progress import bar, warn
 from .solve import BlockStats, block_error, solve_scales, solve_weights
 
@@ -45,8 +47,10 @@ FITS = ("weights", "scales")
 
 
 @dataclass
-class ReconstructConfig:
+class ReconstructConfig(FromDict):
     """Options of :func:`reconstruct`."""
+
+    options_name: ClassVar[str] = "reconstruct"
 
     fit: str = field(default="weights", metadata={"help": "'weights' (kept output-projection columns + bias) or 'scales' (one factor per kept unit + bias)."})  # fmt: skip
     damp: float = field(default=0.01, metadata={"help": "Ridge strength relative to the mean diagonal of the Gram matrix."})  # fmt: skip
@@ -70,15 +74,6 @@ class ReconstructConfig:
             not isinstance(self.max_examples, int) or self.max_examples < 1
         ):
             raise ValueError(f"max_examples must be a positive integer or None, got {self.max_examples!r}.")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ReconstructConfig:
-        """Build from a dict (a recipe's ``prune.reconstruct``); unknown keys raise ``ValueError``."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown reconstruct option(s) {unknown}; valid options: {', '.join(names)}.")
-        return cls(**data)
 
 
 @dataclass
