@@ -298,17 +298,32 @@ def cmd_distill(args) -> int:
     _check_out(args.out, args.student, args.teacher)
     _check_out_folder(args.out, getattr(args, "DistillConfig.overwrite", False))
     from .checkpoint import save_pretrained
-    from .data import get_task, load_split, make_dataloader
-    from .recovery.distill import DistillConfig, distill
+    from .data import get_task, load_split, make_dataloader, subset
+    from .recovery.distill import DistillConfig, distill, tinybert_stages
+    from .recovery.distill.augment import AugmentConfig, augment_dataset
     from .run.pipeline import resolve_data_dir
 
     task = get_task(args.task)
     cfg = dataclass_from_args(DistillConfig, args, task=task.name)
+    if args.stages:
+        cfg = dataclasses.replace(cfg, stages=tinybert_stages(*args.stages, task_weight=cfg.task_weight))
+    augment = None
+    if any(k.startswith("AugmentConfig.") for k in vars(args)):
+        augment = dataclass_from_args(AugmentConfig, args)
     student, teacher = _load_task_model(args.student), _load_task_model(args.teacher)
     tok = _tokenizer(args.teacher)
     data_dir = resolve_data_dir(args.data_dir)
-    train = make_dataloader(load_split(task, "train", data_dir), tok, task, batch_size=args.batch_size,
-                            max_length=args.max_length, shuffle=True, limit=args.train_examples, limit_mode="random")  # fmt: skip
+    train_split = load_split(task, "train", data_dir)
+    limit = args.train_examples
+    if augment is not None:
+        base = subset(train_split, limit, mode="random", seed=0)
+        # beside the run folder (the loop owns the folder itself)
+        cache = (
+            Path(cfg.output_dir).with_name(Path(cfg.output_dir).name + ".augment") if cfg.output_dir else None
+        )
+        train_split, limit = augment_dataset(base, task, tok, teacher, augment, cache_dir=cache), None
+    train = make_dataloader(train_split, tok, task, batch_size=args.batch_size, max_length=args.max_length,
+                            shuffle=True, limit=limit, limit_mode="random")  # fmt: skip
     val = make_dataloader(load_split(task, task.validation_splits[0], data_dir), tok, task, batch_size=64,
                           max_length=args.max_length)  # fmt: skip
     student, history = distill(student, teacher, train, val, cfg)
@@ -510,8 +525,15 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument(
         "--train-examples", type=int, default=None, metavar="N", help="Random subset of the train split."
     )
+    di.add_argument("--stages", type=float, nargs=2, metavar=("INTERMEDIATE", "PREDICTION"), default=None,
+                    help="TinyBERT's two stages: epochs of hidden-state + attention distillation, then of logit "
+                    "distillation (replaces --num-epochs; a recipe's distill.stages gives full control).")  # fmt: skip
     data_options(di)
-    add_dataclass_options(di, DistillConfig, skip=("task",))
+    add_dataclass_options(di, DistillConfig, skip=("task", "stages"))
+    from .recovery.distill.augment import AugmentConfig
+
+    _add_options(di.add_argument_group("augmentation (teacher-labelled; off unless an --augment-* option is given)"),
+                 AugmentConfig, (), "AugmentConfig.", "augment-")  # fmt: skip
     di.set_defaults(func=cmd_distill)
 
     ev = command("evaluate", "Evaluate a checkpoint on a task's validation split(s).")

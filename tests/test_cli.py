@@ -371,3 +371,27 @@ def test_compress_config_holds_a_reconstruct_config():
         CompressConfig(reconstruct={"fitt": "scales"})
     with pytest.raises(ValueError, match="reconstruct must be a ReconstructConfig"):
         CompressConfig(reconstruct="yes")
+
+
+@pytest.mark.slow
+def test_distill_command_with_stages_and_augmentation(tiny_teacher, glue_dir, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import structprune as sp
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher, num_labels=2)
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    sp.save_pretrained(teacher, tmp_path / "teacher", tokenizer=tok, card=False)
+    student = sp.from_pretrained(tmp_path / "teacher")
+    sp.prune_(student, sp.allocate(sp.score(student, method="magnitude"), student, flops=0.5))
+    sp.save_pretrained(student, tmp_path / "student", tokenizer=tok, card=False)
+    run = tmp_path / "run"
+    argv = ["distill", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--task", "sst2",
+            "--out", str(tmp_path / "out"), "--data-dir", str(glue_dir), "--max-length", "24",
+            "--train-examples", "16", "--batch-size", "8", "--stages", "1", "1", "--augment-multiplier", "2",
+            "--output-dir", str(run), "--progress", "false"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert list((tmp_path / "run.augment").glob("augment-*.jsonl"))  # cached beside the run
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records if "stage" in r] == ["prediction"]
+    assert (tmp_path / "out" / "config.json").is_file()
