@@ -9,7 +9,8 @@ imported (which every ``Auto*`` class does first) and makes its ``CONFIG_MAPPING
 (building them while transformers is still importing its Auto modules would be a circular import), and
 the model classes the first time such a config is parsed (:func:`structprune.checkpoint.registry.model_classes`).
 
-Standard library only at import; this module imports nothing from structprune, so the hook cannot run
+Standard library only at import; this module imports nothing from structprune but
+:mod:`structprune._pruned_config` (standard library only too, imported with it), so the hook cannot run
 into a partly imported structprune module.
 """
 
@@ -19,7 +20,8 @@ import importlib.abc
 import sys
 import threading
 
-MODEL_TYPE_PREFIX = "structprune-"
+from ._pruned_config import MODEL_TYPE_PREFIX, pruned_config_class
+
 BUILTIN_FAMILIES = ("bert", "camembert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
 """The model types of ``structprune/arch/families.py`` (a test keeps the two equal)."""
 
@@ -40,30 +42,13 @@ def config_class(base: str) -> type:
 def _make(base: str) -> type:
     from transformers.models.auto import configuration_auto
 
-    if base not in configuration_auto.CONFIG_MAPPING:
-        raise ValueError(
-            f"transformers has no model type {base!r}; pruned checkpoints can only be built for families "
-            "transformers itself provides."
-        )
-    base_config = configuration_auto.CONFIG_MAPPING[base]
-
     def from_dict(klass, config_dict, **kwargs):
         from .checkpoint.registry import model_classes
 
         model_classes(base)  # transformers resolves the model class right after parsing the config
         return super(cls, klass).from_dict(config_dict, **kwargs)
 
-    cls = type(
-        "StructPrune" + base_config.__name__,
-        (base_config,),
-        {
-            "model_type": MODEL_TYPE_PREFIX + base,
-            "structprune_base_model_type": base,
-            "from_dict": classmethod(from_dict),
-            "__module__": __name__,
-            "__doc__": f"{base_config.__name__} of a pruned model (per-layer sizes in `structprune`).",
-        },
-    )
+    cls = pruned_config_class(base, __name__, from_dict=classmethod(from_dict))
     configuration_auto.AutoConfig.register(cls.model_type, cls, exist_ok=True)
     globals()[cls.__name__] = cls  # importable by name (pickle, copy)
     return cls

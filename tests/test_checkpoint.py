@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from transformers import (
 
 import structprune as sp
 from structprune.arch.head_bias import HEAD_BIAS_INDEX as BIAS_INDEX
+from structprune.arch.record import decode_indices, encode_indices, validate_structure
 from structprune.checkpoint import registry
 from structprune.checkpoint import remote_modeling as rm
 
@@ -45,8 +48,8 @@ def test_structprune_and_auto_load_identical_logits(family, tmp_path):
     assert not [n for n in files(folder) if n.endswith((".bin", ".pt", ".pkl"))]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == rm.MODEL_TYPE_PREFIX + family
-    assert config["structprune"]["layers"] == [0, 2]
-    assert [len(h) for h in config["structprune"]["heads"]] == [2, 3]
+    assert config["structprune"]["layers"] == "0,2"  # kept indices as strings of ranges (or bit masks)
+    assert config["structprune"]["heads"] == ["1-2", "1-3"]
 
     loaded = sp.from_pretrained(folder)
     auto = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -64,10 +67,8 @@ def test_hidden_pruned_checkpoints_load(family, tmp_path):
         model = pruned(family, task, hidden=True)
         b = tiny.batch(labels=None)
         folder = sp.save_pretrained(model, tmp_path / task, tokenizer=None, card=False)
-        assert (
-            json.loads((folder / "config.json").read_text())["structprune"]["hidden"]
-            == sp.arch.view(model).structure.hidden
-        )
+        hidden = json.loads((folder / "config.json").read_text())["structprune"]["hidden"]
+        assert decode_indices(hidden, 32) == sp.arch.view(model).structure.hidden
         assert torch.equal(tiny.outputs(sp.from_pretrained(folder), b), tiny.outputs(model, b))
 
 
@@ -85,8 +86,11 @@ def test_every_task_head_round_trips(task, tmp_path):
 def test_plain_save_pretrained_and_from_config_after_adopt(tmp_path):
     model = registry.adopt(pruned("mpnet"))
     b = tiny.batch()
+    record = copy.deepcopy(model.config.structprune)
     model.save_pretrained(tmp_path / "plain")  # transformers' own method writes the modeling file too
     assert rm.MODELING_FILE in files(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["structprune"]["layers"] == "0,2"
+    assert model.config.structprune == record  # lists in memory, before and after the save
     assert torch.equal(tiny.outputs(sp.from_pretrained(tmp_path / "plain"), b), tiny.outputs(model, b))
     fresh = AutoModelForSequenceClassification.from_config(model.config)  # builds the pruned shapes
     assert sp.cost(fresh).total_params == sp.cost(model).total_params
@@ -118,7 +122,9 @@ def test_uniform_ffn_and_dropped_layers_save_a_stock_checkpoint(family, tmp_path
     folder = sp.save_pretrained(model, tmp_path / "stock", tokenizer=None, card=False)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == family
+    assert config["structprune"]["layers"] == "0,2"  # compact under a stock model type too
     assert "auto_map" not in config and rm.MODELING_FILE not in files(folder)
+    assert sp.from_pretrained(folder).config.structprune == model.config.structprune  # lists again
     stock_cls = type(tiny.model(family))
     assert type(model) is stock_cls
     loaded = stock_cls.from_pretrained(folder).eval()  # the stock transformers class, nothing else
@@ -179,6 +185,72 @@ def test_loads_without_structprune_via_remote_code_and_stock_config(tmp_path):
                 "modeling_structprune"
             )
             assert "trust_remote_code=True" in r["plain"] and "custom code" in r["plain"], r["plain"]
+
+
+def _scattered(seed: int = 0):
+    """A tiny BERT with 768 FFN neurons per layer pruned as importance scores prune: about half the neurons
+    and a quarter of the residual stream kept at scattered positions, heads per layer, the middle layer
+    dropped."""
+    model = tiny.model("bert", intermediate_size=768)
+    mask = sp.Mask.full(model)
+    g = torch.Generator().manual_seed(seed)
+    mask.ffn = torch.rand(mask.ffn.shape, generator=g) < 0.5
+    mask.head[0, [0, 3]] = False
+    mask.head[1], mask.ffn[1] = False, False
+    mask.hidden = torch.rand(32, generator=g) < 0.75
+    return sp.prune_(model, mask)
+
+
+def _plain_lists(folder: Path, to: Path) -> Path:
+    """A copy of ``folder`` whose config.json has the integer lists earlier versions wrote (same layout)."""
+    shutil.copytree(folder, to)
+    config = json.loads((to / "config.json").read_text())
+    config["structprune"] = validate_structure(config["structprune"])
+    (to / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")  # as transformers
+    return to
+
+
+def test_config_json_stays_small_and_loads_everywhere_as_before(tmp_path):
+    model = _scattered()
+    record = copy.deepcopy(model.config.structprune)
+    b = tiny.batch()
+    want = tiny.outputs(model, b)
+    folder = sp.save_pretrained(model, tmp_path / "compact", tokenizer=None, card=False)
+    assert model.config.structprune == record  # saving leaves the lists in memory
+    old = _plain_lists(folder, tmp_path / "plain")
+
+    compact = json.loads((folder / "config.json").read_text())["structprune"]
+    assert all(f.startswith("0x") for f in compact["ffn"])  # scattered: bit masks
+    assert compact["hidden"] == "0-1,3,5-6,8,10-16,19-22,24-31"  # short ranges stay ranges (readable)
+    assert compact["layers"] == "0,2" and compact["heads"] == ["1-2", "0-3"]
+    new_size, old_size = ((f / "config.json").stat().st_size for f in (folder, old))
+    plain = json.loads((old / "config.json").read_text())["structprune"]
+    assert len(json.dumps(compact, indent=2)) * 10 < len(json.dumps(plain, indent=2))  # the record: >10x
+    assert new_size * 3 < old_size, (new_size, old_size)  # the whole file
+
+    # path 1: structprune, and the Auto classes with structprune imported; both formats, the same lists
+    for f in (folder, old):
+        for loaded in (sp.from_pretrained(f), AutoModelForSequenceClassification.from_pretrained(f).eval()):
+            assert torch.equal(tiny.outputs(loaded, b), want)
+            assert loaded.config.structprune == record
+            assert sp.arch.view(loaded).structure == sp.arch.view(model).structure
+    # a loaded model saves the compact form again
+    again = sp.save_pretrained(sp.from_pretrained(old), tmp_path / "again", tokenizer=None, card=False)
+    assert (again / "config.json").read_text() == (folder / "config.json").read_text()
+
+    # path 2: transformers alone, through the modeling file in the folder; both formats
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    ref = tmp_path / "ref.safetensors"
+    save_file({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "logits": logits}, ref)
+    cases = [{"dir": str(f), "ref": str(ref), "stock": False} for f in (folder, old)]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    out = tmp_path / "results.json"
+    proc = run_without_structprune(NO_STRUCTPRUNE_SCRIPT, [str(tmp_path / "cases.json"), str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for case in cases:
+        r = json.loads(out.read_text())[case["dir"]]
+        assert r["max_diff"] == 0.0 and r["module"].endswith("modeling_structprune"), (case, r)
 
 
 def test_modeling_file_is_self_contained():
@@ -312,7 +384,8 @@ def test_truncated_or_corrupt_files_give_an_error_naming_the_file(tmp_path):
 def test_weights_that_do_not_fit_the_config_are_an_error(tmp_path):
     folder = sp.save_pretrained(pruned("bert"), tmp_path / "ckpt", tokenizer=None, card=False)
     config = json.loads((folder / "config.json").read_text())
-    config["structprune"]["ffn"][0] = config["structprune"]["ffn"][0][:-1]  # one neuron fewer than stored
+    ffn = decode_indices(config["structprune"]["ffn"][0], 48)
+    config["structprune"]["ffn"][0] = encode_indices(ffn[:-1])  # one neuron fewer than stored
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not match"):
         sp.from_pretrained(folder)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import structprune as sp
 from structprune.arch import Structure
+from structprune.arch.record import encode_structure
 from structprune.gates import Gates
 
 SETTINGS = settings(
@@ -92,8 +93,9 @@ def test_random_budgets_and_scores_allocate_within_budget_or_fail_cleanly(family
 
 
 RECORD = sp.arch.view(tiny.model("bert")).structure.to_dict()
+# ... and strings like config.json's ranges / bit masks ("0-3,7", "0x2f"), well formed or not
 values = st.one_of(st.integers(-3, 60), st.none(), st.text(max_size=3), st.lists(st.integers(-2, 60), max_size=5),
-                   st.booleans(), st.floats(allow_nan=True))  # fmt: skip
+                   st.booleans(), st.floats(allow_nan=True), st.text("0123456789-,x abcdef", max_size=8))  # fmt: skip
 
 
 @SETTINGS
@@ -112,8 +114,9 @@ def test_tampered_structure_records_are_refused_naming_the_field(key, value, inn
         # it names the field at fault: the edited one, or one the edit made inconsistent
         assert any(f"config.structprune.{k}" in message for k in [*RECORD, "extra"]) or "missing" in message
         return
-    # accepted: then it is a consistent record
-    assert structure.to_dict() == {k: record.get(k) for k in structure.to_dict()}
+    # accepted: then it is a consistent record, the edited value read as config.json's form if a string
+    assert encode_structure(structure.to_dict()) == encode_structure(record)
+    assert structure.to_dict() == {k: record.get(k) for k in structure.to_dict()} or isinstance(value, str)
     assert len(structure.heads) == len(structure.ffn) == len(structure.layers)
 
 

@@ -8,6 +8,7 @@ import tiny
 import transformers
 
 import structprune as sp
+from structprune.arch.record import decode_indices
 from structprune.checkpoint import remote_modeling as rm
 
 
@@ -53,10 +54,19 @@ def test_arch_paths_and_attributes_from_a_file_are_checked(pruned_folder, field,
     "edit, message",
     [
         (
-            lambda s: s.__setitem__("heads", [list(reversed(h)) for h in s["heads"]]),
+            lambda s: s.__setitem__("heads", [list(reversed(decode_indices(h, 4))) for h in s["heads"]]),
             r"heads\[0\] .*strictly increasing",
         ),
-        (lambda s: s["heads"][0].append(99), r"heads\[0\] .*outside"),
+        (lambda s: s["heads"].__setitem__(0, s["heads"][0] + ",99"), r"heads\[0\] .*outside"),
+        (
+            lambda s: s["heads"].__setitem__(0, [*decode_indices(s["heads"][0], 4), 99]),
+            r"heads\[0\] .*outside",
+        ),
+        (lambda s: s["ffn"].__setitem__(0, "5-3"), r"ffn\[0\] .*'5-3', which does not run upward"),
+        (lambda s: s["ffn"].__setitem__(0, "0-5,3"), r"ffn\[0\] .*strictly increasing"),
+        (lambda s: s["ffn"].__setitem__(0, "0x" + "f" * 13), r"ffn\[0\] .*outside \[0, 48\)"),
+        (lambda s: s["ffn"].__setitem__(0, "0-3, 5"), r"ffn\[0\] .*' 5' is not an index"),
+        (lambda s: s.__setitem__("layers", "0,0x3"), r"layers .*'0x3' is not an index"),
         (lambda s: s.__setitem__("ffn", s["ffn"][:-1]), "one list per kept layer"),
         (lambda s: s.__setitem__("num_heads", "4"), "num_heads .*positive integer"),
         (lambda s: s.__setitem__("layers", []), "at least one layer"),
@@ -66,5 +76,6 @@ def test_arch_paths_and_attributes_from_a_file_are_checked(pruned_folder, field,
 )
 def test_every_field_of_the_structure_record_is_validated(pruned_folder, edit, message):
     _edit(pruned_folder, lambda c: edit(c[rm.CONFIG_KEY]))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as err:
         sp.from_pretrained(pruned_folder)
+    assert str(pruned_folder / "config.json") in str(err.value)  # names the file

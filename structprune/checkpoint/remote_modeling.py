@@ -34,11 +34,14 @@ from ..arch.head_bias import HEAD_BIAS_INDEX, install_head_bias_selector  # noqa
 
 # --- end inline ---
 # --- inline: structprune/arch/record.py (likewise) ---
-from ..arch.record import validate_arch, validate_structure  # noqa: E402
+from ..arch.record import encode_structure, validate_arch, validate_structure  # noqa: E402
+
+# --- end inline ---
+# --- inline: structprune/_pruned_config.py (likewise) ---
+from .._pruned_config import MODEL_TYPE_PREFIX, pruned_config_class  # noqa: E402, F401 (io.py reads the prefix here)
 # --- end inline ---
 # isort: on
 
-MODEL_TYPE_PREFIX = "structprune-"
 CONFIG_KEY = "structprune"
 ARCH_KEY = "structprune_arch"
 MODELING_FILE = "modeling_structprune.py"
@@ -163,6 +166,8 @@ def _head_union(heads: list[list[int]]) -> list[int]:
 
 
 def _recorded(config) -> tuple[dict, dict]:
+    """The validated records of ``config``; the structure with its kept indices as lists (config.json
+    stores them as strings of ranges)."""
     structure, arch = getattr(config, CONFIG_KEY, None), getattr(config, ARCH_KEY, None)
     if not structure or not arch:
         raise ValueError(
@@ -171,9 +176,23 @@ def _recorded(config) -> tuple[dict, dict]:
         )
     where = getattr(config, "_name_or_path", "") or ""
     where = f"{where}/config.json" if where else ""
-    validate_structure(structure, where)
+    structure = validate_structure(structure, where)
     validate_arch(arch, structure, where)
     return structure, arch
+
+
+def save_compact(config, save):
+    """Run ``save()`` (which writes ``config`` to config.json) with the ``structprune`` record in its compact
+    form (kept indices as strings of ranges, :func:`encode_structure`), then put the record back as it was:
+    in memory the kept indices stay lists."""
+    record = getattr(config, CONFIG_KEY, None)
+    if not record:
+        return save()
+    setattr(config, CONFIG_KEY, encode_structure(record))
+    try:
+        return save()
+    finally:
+        setattr(config, CONFIG_KEY, record)
 
 
 def _head_bias_indices(structure: dict) -> list[torch.Tensor]:
@@ -182,8 +201,10 @@ def _head_bias_indices(structure: dict) -> list[torch.Tensor]:
 
 
 def apply_structure(model: nn.Module) -> nn.Module:
-    """Resize a freshly built stock ``model`` to the structure in its config, module by module."""
+    """Resize a freshly built stock ``model`` to the structure in its config, module by module. The config
+    keeps the record with its kept indices as lists (as read from config.json, they are strings of ranges)."""
     structure, arch = _recorded(model.config)
+    setattr(model.config, CONFIG_KEY, structure)
     base = model.base_model
     layers = _get(base, arch["layers"])
     if len(layers) != len(structure["layers"]):
@@ -276,33 +297,15 @@ class StructPruneMixin:
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as transformers does, plus this modeling file and the ``auto_map`` that points at it."""
+        """Save as transformers does, plus this modeling file and the ``auto_map`` that points at it; the
+        record's kept indices go into config.json as strings of ranges (:func:`save_compact`)."""
         self.config.auto_map = auto_map(self.structprune_base_model_type)
         if kwargs.get("is_main_process", True) and not os.path.isfile(save_directory):
             os.makedirs(save_directory, exist_ok=True)
             source = modeling_source((self.structprune_base_model_type,))
             Path(save_directory, MODELING_FILE).write_text(source, encoding="utf-8")
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-
-def make_config_class(base_model_type: str) -> type:
-    """The config class of pruned ``base_model_type`` models: the stock one under its own model type."""
-    if base_model_type not in configuration_auto.CONFIG_MAPPING:
-        raise ValueError(
-            f"transformers has no model type {base_model_type!r}; pruned checkpoints can only be built for "
-            "families transformers itself provides."
-        )
-    base_config = configuration_auto.CONFIG_MAPPING[base_model_type]
-    return type(
-        config_class_name(base_model_type),
-        (base_config,),
-        {
-            "model_type": MODEL_TYPE_PREFIX + base_model_type,
-            "structprune_base_model_type": base_model_type,
-            "__module__": __name__,
-            "__doc__": f"{base_config.__name__} of a pruned model (per-layer sizes in `{CONFIG_KEY}`).",
-        },
-    )
+        parent = super()
+        return save_compact(self.config, lambda: parent.save_pretrained(save_directory, *args, **kwargs))
 
 
 def make_model_classes(base_model_type: str, config_cls: type) -> dict[str, type]:
@@ -333,7 +336,7 @@ def make_classes(base_model_type: str) -> dict[str, type]:
         classes = make_classes("bert")
         classes["StructPruneBertForSequenceClassification"].from_pretrained(folder)
     """
-    config_cls = make_config_class(base_model_type)
+    config_cls = pruned_config_class(base_model_type, __name__)
     return {config_cls.__name__: config_cls, **make_model_classes(base_model_type, config_cls)}
 
 
@@ -350,7 +353,7 @@ def _inline(source: str) -> str:
         return text[text.index("# --- code ---") + len("# --- code ---") :].strip("\n") + "\n"
 
     new, count = _INLINE.subn(code, source)
-    if count < 2:
+    if count < 3:
         raise RuntimeError(f"{__file__} lost its inline markers; it cannot be copied into a checkpoint.")
     return new
 
