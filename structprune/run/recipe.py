@@ -158,11 +158,13 @@ def build(cls, data: dict | None, where: str = ""):
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names) - set(getattr(cls, "aliases", {})))  # e.g. num_train_epochs
     if unknown:
+        not_taken = getattr(cls, "not_taken", {})
+        why = "".join(f" {where + k}: {not_taken[k]}" for k in unknown if k in not_taken)
         raise ValueError(
             f"Unknown key(s) {', '.join(where + k for k in unknown)} in the recipe; valid keys"
-            f"{' of ' + where.rstrip('.') if where else ''} are: {', '.join(names)}."
+            f"{' of ' + where.rstrip('.') if where else ''} are: {', '.join(names)}.{why}"
         )
     kwargs = {}
     for name, value in data.items():

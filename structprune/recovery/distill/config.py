@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import InitVar, asdict, dataclass, field
 from typing import ClassVar
+
+from accelerate.utils import LoggerType
 
 from ...options import FromDict
 from ...scoring import available_scorers
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+TRACKERS = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)
+"""The trackers ``report_to`` may name: Accelerate's (tensorboard, wandb, mlflow, comet_ml, ...)."""
+
+
+def report_targets(report_to) -> list[str]:
+    """``report_to`` as a list of words: ``['auto']``, ``['all']``, ``[]`` (none) or tracker names.
+
+    Takes a string (``'wandb'``, or ``'tensorboard,wandb'`` as the command line gives it) or a list of
+    strings; anything else, or a name that is not a tracker, is a ValueError listing the valid names.
+    """
+    if isinstance(report_to, str):
+        words = [w.strip() for w in report_to.split(",") if w.strip()]
+    elif isinstance(report_to, list | tuple) and all(isinstance(w, str) for w in report_to):
+        words = [w.strip() for w in report_to]
+    else:
+        raise ValueError(f"report_to must be a string or a list of tracker names, got {report_to!r}.")
+    words = list(dict.fromkeys(words))
+    valid = f"'auto', 'all', 'none', or tracker names among {', '.join(TRACKERS)}"
+    unknown = [w for w in words if w not in (*TRACKERS, "auto", "all", "none")]
+    if unknown:
+        raise ValueError(f"report_to: unknown tracker(s) {unknown}; use {valid}.")
+    for word in ("auto", "all", "none"):
+        if word in words and len(words) > 1:
+            raise ValueError(f"report_to: {word!r} stands alone, got {words}; use {valid}.")
+    return [] if words == ["none"] else words
 
 
 @dataclass
@@ -150,9 +179,60 @@ class DistillConfig(FromDict):
 
         cfg = DistillConfig(output_dir="runs/sst2", task="sst2", num_epochs=3, hidden_weight=1.0)
         student, history = sp.distill(student, teacher, train_dl, eval_dl, config=cfg)
+
+    The names of :class:`transformers.TrainingArguments` are taken too, as keywords and in
+    :meth:`from_dict`; the config records (``to_dict``, ``run.json``, the command line) only its own:
+
+    ==============================  ==========================================================
+    TrainingArguments               DistillConfig
+    ==============================  ==========================================================
+    ``num_train_epochs``            ``num_epochs``
+    ``save_steps``                  ``save_every``
+    ``eval_steps``                  ``eval_every``
+    ``logging_steps``               ``log_every``
+    ``resume_from_checkpoint``      ``resume_from`` (a path; ``True`` means ``'latest'``)
+    ``load_best_model_at_end``      ``load_best_at_end``
+    ``bf16=True`` / ``fp16=True``   ``mixed_precision='bf16'`` / ``'fp16'`` (``False``: no-op)
+    ==============================  ==========================================================
+
+    A name and its alias given together must agree (``num_train_epochs=2, num_epochs=3`` is a
+    ValueError; ``dataclasses.replace`` takes the names on the right). Some TrainingArguments have no
+    counterpart here on purpose (``per_device_train_batch_size``: the batch size is the DataLoader's);
+    passing one says why.
+
+    ``report_to`` works as TrainingArguments' does: ``'none'``, ``'all'`` (every installed tracker), a
+    tracker name of Accelerate (``'tensorboard'``, ``'wandb'``, ``'mlflow'``, ``'comet_ml'``, ...) or a
+    list of them; the default ``'auto'`` is tensorboard when it is installed, else nothing. A named
+    tracker that is not installed stops the run before it starts, naming the ``pip install``; tensorboard
+    (and aim) write under ``output_dir`` and need one (``'auto'`` and ``'all'`` skip them without it).
+    ``metrics.jsonl`` is written in the run folder whatever ``report_to`` says.
     """
 
     options_name: ClassVar[str] = "DistillConfig"
+    aliases: ClassVar[dict[str, str]] = {
+        "num_train_epochs": "num_epochs",
+        "save_steps": "save_every",
+        "eval_steps": "eval_every",
+        "logging_steps": "log_every",
+        "resume_from_checkpoint": "resume_from",
+        "load_best_model_at_end": "load_best_at_end",
+        "bf16": "mixed_precision",
+        "fp16": "mixed_precision",
+    }
+    not_taken: ClassVar[dict[str, str]] = {
+        "per_device_train_batch_size": "the batch size is the DataLoader's (DataLoader(data, batch_size=N)).",
+        "per_device_eval_batch_size": "the batch size is the DataLoader's (DataLoader(data, batch_size=N)).",
+        "eval_strategy": "evaluation runs every eval_every steps (None: at the end of each epoch).",
+        "evaluation_strategy": "evaluation runs every eval_every steps (None: at the end of each epoch).",
+        "save_strategy": "checkpoints are saved every save_every steps (None: none).",
+        "logging_strategy": "training losses are logged every log_every steps.",
+        "lr_scheduler_type": "the schedule is linear warmup (warmup_ratio) then linear decay to 0.",
+        "warmup_steps": "warmup is warmup_ratio, a fraction of the optimizer steps.",
+        "optim": "the optimizer is AdamW (learning_rate, weight_decay).",
+        "metric_for_best_model": "the best model is the one with the best main metric of the task.",
+        "disable_tqdm": "use progress=False.",
+        "overwrite_output_dir": "use overwrite=True.",
+    }
 
     # --- run folder, checkpoints, logging ---------------------------------------------------------
     output_dir: str | None = field(
@@ -169,10 +249,11 @@ class DistillConfig(FromDict):
     )
     save_total_limit: int = field(default=2, metadata={"help": "Number of step checkpoints kept."})
     log_every: int = field(default=10, metadata={"help": "Log training losses every N optimizer steps."})
-    report_to: str = field(
+    report_to: str | list[str] = field(
         default="auto",
         metadata={
-            "help": "'auto' (tensorboard if installed), 'tensorboard' or 'none'; JSONL is always written."
+            "help": "Trackers: 'auto' (tensorboard if installed), 'all' (every installed one), 'none', or "
+            f"names among {', '.join(TRACKERS)} (comma-separated); metrics.jsonl is always written."
         },
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (main process only)."})
@@ -231,11 +312,39 @@ class DistillConfig(FromDict):
         },
     )
 
-    def __post_init__(self):
+    # --- TrainingArguments spellings (aliases above): they set the field and are never stored; read on a
+    # config they give None (dataclasses.replace relies on that), so read the field instead. --------------
+    num_train_epochs: InitVar[float | None] = None
+    save_steps: InitVar[int | None] = None
+    eval_steps: InitVar[int | None] = None
+    logging_steps: InitVar[int | None] = None
+    resume_from_checkpoint: InitVar[str | bool | None] = None
+    load_best_model_at_end: InitVar[bool | None] = None
+    bf16: InitVar[bool | None] = None
+    fp16: InitVar[bool | None] = None
+
+    @classmethod
+    def alias_value(cls, alias: str, value):
+        if alias in ("bf16", "fp16"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{alias} must be True or False, got {value!r}.")
+            return alias if value else None
+        if alias == "resume_from_checkpoint":
+            if value is True:
+                return "latest"
+            if value is False:
+                return None
+            if not isinstance(value, str | os.PathLike):
+                raise ValueError(f"resume_from_checkpoint must be a path or True ('latest'), got {value!r}.")
+            return os.fspath(value)
+        return value
+
+    def __post_init__(self, *spellings):
         def need(ok: bool, msg: str):
             if not ok:
                 raise ValueError(msg)
 
+        self.take_aliases(spellings)
         need(self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}.")
         need(
             self.max_steps is None or self.max_steps > 0,
@@ -256,10 +365,9 @@ class DistillConfig(FromDict):
             self.mixed_precision in MIXED_PRECISION,
             f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}.",
         )
-        need(
-            self.report_to in ("auto", "tensorboard", "none"),
-            "report_to must be 'auto', 'tensorboard' or 'none'.",
-        )
+        report_targets(self.report_to)
+        if isinstance(self.report_to, tuple):
+            self.report_to = list(self.report_to)
         for name in ("task_weight", "logit_weight", "hidden_weight", "attention_weight"):
             value = getattr(self, name)
             need(

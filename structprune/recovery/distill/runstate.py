@@ -9,16 +9,17 @@ import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ...arch import view
 from ...atomic import atomic_write_json, atomic_write_text
-from .config import DistillConfig
+from ...errors import MissingDependency
+from .config import DistillConfig, report_targets
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,39 @@ class LoopState:
         self.schedule_shape = saved.get("schedule_shape")
 
 
-def trackers(cfg: DistillConfig) -> str | None:
-    if cfg.output_dir is None or cfg.report_to == "none":
-        return None
-    if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
-        if cfg.report_to == "tensorboard":
-            raise ValueError(
-                "report_to='tensorboard' but tensorboard is not installed: pip install tensorboard."
+_TRACKER_PIP = {"aim": "'aim<4'"}  # the pip install of a tracker, where it is not the tracker's name
+
+
+def trackers(cfg: DistillConfig) -> list[str] | None:
+    """Accelerate's ``log_with`` for ``cfg.report_to`` (None: no tracker), checked before the run starts.
+
+    ``'auto'``: tensorboard when installed and the run has an output_dir; ``'all'``: every installed
+    tracker, less those that write under output_dir (tensorboard, aim) when there is none. A named tracker
+    that is not installed is a :class:`MissingDependency` naming its ``pip install``; one that writes
+    under output_dir, without one, a ValueError.
+    """
+    words = report_targets(cfg.report_to)
+    installed = [t.value for t in get_available_trackers()]
+    needs_dir = [name for name, tracker in LOGGER_TYPE_TO_CLASS.items() if tracker.requires_logging_directory]
+    if words == ["auto"]:
+        words = ["tensorboard"] if "tensorboard" in installed and cfg.output_dir is not None else []
+    elif words == ["all"]:
+        words = [t for t in installed if cfg.output_dir is not None or t not in needs_dir]
+    else:
+        absent = [t for t in words if t not in installed]
+        if absent:
+            pip = " ".join(_TRACKER_PIP.get(t, t.replace("_", "-")) for t in absent)
+            verb = "is" if len(absent) == 1 else "are"
+            raise MissingDependency(
+                f"report_to names {', '.join(absent)}, which {verb} not installed: pip install {pip}"
             )
-        return None
-    return "tensorboard"
+        local = [t for t in words if t in needs_dir]
+        if local and cfg.output_dir is None:
+            raise ValueError(
+                f"report_to={local[0]!r} writes its logs under output_dir, and this run has none: set "
+                "output_dir, or report_to='none'."
+            )
+    return words or None
 
 
 def out_path(cfg: DistillConfig) -> Path | None:
