@@ -280,18 +280,68 @@ def cmd_prune(args) -> int:
     cfg = dataclass_from_args(CompressConfig, args, num_examples=args.calibration_examples)
     model, tok = _load_task_model(args.model), _tokenizer(args.model)
     task = get_task(args.task)
-    train = load_split(task, "train", resolve_data_dir(args.data_dir))
+    task.name_labels(model.config)
+    data_dir = resolve_data_dir(args.data_dir)
+    train = load_split(task, "train", data_dir)
     calib = make_dataloader(train, tok, task, batch_size=32, max_length=args.max_length,
                             limit=args.calibration_examples, limit_mode="random", seed=1)  # fmt: skip
     from .allocation.cost import cost
 
+    val = _validation(task, tok, data_dir, args)
     before = cost(model, cfg.seq_len)
+    metrics_before = _metrics(model, val, task)
     model, report = compress(model, calib, config=cfg)
     after = cost(model, cfg.seq_len)
-    save_pretrained(model, args.out, tokenizer=tok)
+    metrics_after = _metrics(model, val, task)
+    save_pretrained(model, args.out, tokenizer=tok, card=_card(task, args, metrics_before, metrics_after))
     _out(summary_table(before, after) + "\n\n" + layer_table(before, after))
+    if metrics_after:
+        _out("\n" + _metrics_table(metrics_before, metrics_after, "unpruned", "pruned"))
     _out(f"\nsaved to {args.out} ({report.seconds.get('total', 0):.1f} s)")
     return 0
+
+
+def _validation(task, tok, data_dir, args):
+    """The first validation split, as the card's metrics are measured (None with --eval-examples 0)."""
+    from .data import load_split, make_dataloader
+
+    if args.eval_examples == 0:
+        return None
+    split = load_split(task, task.validation_splits[0], data_dir)
+    return make_dataloader(
+        split, tok, task, batch_size=64, max_length=args.max_length, limit=args.eval_examples
+    )
+
+
+def _metrics(model, val, task) -> dict:
+    from .evaluation import evaluate
+
+    if val is None:
+        return {}
+    return {k: float(v) for k, v in evaluate(model, val, task, progress=False).items() if k != "loss"}
+
+
+def _metrics_table(before: dict, after: dict, b: str, a: str) -> str:
+    from .report import markdown_table
+
+    rows = [[k, f"{before.get(k, float('nan')):.4f}", f"{after.get(k, float('nan')):.4f}"] for k in after]
+    return markdown_table(["metric", b, a], rows)
+
+
+def _card(task, args, before: dict, after: dict, **extra):
+    """What the CLI knows beyond the steps' own notes: the data, the task, metrics before and after."""
+    from .checkpoint import CardInfo
+    from .checkpoint.card import dataset_of
+
+    n = f", first {args.eval_examples} examples" if args.eval_examples else ""
+    return CardInfo(
+        datasets=dataset_of(task.name),
+        task="text-classification",
+        eval_dataset=f"glue/{task.name} {task.validation_splits[0]}{n}" if after else None,
+        metrics_before=before,
+        metrics_after=after,
+        **extra,
+    )
 
 
 def cmd_distill(args) -> int:
@@ -311,6 +361,8 @@ def cmd_distill(args) -> int:
     if any(k.startswith("AugmentConfig.") for k in vars(args)):
         augment = dataclass_from_args(AugmentConfig, args)
     student, teacher = _load_task_model(args.student), _load_task_model(args.teacher)
+    for model in (student, teacher):
+        task.name_labels(model.config)
     tok = _tokenizer(args.teacher)
     data_dir = resolve_data_dir(args.data_dir)
     train_split = load_split(task, "train", data_dir)
@@ -324,13 +376,16 @@ def cmd_distill(args) -> int:
         train_split, limit = augment_dataset(base, task, tok, teacher, augment, cache_dir=cache), None
     train = make_dataloader(train_split, tok, task, batch_size=args.batch_size, max_length=args.max_length,
                             shuffle=True, limit=limit, limit_mode="random")  # fmt: skip
-    val = make_dataloader(load_split(task, task.validation_splits[0], data_dir), tok, task, batch_size=64,
-                          max_length=args.max_length)  # fmt: skip
+    val = _validation(task, tok, data_dir, args)
+    metrics_before = _metrics(teacher, val, task)
     student, history = distill(student, teacher, train, val, cfg)
-    save_pretrained(student, args.out, tokenizer=tok)
+    metrics_after = _metrics(student, val, task)
+    save_pretrained(student, args.out, tokenizer=tok, card=_card(task, args, metrics_before, metrics_after))
     evals = [h for h in history if any(k.startswith("eval_") for k in h)]
     if evals:
         _out(json.dumps(evals[-1]))
+    if metrics_after:
+        _out(_metrics_table(metrics_before, metrics_after, "teacher", "student"))
     _out(f"saved to {args.out}")
     return 0
 
@@ -499,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         q.add_argument("--max-length", type=int, default=128, metavar="N", help="Tokens per example.")
 
+    def eval_option(p, text: str) -> None:
+        p.add_argument("--eval-examples", type=int, default=None, metavar="N", help=text)
+
     pr = command("prune", "Score, search, prune and reconstruct a task model (retraining-free).")
     pr.add_argument("model", help="Task model path or id.")
     pr.add_argument("--out", required=True, metavar="DIR", help="Folder for the pruned checkpoint.")
@@ -513,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Random train examples used for calibration.",
     )
     pr.add_argument("--num-examples", dest="calibration_examples", type=int, help=argparse.SUPPRESS)  # alias
+    eval_option(pr, "Validation examples scored before and after pruning, for the printout and the card "
+                "(default: all; 0: skip).")  # fmt: skip
     data_options(pr)
     add_dataclass_options(pr, CompressConfig, skip=("num_examples",))
     pr.set_defaults(func=cmd_prune)
@@ -528,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--stages", type=float, nargs=2, metavar=("INTERMEDIATE", "PREDICTION"), default=None,
                     help="TinyBERT's two stages: epochs of hidden-state + attention distillation, then of logit "
                     "distillation (replaces --num-epochs; a recipe's distill.stages gives full control).")  # fmt: skip
+    eval_option(di, "Validation examples evaluated during and after training and for the card (default: all; "
+                "0: no evaluation).")  # fmt: skip
     data_options(di)
     add_dataclass_options(di, DistillConfig, skip=("task", "stages"))
     from .recovery.distill.augment import AugmentConfig
@@ -539,9 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = command("evaluate", "Evaluate a checkpoint on a task's validation split(s).")
     ev.add_argument("model", help="Task model path or id.")
     ev.add_argument("--split", help="One split (default: every validation split of the task).")
-    ev.add_argument(
-        "--eval-examples", type=int, default=None, metavar="N", help="First n examples of each split only."
-    )
+    eval_option(ev, "First n examples of each split only.")
     ev.add_argument(
         "--examples", dest="eval_examples", type=int, help=argparse.SUPPRESS
     )  # the former spelling

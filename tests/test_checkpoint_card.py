@@ -115,3 +115,54 @@ def test_saving_does_not_need_matplotlib(tmp_path, monkeypatch):
     assert "structprune[card]" in text and "matplotlib" in text  # says how to get the picture
     assert "| layer | heads kept |" in text  # the rest of the card is all there
     assert sp.from_pretrained(folder).config.structprune == model.config.structprune
+
+
+@pytest.mark.filterwarnings("ignore:Only .* calibration examples")
+def test_default_card_says_what_compress_and_distill_did(tmp_path):
+    # no CardInfo passed: the card is filled from what the steps noted on the model, never "not recorded"
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    teacher = tiny.model("bert", num_labels=2)
+    teacher.config._name_or_path = "org/teacher-sst2"
+    rows = tiny.batches(4, batch_size=8, seq_len=12, num_labels=2)
+    student, report = sp.compress(copy.deepcopy(teacher), rows, flops=0.5, select=False, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, tiny.VOCAB, (16, 12), generator=gen)
+    data = DataLoader([{"input_ids": i, "labels": i[1] % 2} for i in ids], batch_size=8)
+    cfg = sp.DistillConfig(task="sst2", num_epochs=1, progress=False)
+    student, _ = sp.distill(student, teacher, data, data, cfg)
+    folder = sp.save_pretrained(student, tmp_path / "ckpt", tokenizer=None)
+    text = (folder / "README.md").read_text()
+    head = text.split("## Size")[0]
+    assert "not recorded" not in head, head
+    assert "| Teacher | org/teacher-sst2 |" in head
+    assert "| Budget | 50% of encoder FLOPs (seq 128) |" in head
+    method = head.split("| Method | ")[1].split(" |")[0]
+    assert method.startswith("fisher scores (with labels) on 32 calibration examples, search")
+    assert method.endswith("then distillation (logits + task loss)")
+    assert "## Metrics on sst2 evaluation data" in text and "| accuracy |" in text
+    assert ModelCard.load(folder / "README.md").data.to_dict()["datasets"] == ["nyu-mll/glue"]
+
+    # an explicit CardInfo adds to / overrides the notes, field by field
+    folder = sp.save_pretrained(student, tmp_path / "b", tokenizer=None, card=sp.CardInfo(budget="half"))
+    head = (folder / "README.md").read_text().split("## Size")[0]
+    assert "| Budget | half |" in head and "| Teacher | org/teacher-sst2 |" in head
+    # notes live on the object only: config.json carries none of it
+    assert "card" not in (folder / "config.json").read_text().lower()
+
+
+def test_note_card_checks_its_fields():
+    from structprune.checkpoint.card import note_card, recorded_card
+
+    model = tiny.model("bert")
+    with pytest.raises(ValueError, match="Unknown CardInfo field"):
+        note_card(model, teachr="x")
+    with pytest.raises(ValueError, match="metrics_after"):
+        note_card(model, metrics_after={"accuracy": "high"})
+    assert recorded_card(model) == sp.CardInfo()  # a failed note leaves nothing behind
+    note_card(model, method="a", datasets=["x"])
+    note_card(model, method="b", datasets=["x", "y"], teacher=None)
+    info = recorded_card(model)
+    assert info.method == "a; then b" and info.datasets == ["x", "y"] and info.teacher is None

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -258,8 +259,18 @@ def test_prune_refuses_an_existing_folder_unless_overwrite_and_only_replaces_a_m
     (out / "my-notes.txt").write_text("kept")
     assert _fails([*base, "--out", str(out), "--flops", "0.5"], capsys)[0] == 2
     assert cli.main([*base, "--out", str(out), "--flops", "0.5", "--overwrite"]) == 0  # our model: replaced
-    assert json.loads((out / "config.json").read_text())["structprune"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["structprune"]
     assert (out / "my-notes.txt").read_text() == "kept"  # the user's file is never touched
+    # the card says what happened (not "not recorded"), names the labels, and holds no local path
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    card = (out / "README.md").read_text()
+    assert "not recorded" not in card.split("## Size")[0], card
+    assert "| Teacher | none (pruned from a local model (model)) |" in card
+    assert "fisher scores (with labels) on 16 calibration examples" in card
+    assert "| Budget | 50% of encoder FLOPs (seq 128) |" in card
+    assert "## Metrics on glue/sst2 validation" in card and "| accuracy |" in card
+    assert str(tmp_path) not in card
 
 
 @pytest.mark.slow
@@ -389,9 +400,17 @@ def test_distill_command_with_stages_and_augmentation(tiny_teacher, glue_dir, tm
     argv = ["distill", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--task", "sst2",
             "--out", str(tmp_path / "out"), "--data-dir", str(glue_dir), "--max-length", "24",
             "--train-examples", "16", "--batch-size", "8", "--stages", "1", "1", "--augment-multiplier", "2",
-            "--output-dir", str(run), "--progress", "false"]  # fmt: skip
+            "--output-dir", str(run), "--progress", "false", "--eval-examples", "32"]  # fmt: skip
     assert cli.main(argv) == 0
     assert list((tmp_path / "run.augment").glob("augment-*.jsonl"))  # cached beside the run
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records if "stage" in r] == ["prediction"]
     assert (tmp_path / "out" / "config.json").is_file()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}  # the task's names, not LABEL_0/1
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| Teacher | a local model (teacher) |" in card
+    assert "staged distillation: intermediate (hidden states + attention) then prediction (logits" in card
+    assert "## Metrics on glue/sst2 validation, first 32 examples" in card
+    assert str(tmp_path) not in card
+    assert re.search(r"\| metric +\| teacher +\| student +\|", capsys.readouterr().out)

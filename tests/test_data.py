@@ -535,3 +535,25 @@ def test_every_task_loads_from_its_folder_layout(tmp_path, name):
         (tmp_path / folder / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
         ds = load_split(name, split, tmp_path)
         assert ds[0]["label"] == label and all(ds[0][k] == f"{k} text" for k in keys)
+
+
+def test_task_label_names_reach_the_model_config_only_over_placeholders():
+    from transformers import BertConfig
+
+    from structprune.data import TaskInfo, get_task
+
+    sst2 = get_task("sst2")
+    assert sst2.label_maps() == {
+        "id2label": {0: "negative", 1: "positive"},
+        "label2id": {"negative": 0, "positive": 1},
+    }
+    assert get_task("stsb").label_maps() == {}  # regression: no names
+    config = BertConfig(num_labels=2)  # transformers' LABEL_0 / LABEL_1
+    assert sst2.name_labels(config) and config.id2label == {0: "negative", 1: "positive"}
+    assert config.label2id == {"negative": 0, "positive": 1}
+    chosen = BertConfig(id2label={0: "bad", 1: "good"}, label2id={"bad": 0, "good": 1})
+    assert not sst2.name_labels(chosen) and chosen.id2label == {0: "bad", 1: "good"}  # the user's own
+    three = BertConfig(num_labels=3)
+    assert not sst2.name_labels(three) and three.id2label[2] == "LABEL_2"  # another head: left alone
+    unnamed = TaskInfo.custom("reviews", text_keys="review", num_labels=2)
+    assert not unnamed.name_labels(BertConfig(num_labels=2))

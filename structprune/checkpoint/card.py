@@ -7,6 +7,7 @@ heatmap are drawn from the same :class:`LayerRow` list.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -42,7 +43,7 @@ class CardInfo:
 
     base_model: str | None = field(default=None, metadata={"help": "Hub id of the model that was pruned."})
     teacher: str | None = field(
-        default=None, metadata={"help": "Teacher used for recovery (default: base_model)."}
+        default=None, metadata={"help": "Teacher used for recovery (None: the card says there was none)."}
     )
     method: str | None = field(
         default=None, metadata={"help": "How heads/neurons were scored, chosen, recovered."}
@@ -84,6 +85,80 @@ class CardInfo:
                 raise ValueError(
                     f"{name}={metrics!r}: give a dict of metric name -> number, e.g. {{'accuracy': 0.9}}."
                 )
+
+
+_NOTES = "_structprune_card_notes"
+_GLUE = "nyu-mll/glue"
+
+
+def note_card(model: nn.Module, **fields) -> None:
+    """Remember on ``model`` (in memory; config.json is not touched) what a structprune step did, so that
+    the card :func:`structprune.save_pretrained` writes by default says it: :func:`structprune.compress`
+    notes its method and budget, :func:`structprune.distill` its teacher, data and metrics. ``method``
+    accumulates over steps, ``datasets`` are merged, other fields replace; ``None`` values are ignored.
+
+    Example::
+
+        note_card(model, method="magnitude scores, global allocation", budget=budget_text(flops=0.5))
+    """
+    names = {f.name for f in dataclasses.fields(CardInfo)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"Unknown CardInfo field(s) {unknown}; valid: {sorted(names)}.")
+    notes = dict(getattr(model, _NOTES, None) or {})
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "method" and notes.get("method"):
+            value = f"{notes['method']}; then {value}"
+        elif name == "datasets":
+            value = list(dict.fromkeys([*notes.get("datasets", []), *value]))
+        notes[name] = value
+    CardInfo(**notes)  # checked now, not when the card is written
+    model.__dict__[_NOTES] = notes  # a plain attribute: survives copy.deepcopy, never reaches config.json
+
+
+def recorded_card(model: nn.Module, explicit: CardInfo | None = None) -> CardInfo:
+    """The card information noted on ``model`` by the steps that produced it, with every field that
+    ``explicit`` sets (differs from the default) taking precedence."""
+    info = CardInfo(**(getattr(model, _NOTES, None) or {}))
+    if explicit is None:
+        return info
+    default = CardInfo()
+    given = {
+        f.name: getattr(explicit, f.name)
+        for f in dataclasses.fields(CardInfo)
+        if getattr(explicit, f.name) != getattr(default, f.name)
+    }
+    return dataclasses.replace(info, **given)
+
+
+def budget_text(
+    flops: float | None = None,
+    params: float | None = None,
+    seq_len: int = 128,
+    *,
+    layers: int | None = None,
+    hidden: int | None = None,
+) -> str:
+    """The budget as a card states it, e.g. ``"50% of encoder FLOPs (seq 128), 4 layers"``."""
+    parts = []
+    if flops is not None:
+        parts.append(f"{flops:.0%} of encoder FLOPs (seq {seq_len})")
+    if params is not None:
+        parts.append(f"{params:.0%} of encoder parameters")
+    if layers is not None:
+        parts.append(f"{layers} layers")
+    if hidden is not None:
+        parts.append(f"hidden size {hidden}")
+    return ", ".join(parts) or "not recorded"
+
+
+def dataset_of(task_name: str | None) -> list[str]:
+    """Hub dataset ids of a task name: GLUE tasks are ``nyu-mll/glue``; others are not named."""
+    from ..data.tasks import GLUE_TASKS
+
+    return [_GLUE] if task_name in GLUE_TASKS else []
 
 
 @dataclass
@@ -247,7 +322,8 @@ def card_text(
     s = view(model).structure
     now, dense = cost(model, info.seq_len), dense_cost(model, info.seq_len)
     data = card_data(model, info)
-    teacher = public_name(info.teacher) or data.base_model
+    source = public_name(info.base_model or getattr(model.config, "_name_or_path", None) or None)
+    teacher = public_name(info.teacher) or (f"none (pruned from {source})" if source else "not recorded")
     lines = [f"# {data.model_name}", ""]
     source = (
         f"[{data.base_model}](https://huggingface.co/{data.base_model})"
@@ -261,7 +337,7 @@ def card_text(
     lines += [
         "| | |",
         "|---|---|",
-        f"| Teacher | {teacher or 'not recorded'} |",
+        f"| Teacher | {teacher} |",
         f"| Method | {info.method or 'not recorded'} |",
         f"| Budget | {info.budget or 'not recorded'} |",
         f"| Layers kept | {len(s.layers)} of {s.num_layers} |",

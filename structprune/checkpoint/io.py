@@ -13,7 +13,7 @@ from ..arch import Structure, view
 from ..progress import hf_bars
 from . import registry
 from . import remote_modeling as rm
-from .card import CardInfo, write_model_card
+from .card import CardInfo, recorded_card, write_model_card
 from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config, recover
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ def save_pretrained(
     ``modeling_structprune.py`` (non-uniform structures only), the tokenizer and a README.md model card with a
     ``structure.png`` heatmap. The folder appears complete or not at all. ``tokenizer="auto"`` saves the
     tokenizer of the local folder the model was loaded from; pass one explicitly, or ``None`` to skip.
-    ``card`` is a :class:`structprune.CardInfo` (or ``False`` for no card). Extra keyword arguments go to
-    transformers' ``save_pretrained``.
+    The card says what structprune's steps noted on the model (:func:`structprune.compress`: method and
+    budget; :func:`structprune.distill`: teacher, data, metrics); ``card``, a :class:`structprune.CardInfo`,
+    adds to or overrides that (``False``: no card). Extra keyword arguments go to transformers'
+    ``save_pretrained``.
 
     Example::
 
@@ -77,15 +79,15 @@ def save_pretrained(
     registry.adopt(model)
     source = getattr(model.config, "_name_or_path", None) or None
     with atomic_directory(path, source=source) as tmp:
-        with hf_bars():
-            model.save_pretrained(tmp, **kwargs)
+        with hf_bars():  # config.json gets the record's kept indices as strings of ranges
+            rm.save_compact(model.config, lambda: model.save_pretrained(tmp, **kwargs))
         # Until the folder is complete, its config.json has another name: a save killed part-way leaves a
         # temporary folder that no loader accepts as a model.
         os.replace(tmp / CONFIG_FILE, tmp / _PENDING_CONFIG)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if card is not False:
-            write_model_card(model, tmp, card or CardInfo())
+            write_model_card(model, tmp, recorded_card(model, card or None))
         pickles = [p.name for p in tmp.iterdir() if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise RuntimeError(f"Refusing to write pickle files {pickles}; checkpoints are safetensors only.")
@@ -125,7 +127,7 @@ def _check_adopted(config: dict, path) -> None:
     record = config.get(rm.CONFIG_KEY)
     if not record or str(config.get("model_type", "")).startswith(rm.MODEL_TYPE_PREFIX):
         return
-    if not registry.is_stock(Structure.from_dict(record)):
+    if not registry.is_stock(Structure.from_dict(record, f"{path}/{CONFIG_FILE}")):
         raise ValueError(
             f"{path} holds a pruned model with per-layer sizes under the stock model type "
             f"{config.get('model_type')!r} (it was saved with a plain model.save_pretrained before "
@@ -181,6 +183,8 @@ def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> tr
         raise ValueError(
             f"The weights in {path} do not match the model built from its config.json: {problems}"
         )
-    view(model)  # checks the recorded structure against the loaded shapes
+    v = view(model)  # checks the recorded structure against the loaded shapes
+    if getattr(model.config, rm.CONFIG_KEY, None):  # in memory the kept indices are lists (stock classes too)
+        setattr(model.config, rm.CONFIG_KEY, v.structure.to_dict())
     model.eval()
     return model

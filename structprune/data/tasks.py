@@ -105,6 +105,31 @@ class TaskInfo:
         """True when each example is a pair of texts (e.g. MRPC, RTE)."""
         return len(self.text_keys) == 2
 
+    def label_maps(self) -> dict:
+        """``id2label``/``label2id`` from the task's label names (empty for regression or unnamed labels),
+        as ``from_pretrained(..., **task.label_maps())`` takes them.
+
+        Example::
+
+            get_task("sst2").label_maps()  # {"id2label": {0: "negative", 1: "positive"}, "label2id": {...}}
+        """
+        if self.is_regression or not self.label_names:
+            return {}
+        names = list(self.label_names)
+        return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+    def name_labels(self, config) -> bool:
+        """Give a model config the task's label names where it only has transformers' placeholders
+        (``LABEL_0``, ``LABEL_1``, ...) for as many classes; names someone chose are left alone. Returns
+        whether anything changed."""
+        maps = self.label_maps()
+        current = getattr(config, "id2label", None) or {}
+        placeholders = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if not maps or {int(k): v for k, v in current.items()} != placeholders:
+            return False
+        config.id2label, config.label2id = maps["id2label"], maps["label2id"]
+        return True
+
     def main_score(self, metrics: dict[str, float]) -> float:
         """The number that ranks checkpoints: `metrics[main_metric]`, or for per-split results (keys like
         "validation_matched/accuracy", as `evaluate` returns for a dict of loaders) that of the first

@@ -23,6 +23,7 @@ from ..allocation.budget import one_budget
 from ..allocation.cost import cost, dense_cost
 from ..allocation.search import rearrange, retained, search
 from ..batches import check_task, labels_of
+from ..checkpoint.card import budget_text, note_card
 from ..mask import Mask, Scores
 from ..progress import warn
 from ..recovery.reconstruct import ReconstructConfig, ReconstructReport, reconstruct, take_examples
@@ -270,6 +271,12 @@ def compress(
         reconstruction=recon,
         choice=f"{choice[0]}, {'reconstructed' if choice[1] else 'not reconstructed'}",
         candidates=candidates,
+    )
+    note_card(
+        model,
+        method=f"{cfg.method} scores ({'label-free' if label_free else 'with labels'}) on {n_examples} "
+        f"calibration examples, {report.choice}",
+        budget=budget_text(cfg.flops, cfg.params, cfg.seq_len, layers=cfg.layers, hidden=cfg.hidden),
     )
     logger.info(
         "compress: %s; %.1f%% of encoder FLOPs kept, %d -> %d parameters, %.1fs",

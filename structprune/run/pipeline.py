@@ -23,13 +23,14 @@ from ..allocation.cost import cost
 from ..allocation.latency import measure_latency
 from ..atomic import atomic_write_json
 from ..checkpoint import CardInfo, from_pretrained, save_pretrained
+from ..checkpoint.card import budget_text
 from ..data import default_data_dir, get_task, load_split, make_dataloader
 from ..evaluation import evaluate
 from ..recovery.distill import distill
 from ..report import markdown_table
 from .compress import compress
 from .recipe import Recipe
-from .teachers import finetune_teacher, label_maps
+from .teachers import finetune_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +330,7 @@ class Pipeline:
         if done := self.state.done("save"):
             return Path(done)
         first = self.task.validation_splits[0]
+        pr = self.recipe.prune
         card = CardInfo(
             teacher=self.recipe.teacher.model,
             method=f"{self.recipe.prune.method} scores, "
@@ -339,7 +341,7 @@ class Pipeline:
                 else ""
             )
             + (", distillation" if "distill" not in self.recipe.skip else ""),
-            budget=_budget_text(self.recipe),
+            budget=budget_text(pr.flops, pr.params, pr.seq_len, layers=pr.layers, hidden=pr.hidden),
             datasets=["nyu-mll/glue"],
             task="text-classification",
             eval_dataset=f"glue/{self.task.name} {first}",
@@ -376,15 +378,6 @@ class Pipeline:
         atomic_write_json(self.out / "summary.json", result)
         (self.out / "summary.md").write_text(summary_markdown(result) + "\n")
         return result
-
-
-def _budget_text(recipe: Recipe) -> str:
-    p = recipe.prune
-    return (
-        f"{p.flops:.0%} of encoder FLOPs (seq {p.seq_len})"
-        if p.flops
-        else f"{p.params:.0%} of encoder parameters"
-    )
 
 
 def _numbers(d: dict) -> dict:
@@ -447,7 +440,7 @@ def run(recipe: Recipe) -> dict:
         teacher = from_pretrained(teacher_path).eval()
     else:  # teacher.finetune=never on a model without a head: a new, untrained head (warned above)
         teacher = AutoModelForSequenceClassification.from_pretrained(
-            teacher_path, num_labels=p.task.num_labels, **label_maps(p.task)
+            teacher_path, num_labels=p.task.num_labels, **p.task.label_maps()
         ).eval()
     student = p.prune(teacher, tokenizer)
     student = p.distill(student, teacher, tokenizer)

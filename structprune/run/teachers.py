@@ -149,7 +149,7 @@ def finetune_teacher(recipe, source: str, *, data_dir, loaders, has_head: bool) 
         )  # fmt: skip
     tok = AutoTokenizer.from_pretrained(source)
     model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=task.num_labels, **label_maps(task)
+        source, num_labels=task.num_labels, **task.label_maps()
     )
     train, evals = loaders(tok)
     run_dir = cache / f"{final.name}.run"
@@ -187,14 +187,6 @@ def finetune_teacher(recipe, source: str, *, data_dir, loaders, has_head: bool) 
     )
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ours; the teacher is saved
     return final
-
-
-def label_maps(task) -> dict:
-    """``id2label``/``label2id`` from the task's label names (nothing for regression)."""
-    if task.is_regression or not getattr(task, "label_names", None):
-        return {}
-    names = list(task.label_names)
-    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def _has_checkpoints(run_dir: Path) -> bool:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ...arch import view
 from ...batches import model_inputs
+from ...checkpoint.card import budget_text, dataset_of, note_card
 from ...mask import Mask
 from ...progress import bar as progress_bar
 from . import checks, runstate
@@ -174,8 +175,10 @@ def _run(
     if teacher is not None:
         teacher_state = (teacher.training, [(p, p.requires_grad) for p in teacher.parameters()])
     try:
-        return _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info, resume,
-                      _callbacks(cfg, callbacks))  # fmt: skip
+        student, history = _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info,
+                                  resume, _callbacks(cfg, callbacks))  # fmt: skip
+        _note_card(student, teacher, cfg, history)
+        return student, history
     finally:
         checks.restore_attention(restore_attn)
         if teacher_state is not None:  # leave the teacher as we found it (mode and requires_grad)
@@ -183,6 +186,43 @@ def _run(
             for p, flag in teacher_state[1]:
                 p.requires_grad_(flag)
         accelerator.end_training()
+
+
+def _note_card(student, teacher, cfg: DistillConfig, history: list[dict]) -> None:
+    """What this run did, for the card :func:`structprune.save_pretrained` writes (teacher, terms, data,
+    the returned weights' metrics)."""
+    evals = [h for h in history if any(k.startswith("eval_") for k in h)]
+    kept = [h for h in evals if h.get("best")] if cfg.load_best_at_end else []
+    final = (kept or evals or [{}])[-1]
+    metrics = {k[len("eval_") :]: v for k, v in final.items() if k.startswith("eval_") and k != "eval_loss"}
+    if teacher is None:
+        method = "fine-tuned on the task loss"
+    elif cfg.stages:
+        method = "staged distillation: " + " then ".join(f"{st.name} ({_terms(st)})" for st in cfg.stages)
+    else:
+        method = f"distillation ({_terms(cfg)})"
+    if cfg.prune is not None:
+        method += f", pruned gradually in {cfg.prune.steps} steps ({cfg.prune.method} scores)"
+    note_card(
+        student,
+        teacher=getattr(getattr(teacher, "config", None), "_name_or_path", None) or None,
+        method=method,
+        budget=budget_text(
+            cfg.prune.to, None, cfg.prune.seq_len, layers=cfg.prune.layers, hidden=cfg.prune.hidden
+        )
+        if cfg.prune is not None
+        else None,
+        datasets=dataset_of(cfg.task),
+        eval_dataset=f"{cfg.task} evaluation data" if cfg.task and metrics else None,
+        metrics_after=metrics or None,
+    )
+
+
+def _terms(w) -> str:
+    """The loss terms of a config or stage, e.g. ``"logits + task loss"``."""
+    names = [("logit_weight", "logits"), ("hidden_weight", "hidden states"),
+             ("attention_weight", "attention"), ("task_weight", "task loss")]  # fmt: skip
+    return " + ".join(label for attr, label in names if getattr(w, attr, 0) > 0) or "no terms"
 
 
 @dataclass
