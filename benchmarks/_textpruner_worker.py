@@ -5,7 +5,9 @@ of SST-2 rows (``sentence``, ``label``) that ``peers.py`` writes: its calibratio
 validation rows, so both sides prune and evaluate on the very same examples. For each budget it prunes a
 fresh copy of the teacher with TextPruner's iterative gradient-based ``TransformerPruner`` (heads and FFN
 neurons, the same count in every layer), evaluates it, times it against the dense model (alternating,
-median) and tries to save and reload it. Writes JSON rows in the format of ``peers.py``.
+median) and tries to save and reload it. Writes JSON rows in the format of ``peers.py``, which imports
+:func:`describe` and :func:`logit_check` from here for its own reload checks (so both word the results
+alike; this file stays torch-only at import).
 
 Run by ``peers.py``; by hand::
 
@@ -21,6 +23,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -73,8 +76,28 @@ def accuracy(model, val) -> float:
 
 
 def describe(err: BaseException) -> str:
+    """An exception in one line for a results table (``peers.py`` uses it too)."""
     msg = " ".join(str(err).split())
     return f"fails: {type(err).__name__}: {msg[:160]}{'...' if len(msg) > 160 else ''}"
+
+
+def logit_check(model, batch: dict) -> Callable[[torch.nn.Module], str]:
+    """``check(reloaded)``: whether a saved and reloaded copy of ``model`` gives its logits on ``batch``
+    (labels left out), in words for a results table (``peers.py`` uses it too)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    model.eval()
+    ref = model(**inputs).logits
+
+    def check(other) -> str:
+        other.eval()
+        diff = (other(**inputs).logits - ref).abs().max().item()
+        return (
+            f"ok (max abs logit diff {diff:.1e})"
+            if diff < 1e-4
+            else f"loads but WRONG (logit diff {diff:.2g})"
+        )
+
+    return check
 
 
 def main() -> None:
@@ -176,18 +199,7 @@ def main() -> None:
 def reload_checks(pruner, model, batch, tmp) -> dict:
     from transformers import AutoModelForSequenceClassification
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    ref = model(**inputs).logits
-
-    def compare(other):
-        other.eval()
-        diff = (other(**inputs).logits - ref).abs().max().item()
-        return (
-            f"ok (max abs logit diff {diff:.1e})"
-            if diff < 1e-4
-            else f"loads but WRONG (logit diff {diff:.2g})"
-        )
-
+    compare = logit_check(model, batch)
     out = {}
     try:
         d = Path(tmp) / "hf"

@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from _textpruner_worker import describe, logit_check  # noqa: E402
 
 import structprune as sp  # noqa: E402
 from structprune.allocation.cost import head_flops, neuron_flops  # noqa: E402
@@ -213,29 +214,12 @@ def methods(args) -> dict[str, Callable]:
 # --------------------------------------------------------------------------- save / reload
 
 
-def _describe(err: BaseException) -> str:
-    msg = " ".join(str(err).split())
-    return f"fails: {type(err).__name__}: {msg[:160]}{'...' if len(msg) > 160 else ''}"
-
-
 @torch.no_grad()
 def reload_checks(model, batch: dict) -> dict[str, str]:
     """Try the ways a user would save and reload the pruned model; record exactly what happens."""
     from transformers import AutoModelForSequenceClassification
 
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    model.eval()
-    ref = model(**inputs).logits
-
-    def compare(other) -> str:
-        other.eval()
-        diff = (other(**inputs).logits - ref).abs().max().item()
-        return (
-            f"ok (max abs logit diff {diff:.1e})"
-            if diff < 1e-4
-            else f"loads but WRONG (logit diff {diff:.2g})"
-        )
-
+    compare = logit_check(model, batch)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -244,30 +228,30 @@ def reload_checks(model, batch: dict) -> dict[str, str]:
                 AutoModelForSequenceClassification.from_pretrained(tmp)
             )
         except Exception as err:  # noqa: BLE001 - recording what happens is the point
-            out["model.save_pretrained + AutoModel.from_pretrained"] = _describe(err)
+            out["model.save_pretrained + AutoModel.from_pretrained"] = describe(err)
         folder = Path(tmp) / "sp"
         try:
             sp.save_pretrained(model, folder, tokenizer=None)
         except Exception as err:  # noqa: BLE001
-            out["sp.save_pretrained"] = _describe(err)
+            out["sp.save_pretrained"] = describe(err)
         else:
             out["sp.save_pretrained"] = "ok"
             try:
                 out["sp.from_pretrained"] = compare(sp.from_pretrained(folder))
             except Exception as err:  # noqa: BLE001
-                out["sp.from_pretrained"] = _describe(err)
+                out["sp.from_pretrained"] = describe(err)
             try:
                 out["AutoModel.from_pretrained(trust_remote_code=True)"] = compare(
                     AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
                 )
             except Exception as err:  # noqa: BLE001
-                out["AutoModel.from_pretrained(trust_remote_code=True)"] = _describe(err)
+                out["AutoModel.from_pretrained(trust_remote_code=True)"] = describe(err)
         path = Path(tmp) / "whole.pt"
         try:
             torch.save(model, path)
             out["torch.save + torch.load(weights_only=False)"] = compare(torch.load(path, weights_only=False))
         except Exception as err:  # noqa: BLE001
-            out["torch.save + torch.load(weights_only=False)"] = _describe(err)
+            out["torch.save + torch.load(weights_only=False)"] = describe(err)
     return out
 
 
@@ -367,7 +351,7 @@ def _measure(name, method, dense, calib, val, budget, teacher_acc, args, reloads
         pruned, seconds = method(model, calib, budget)
     except Exception as err:  # noqa: BLE001 - a peer failing is a result, not a crash
         logger.exception("%s at %s failed", name, budget)
-        return {"method": name, "budget": f"{budget:.0%}", "note": _describe(err)}
+        return {"method": name, "budget": f"{budget:.0%}", "note": describe(err)}
     pruned.eval()
     frac, heads, ffn = kept_flops(pruned)
     acc = C.accuracy(pruned, val)

@@ -404,7 +404,7 @@ def measure_row(ctx, method: str, budget: float | None, build: Callable) -> dict
         model, note, seconds = build()
     except Exception as err:  # noqa: BLE001 - a failing method is a result; the table says why
         logger.exception("%s %s at %s failed", ctx.task.name, method, budget)
-        row["note"] = peers._describe(err)
+        row["note"] = peers.describe(err)
         return row
     row["seconds"] = time.perf_counter() - t0 if seconds is None else seconds
     model.eval()

@@ -40,9 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--flops", type=float, default=0.5, help="encoder FLOPs fraction kept")
     p.add_argument("--calib", type=int, default=256, help="SST-2 train examples used for scoring")
     p.add_argument("--batch", type=int, default=8, help="latency batch size")
-    p.add_argument("--seq", type=int, default=128, help="latency sequence length")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeat", type=int, default=15)
+    C.add_timing_flags(p)
     return p.parse_args(argv)
 
 

@@ -36,6 +36,9 @@ __version__ = "0.1.0"
 # ``import structprune`` is cheap (no torch, datasets, accelerate, ...): each name below is imported from
 # its module the first time it is used. The config classes of pruned checkpoints are registered with
 # transformers' AutoConfig as soon as transformers' Auto classes are imported (structprune/_autoconfig.py).
+# a subset of structprune.scoring.__all__, named here without importing it (it imports torch)
+_SCORING = ("available_scorers", "gate_gradients", "register_scorer", "score", "score_hidden", "score_layers",
+            "score_shape")  # fmt: skip
 _EXPORTS = {
     "allocation": ("allocate", "cost", "dense_cost", "measure_latency", "rearrange", "search"),
     "arch": ("ArchSpec", "register_architecture"),
@@ -47,15 +50,7 @@ _EXPORTS = {
     "recovery.distill": ("DistillConfig", "PruneSchedule", "distill", "finetune"),
     "recovery.reconstruct": ("ReconstructConfig", "reconstruct"),
     "run.compress": ("CompressConfig", "compress"),
-    "scoring": (
-        "available_scorers",
-        "gate_gradients",
-        "register_scorer",
-        "score",
-        "score_hidden",
-        "score_layers",
-        "score_shape",
-    ),
+    "scoring": _SCORING,
     "surgery": ("prune_",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -4,6 +4,7 @@
 - A Python that cannot import structprune: :func:`run_without_structprune` and
   :data:`NO_STRUCTPRUNE_SCRIPT`, which loads checkpoints there with transformers alone.
 - Random text rows over ``tiny.WORDS`` for the data and evaluation tests: :func:`rows`.
+- ``structprune.evaluate`` without and with an Accelerator (one or two processes): :func:`evaluate_prepared`.
 """
 
 from __future__ import annotations
@@ -146,3 +147,15 @@ def rows(n: int, seed: int = 0, num_labels: int = 2, pair: bool = False) -> list
         row["label"] = round(r.uniform(0, 5), 2) if num_labels == 1 else r.randint(0, num_labels - 1)
         out.append(row)
     return out
+
+
+def evaluate_prepared(accelerator, n: int) -> tuple[dict, dict]:
+    """``structprune.evaluate`` of a tiny BERT on ``rows(n)`` (SST-2, batch 4): plain, then with the model and
+    loader prepared by ``accelerator``; ``(plain, prepared)``, which should agree."""
+    from structprune.data import make_dataloader
+
+    model = tiny.model("bert", num_labels=2)
+    loader = make_dataloader(rows(n), tiny.tokenizer(), "sst2", batch_size=4)
+    want = sp.evaluate(model, loader, "sst2", progress=False)
+    model, loader = accelerator.prepare(model, loader)
+    return want, sp.evaluate(model, loader, "sst2", accelerator=accelerator, progress=False)

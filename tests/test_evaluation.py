@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tiny
 import torch
-from helpers import rows
+from helpers import evaluate_prepared, rows
 
 from structprune import evaluate
 from structprune.data import TaskInfo, compute_metrics, get_task, load_split, make_dataloader
@@ -109,36 +109,23 @@ def test_evaluate_without_labels_and_dict_of_loaders():
 def test_evaluate_with_single_process_accelerator():
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=True)
-    model = tiny.model("bert", num_labels=2)
-    loader = make_dataloader(rows(21), tiny.tokenizer(), "sst2", batch_size=4)
-    want = evaluate(model, loader, "sst2", progress=False)
-    pmodel, ploader = accelerator.prepare(model, loader)
-    assert evaluate(pmodel, ploader, "sst2", accelerator=accelerator, progress=False) == pytest.approx(
-        want, abs=1e-6
-    )
+    want, got = evaluate_prepared(Accelerator(cpu=True), 21)
+    assert got == pytest.approx(want, abs=1e-6)
 
 
 MULTI = """
 import json
 import sys
 sys.path.insert(0, {tests!r})
-import tiny
-from helpers import rows
+from helpers import evaluate_prepared
 from accelerate import debug_launcher
 
 
 def body():
     from accelerate import Accelerator
-    from structprune import evaluate
-    from structprune.data import make_dataloader
 
     acc = Accelerator(cpu=True)
-    model = tiny.model("bert", num_labels=2)
-    loader = make_dataloader(rows(13), tiny.tokenizer(), "sst2", batch_size=4)
-    want = evaluate(model, loader, "sst2", progress=False)
-    model, loader = acc.prepare(model, loader)
-    got = evaluate(model, loader, "sst2", accelerator=acc, progress=False)
+    want, got = evaluate_prepared(acc, 13)
     result = dict(rank=acc.process_index, world=acc.num_processes, want=want, got=got)
     with open({out!r} + f"/rank{{acc.process_index}}.json", "w") as f:
         json.dump(result, f)
