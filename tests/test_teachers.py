@@ -78,7 +78,7 @@ def test_teacher_command_trains_once_records_its_curve_and_finds_it_again(
     record = json.loads((entry / "teacher.json").read_text())
     assert [c["epoch"] for c in record["curve"]] == [1.0, 2.0]
     assert record["best"]["eval_f1"] == max(c["eval_f1"] for c in record["curve"])
-    assert record["train"]["learning_rate"] == 5e-5 and record["task"] == "mrpc"
+    assert record["train"]["learning_rate"] == 1e-4 and record["task"] == "mrpc"
     assert not (entry.with_name(entry.name + ".run") / "checkpoints").exists()  # ours, removed after the save
     assert not (tmp_path / "never-written").exists()  # the teacher stage writes only to the cache
 
