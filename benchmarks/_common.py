@@ -45,6 +45,7 @@ import torch
 
 from structprune.data import get_task, load_split, make_dataloader, subset
 from structprune.evaluation import evaluate
+from structprune.report import markdown_table
 from structprune.run.teachers import cache_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +76,41 @@ def default_teacher(task: str) -> Path:
         env = os.environ.get(SST2_TEACHER_ENV)
         return Path(env).expanduser() if env else REFERENCE_SST2_TEACHER
     return cache_root() / "teachers" / f"minilm-l6-{name}"
+
+
+def best_cached_teacher(task: str, cache: Path | None = None) -> tuple[Path | None, dict | None]:
+    """The best fine-tuned ``task`` teacher in the teachers' cache (``structprune.run.teachers.teacher_cache()``,
+    i.e. ``$STRUCTPRUNE_CACHE/teachers``): among every entry a recipe or a learning-rate sweep of
+    ``benchmarks/teachers.py`` left there, the one whose *kept* weights (``teacher.json``: the best epoch,
+    or the last one when it says ``kept: last``) have the highest validation main metric. Returns
+    ``(folder, its teacher.json)``, or ``(None, None)`` when the cache holds no finished teacher for the task.
+
+    Example::
+
+        path, record = best_cached_teacher("mrpc")  # record["best"]["eval_f1"], record["train"]["learning_rate"]
+    """
+    from structprune.run.teachers import read_teacher_record, teacher_cache
+
+    info = get_task(task)
+    key = f"eval_{info.main_metric}"
+    found = []
+    for folder in sorted(Path(cache or teacher_cache()).glob(f"*-{info.name}-*")):
+        if not (folder / "config.json").is_file():
+            continue  # a fine-tune still running (<entry>.run) or an incomplete entry
+        try:
+            record = read_teacher_record(folder)
+        except ValueError:
+            continue
+        if not record or record.get("task") != info.name:
+            continue
+        last = (record.get("curve") or [{}])[-1]
+        kept = record.get("best") if record.get("kept", "best") == "best" else last
+        if (kept or {}).get(key) is not None:
+            found.append((kept[key], folder.name, folder, record))
+    if not found:
+        return None, None
+    _, _, folder, record = max(found, key=lambda x: x[:2])
+    return folder, record
 
 
 def add_teacher_flag(p: argparse.ArgumentParser, task: str = "sst2", flag: str = "--teacher") -> None:
@@ -212,28 +248,13 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def md_table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table of ``rows`` (dicts; a missing or None cell shows "-"); floats get 2-3 decimals.
-
-    Tables of rows that are already lists use ``structprune.report.markdown_table``. This one stays for
-    dict rows: it leaves cells unpadded (``| PyTorch | 50% |``), which the smoke tests and anyone grepping
-    a results file rely on, where ``markdown_table`` pads every column to its widest cell.
-    """
+    """``structprune.report.markdown_table`` of dict rows: ``columns`` (default: the first row's keys), a
+    missing or None cell shown as "-", a newline at the end; ``_(no rows)_`` when there are none."""
     if not rows:
         return "_(no rows)_\n"
     columns = list(columns or rows[0].keys())
-
-    def fmt(x) -> str:
-        if x is None:
-            return "-"
-        if isinstance(x, float):
-            if x != x:
-                return "nan"
-            return f"{x:.2f}" if abs(x) >= 10 else f"{x:.3f}"
-        return str(x)
-
-    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(out) + "\n"
+    cells = [["-" if r.get(c) is None else r[c] for c in columns] for r in rows]
+    return markdown_table(columns, cells) + "\n"
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -251,6 +272,14 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="free text added to the results header")
     add_data_flag(p)
     return p
+
+
+def add_timing_flags(p: argparse.ArgumentParser, repeat_help: str = "timed runs per model") -> None:
+    """``--seq``, ``--warmup``, ``--repeat``: latency on full ``--seq``-token inputs, ``--warmup`` untimed
+    rounds, then the median of ``--repeat`` timed runs (see :func:`time_alternating`)."""
+    p.add_argument("--seq", type=int, default=128, help="latency sequence length")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    p.add_argument("--repeat", type=int, default=15, help=repeat_help)
 
 
 def setup(args) -> None:

@@ -8,6 +8,7 @@ library does by default, ``$STRUCTPRUNE_GLUE_DIR`` (see ``conftest.py``).
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -36,22 +37,34 @@ def _check_header(text: str, title: str) -> None:
     assert text.startswith(f"# {title}")
     for field in ("- Command:", "- Date:", "- Machine:", "- Versions:"):
         assert field in text, f"missing {field!r} in the results header"
-    assert "|---|" in text, "no Markdown table"
+    assert re.search(r"^\|(-+\|)+$", text, re.M), "no Markdown table"
+
+
+def _smoke(name: str, tmp_path: Path, title: str, *args: str) -> str:
+    """Run ``benchmarks/<name>.py --smoke`` into ``tmp_path``; the text of its (first) results file, whose
+    header is checked."""
+    out = _script(name).main(["--smoke", "--out", str(tmp_path), *args])
+    text = (out[0] if isinstance(out, list) else out).read_text()
+    _check_header(text, title)
+    return text
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """Every Markdown table row of ``text`` as its stripped cells (the tables pad their columns)."""
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")
+    ]
 
 
 def test_latency_smoke(tmp_path):
-    out = _script("latency").main(["--smoke", "--out", str(tmp_path)])
-    text = out.read_text()
-    _check_header(text, "Latency")
-    assert "| PyTorch |" in text and "| ONNX Runtime |" in text
+    text = _smoke("latency", tmp_path, "Latency")
+    assert {"PyTorch", "ONNX Runtime"} <= {row[0] for row in _table_rows(text)}
     assert "multiple_of" in text
     assert (tmp_path / "latency.png").stat().st_size > 1000
 
 
 def test_cost_smoke(tmp_path):
-    out = _script("cost").main(["--smoke", "--out", str(tmp_path)])
-    text = out.read_text()
-    _check_header(text, "Cost of each stage")
+    text = _smoke("cost", tmp_path, "Cost of each stage")
     for stage in ("score: taylor", "allocate", "prune_", "Calibration-set size", "Model size"):
         assert stage in text
     assert (tmp_path / "cost.png").exists()
@@ -59,43 +72,32 @@ def test_cost_smoke(tmp_path):
 
 def test_peers_smoke(tmp_path):
     methods = ["structprune taylor (global)", "Torch-Pruning taylor (uniform)"]
-    out = _script("peers").main(["--smoke", "--out", str(tmp_path), "--methods", *methods])
-    text = out.read_text()
-    _check_header(text, "Peers side by side")
-    assert "| structprune taylor (global) | 50% |" in text
+    text = _smoke("peers", tmp_path, "Peers side by side", "--methods", *methods)
     assert "Save and reload" in text
     # the pruned model's kept FLOPs are recomputed from its shapes and match the budget
-    row = next(line for line in text.splitlines() if line.startswith("| structprune taylor (global) | 50% |"))
-    assert "| 50.0% |" in row
+    row = next(r for r in _table_rows(text) if r[:2] == ["structprune taylor (global)", "50%"])
+    assert "50.0%" in row
 
 
 def test_pareto_smoke(tmp_path):
-    paths = _script("pareto").main(["--smoke", "--out", str(tmp_path), "--scorers", "taylor"])
-    text = paths[0].read_text()
-    _check_header(text, "Accuracy vs encoder FLOPs kept: SST2")
-    assert "| taylor | none | 50% |" in text
+    text = _smoke("pareto", tmp_path, "Accuracy vs encoder FLOPs kept: SST2", "--scorers", "taylor")
+    assert ["taylor", "none", "50%"] in [row[:3] for row in _table_rows(text)]
     assert "dense teacher" in text
     assert (tmp_path / "pareto_sst2.png").stat().st_size > 1000
 
 
 def test_quantize_smoke(tmp_path):
-    out = _script("quantize").main(["--smoke", "--out", str(tmp_path)])
-    text = out.read_text()
-    _check_header(text, "Pruning + int8 quantization")
-    for fmt in ("| PyTorch fp32 (safetensors) |", "| ONNX fp32 |", "| ONNX int8 (dynamic) |"):
-        assert text.count(fmt) == 2  # the dense and the pruned model
+    text = _smoke("quantize", tmp_path, "Pruning + int8 quantization")
+    formats = [row[1] for row in _table_rows(text)]
+    for fmt in ("PyTorch fp32 (safetensors)", "ONNX fp32", "ONNX int8 (dynamic)"):
+        assert formats.count(fmt) == 2  # the dense and the pruned model
     assert "ONNX fp32 parity with PyTorch" in text
 
 
 def test_quality_smoke(tmp_path):
     import json
 
-    args = ["--smoke", "--out", str(tmp_path)]
-    out = _script("quality").main(args)
-    text = out.read_text()
-    assert text.startswith("# Quality against converged task teachers")
-    for field in ("- Command:", "- Date:", "- Machine:", "- Versions:"):
-        assert field in text, f"missing {field!r} in the results header"
+    text = _smoke("quality", tmp_path, "Quality against converged task teachers")
     assert "## Summary" in text and "## SST-2" in text
     assert text.count("|-") >= 2  # the summary table and the SST-2 table (structprune.report.markdown_table)
     assert "Kwon et al. 2022" in text and "CoFi" in text and "TinyBERT-4" in text  # the published anchors
@@ -106,8 +108,30 @@ def test_quality_smoke(tmp_path):
     rows = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
     assert all("metrics" in r for r in rows if not r["method"].startswith("Torch-Pruning"))
     # a rerun re-measures the dense teacher only and keeps every row already measured
-    _script("quality").main(args)
+    _script("quality").main(["--smoke", "--out", str(tmp_path)])
     again = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
     measured = {(r["method"], r["budget"]): r.get("measured") for r in again}
     assert measured[("dense teacher", None)] == "run 2"
     assert all(m == "run 1" for (method, _), m in measured.items() if method != "dense teacher" and m)
+
+
+def test_distill_variants_smoke(tmp_path):
+    import json
+
+    variants = ("finetune", "logit", "+hidden", "+attention", "staged", "staged+aug", "gradual")
+    title = "Distillation variants vs no-teacher fine-tuning of the same pruned student"
+    text = _smoke("distill_variants", tmp_path, title, "--threads", "1")
+    cells = {tuple(row[:2]) for row in _table_rows(text)}
+    for budget in ("25%", "10%"):
+        assert {(budget, v) for v in ("one-shot, no training", *variants)} <= cells
+    assert "## Target" in text and "## Augmentation cost" in text
+    state_path = tmp_path / "work" / "rows.json"
+    rows = json.loads(state_path.read_text())["rows"]
+    assert len(rows) == 14 and all("metrics" in r for r in rows.values())  # no variant failed
+    assert len({r["steps"] for r in rows.values()}) == 1  # the same optimizer steps for every variant
+    # a rerun keeps every row already measured with the same settings
+    state = json.loads(state_path.read_text())
+    state["rows"]["sst2|0.1|gradual"]["measured"] = "kept"
+    state_path.write_text(json.dumps(state))
+    _script("distill_variants").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    assert json.loads(state_path.read_text())["rows"]["sst2|0.1|gradual"]["measured"] == "kept"
