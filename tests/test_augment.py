@@ -135,3 +135,40 @@ def test_a_recipe_distils_on_augmented_data(tiny_teacher, glue_dir, tmp_path):
     assert sum(not r["augmented"] for r in rows) == 24 and sum(r["augmented"] for r in rows) > 24
     steps = [json.loads(x)["step"] for x in (out / "distill" / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) > 24 // 32 + 1  # more batches than the 24 originals give
+
+
+@pytest.mark.slow
+def test_two_real_processes_augment_disjoint_halves_and_merge_to_the_one_process_result(tmp_path):
+    # torchrun with two CPU processes (gloo): each process generates and labels its share of the examples,
+    # the shares are disjoint and cover the set, and the merged result equals one process's
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).resolve().parent / "augment_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(worker.parent.parent)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = {
+        "one": [sys.executable, str(worker), str(tmp_path / "one")],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(port), str(worker), str(tmp_path / "two")],
+    }  # fmt: skip
+    for cmd in runs.values():
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    halves = [set(json.loads((tmp_path / "two" / f"rank{r}.json").read_text())) for r in (0, 1)]
+    assert halves[0] and halves[1] and halves[0].isdisjoint(halves[1])
+    assert (
+        halves[0] | halves[1]
+        == set(json.loads((tmp_path / "one" / "rank0.json").read_text()))
+        == set(range(9))
+    )
+    one = json.loads((tmp_path / "one" / "rows.json").read_text())
+    two = json.loads((tmp_path / "two" / "rows.json").read_text())
+    assert two == one and sum(r["augmented"] for r in one) > 0
+    assert len(list((tmp_path / "two" / "cache").glob("augment-*.jsonl"))) == 1  # written once
