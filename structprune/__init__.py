@@ -40,7 +40,15 @@ __version__ = "0.1.0"
 _SCORING = ("available_scorers", "gate_gradients", "register_scorer", "score", "score_hidden", "score_layers",
             "score_shape")  # fmt: skip
 _EXPORTS = {
-    "allocation": ("allocate", "cost", "dense_cost", "measure_latency", "rearrange", "search"),
+    "allocation": (
+        "LatencyModel",
+        "allocate",
+        "cost",
+        "dense_cost",
+        "measure_latency",
+        "rearrange",
+        "search",
+    ),
     "arch": ("ArchSpec", "register_architecture"),
     "checkpoint": ("CardInfo", "from_pretrained", "push_to_hub", "save_pretrained"),
     "evaluation": ("evaluate",),
@@ -51,7 +59,7 @@ _EXPORTS = {
     "recovery.reconstruct": ("ReconstructConfig", "reconstruct"),
     "run.compress": ("CompressConfig", "compress"),
     "scoring": _SCORING,
-    "surgery": ("prune_",),
+    "surgery": ("prune_", "prune_vocab"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = (
@@ -64,6 +72,7 @@ __all__ = [
     "CardInfo",
     "CompressConfig",
     "DistillConfig",
+    "LatencyModel",
     "Mask",
     "PruneSchedule",
     "ReconstructConfig",
@@ -81,6 +90,7 @@ __all__ = [
     "gate_gradients",
     "measure_latency",
     "prune_",
+    "prune_vocab",
     "push_to_hub",
     "quantize_onnx",
     "rearrange",
@@ -114,7 +124,7 @@ def __dir__() -> list[str]:
 _autoconfig.install()
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from .allocation import allocate, cost, dense_cost, measure_latency, rearrange, search
+    from .allocation import LatencyModel, allocate, cost, dense_cost, measure_latency, rearrange, search
     from .arch import ArchSpec, register_architecture
     from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained
     from .evaluation import evaluate
@@ -133,4 +143,4 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         score_layers,
         score_shape,
     )
-    from .surgery import prune_
+    from .surgery import prune_, prune_vocab

@@ -135,3 +135,30 @@ def test_distill_variants_smoke(tmp_path):
     state_path.write_text(json.dumps(state))
     _script("distill_variants").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
     assert json.loads(state_path.read_text())["rows"]["sst2|0.1|gradual"]["measured"] == "kept"
+
+
+def test_vocab_smoke(tmp_path):
+    text = _smoke("vocab", tmp_path, "Vocabulary pruning")
+    rows = _table_rows(text)
+    assert [r[0] for r in rows[1:]] == [
+        "teacher (dense)",
+        "student, 50% FLOPs",
+        "student + vocab",
+        "student + vocab",
+    ]
+    assert [r[1] for r in rows[3:]] == ["1", "2"]  # min_count
+    kept = [int(r[2].replace(",", "")) for r in rows[1:]]
+    assert kept[0] == kept[1] > kept[2] > kept[3]  # fewer tokens as min_count grows
+    assert "## Target (min_count 1)" in text
+
+
+def test_latency_budget_smoke(tmp_path):
+    import json
+
+    text = _smoke("latency_budget", tmp_path, "Latency as a budget")
+    methods = {row[2] for row in _table_rows(text) if len(row) > 2}
+    assert {"search, latency", "search, latency, min_heads=0", "allocate, latency"} <= methods
+    assert "search, FLOPs (same fraction)" in methods
+    assert "## The latency models" in text and "latency-budgeted models meet their budget within 10%" in text
+    saved = json.loads((tmp_path / "latency_budget_b2.json").read_text())
+    assert saved["format"] == "structprune.latency/1" and saved["setting"]["batch_size"] == 2

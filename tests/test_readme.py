@@ -53,6 +53,7 @@ def make_prelude(tmp_path: Path, monkeypatch) -> dict:
     """The names the README's blocks use, and the files they read, in ``tmp_path`` (the working folder)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("STRUCTPRUNE_PROGRESS", "0")
+    monkeypatch.setenv("STRUCTPRUNE_CACHE", str(tmp_path / "cache"))  # the latency model's cache, for one
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tiny.VOCAB, hidden_size=264, num_hidden_layers=4, num_attention_heads=8,
                      intermediate_size=32, num_labels=2)  # fmt: skip
@@ -77,6 +78,7 @@ def make_prelude(tmp_path: Path, monkeypatch) -> dict:
         "copy": copy,
         "teacher": teacher,
         "tokenizer": tokenizer,
+        "train_sentences": [r["sentence"] for r in train],
         "batches": list(make_dataloader(train, tokenizer, "sst2", batch_size=8)),
         "calibration_loader": make_dataloader(train, tokenizer, "sst2", batch_size=8),
         "train_loader": make_dataloader(train, tokenizer, "sst2", batch_size=16, shuffle=True),

@@ -1,7 +1,8 @@
 """Allocation: importance scores + a budget -> a :class:`Mask`.
 
-Budgets are fractions of the *unpruned* model's encoder FLOPs (at ``seq_len``) or encoder parameters,
-or explicit numbers of heads / FFN neurons to keep. A target shape may fix the depth (``layers=4``: the
+Budgets are fractions of the *unpruned* model's encoder FLOPs (at ``seq_len``), encoder parameters or
+predicted latency (a :class:`~structprune.LatencyModel` measured on the target device), or explicit
+numbers of heads / FFN neurons to keep. A target shape may fix the depth (``layers=4``: the
 best-scored layers survive) and the residual width (``hidden=312``: the best-scored dimensions survive);
 the budget is then spent on heads and neurons inside that shape. ``strategy="global"`` ranks heads (and neurons)
 across all layers after normalizing scores per layer; ``"uniform"`` keeps the same number in every
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..arch import view
 from ..mask import Mask, Scores
-from .budget import Prices, check_allocation, check_fraction, prices
+from .budget import Prices, check_allocation, check_fraction, fit_exact, prices
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ def allocate(
     *,
     flops: float | None = None,
     params: float | None = None,
+    latency: float | None = None,
+    latency_model=None,
     heads: int | float | None = None,
     ffn: int | float | None = None,
     layers: int | float | None = None,
@@ -164,9 +167,13 @@ def allocate(
 ) -> Mask:
     """Choose what to keep under a budget.
 
-    Give at most one of ``flops`` / ``params`` (fraction of the unpruned model's encoder FLOPs at
-    ``seq_len`` / encoder parameters), or ``heads`` and/or ``ffn`` (a total count, or a float fraction).
-    Heads and neurons share a FLOPs/params budget in proportion to their cost in the dense model. Every
+    Give at most one of ``flops`` / ``params`` / ``latency`` (fraction of the unpruned model's encoder FLOPs
+    at ``seq_len`` / encoder parameters / predicted latency), or ``heads`` and/or ``ffn`` (a total count, or
+    a float fraction). Heads and neurons share the budget in proportion to their cost in the dense model.
+    ``latency_model``: a :class:`~structprune.LatencyModel` of this model (or the path of a saved one);
+    ``None`` uses the cached one for batch 32 x ``seq_len`` on the model's device, measuring it there
+    the first time. The mask is then trimmed (and topped up) until its predicted latency is within the
+    budget and close to it. Every
     kept layer keeps at least ``min_heads`` heads; with ``min_heads=0`` a layer left with no head is
     dropped whole and its neurons go to the other layers. FFN widths are rounded to ``multiple_of``.
 
@@ -181,6 +188,7 @@ def allocate(
 
         mask = sp.allocate(scores, model, flops=0.5, multiple_of=8)
         mask = sp.allocate(scores, model, layers=4, hidden=192, flops=0.1)   # a TinyBERT-sized student
+        mask = sp.allocate(scores, model, latency=0.5, latency_model=sp.LatencyModel.cached(model))
         mask.summary()["heads_per_layer"]
     """
     v = view(model)
@@ -189,12 +197,12 @@ def allocate(
     if strategy not in ("global", "uniform"):
         raise ValueError(f"strategy must be 'global' or 'uniform', got {strategy!r}.")
     check_allocation(scores, model, min_heads=min_heads, multiple_of=multiple_of)
-    fraction_budgets = [b for b in (flops, params) if b is not None]
+    fraction_budgets = [b for b in (flops, params, latency) if b is not None]
     n_budgets = len(fraction_budgets) + (heads is not None or ffn is not None)
     shaped = layers is not None or hidden is not None
     if n_budgets > 1 or (n_budgets == 0 and not shaped):
         raise ValueError(
-            "Give one budget: flops=..., params=..., or heads=... and/or ffn=... (optionally with a shape: "
+            "Give one budget: flops=..., params=..., latency=..., or heads=... and/or ffn=... (optionally with a shape: "
             "layers=..., hidden=...)."
         )
 
@@ -230,9 +238,16 @@ def allocate(
         budget, units = math.inf, Prices("count", 0, 0, 0, math.inf, 1)
     else:
         d = d_kept
-        kind = "flops" if flops is not None else "params"
-        fraction = check_fraction(kind, flops if flops is not None else params)
-        units = prices(model, kind, fraction, seq_len, width=d, layers=n_layers)
+        kind, value = next(
+            (k, b) for k, b in (("flops", flops), ("params", params), ("latency", latency)) if b is not None
+        )
+        fraction = check_fraction(kind, value)
+        lm = None
+        if kind == "latency":
+            from .latency_model import resolve_latency_model
+
+            lm = resolve_latency_model(model, latency_model, seq_len=seq_len)
+        units = prices(model, kind, fraction, seq_len, width=d, layers=n_layers, latency_model=lm)
         budget = units.budget
         smallest = units.of(min_keep, 0)
         if smallest > budget:
@@ -241,6 +256,11 @@ def allocate(
                 f"{kind}={fraction} is below what min_heads={min_heads} allows in {n_layers} layers at hidden "
                 f"size {d}: the smallest feasible budget is {kind}={smallest / dense_total:.4f}. Raise the "
                 "budget, or lower min_heads, layers or hidden."
+                + (
+                    " (structprune.search(..., min_heads=0) drops whole layers to meet a latency budget.)"
+                    if kind == "latency"
+                    else ""
+                )  # fmt: skip
             )
         # Heads and neurons keep the same share of their cost in the model's current shape (the whole dense
         # cost for an unpruned model); neurons then fill what is left.
@@ -275,6 +295,9 @@ def allocate(
         )
         fs = fs_rest
     ffn_keep = _round_widths(ffn_keep, fs, multiple_of)
-    if math.isfinite(budget):
+    if units.layer_cost is not None:  # latency: trim / top up against the exact prediction
+        head_keep, ffn_keep = fit_exact(head_keep, ffn_keep, hs, fs, units, min_heads=min_heads,
+                                        multiple_of=multiple_of, fill=strategy == "global")  # fmt: skip
+    elif math.isfinite(budget):
         ffn_keep = _shrink_to_budget(ffn_keep, fs, units, int(head_keep.sum()), budget, multiple_of)
     return Mask(head_keep, ffn_keep, hidden_keep)

@@ -1,9 +1,12 @@
 """Constrained mask search (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers").
 
-:func:`search` finds the head/neuron mask that keeps the most importance under a FLOPs or parameter
-budget, pricing a head and a neuron at their real cost (no fixed heads:neurons ratio): for every total
-number of heads it could keep, it fills the rest of the budget with the best neurons and keeps the
-split with the largest total importance. Scores are compared across layers and across heads/neurons
+:func:`search` finds the head/neuron mask that keeps the most importance under a FLOPs, parameter or
+latency budget, pricing a head and a neuron at their real cost (no fixed heads:neurons ratio): for every
+total number of heads it could keep, it fills the rest of the budget with the best neurons and keeps the
+split with the largest total importance. Under a latency budget (Kwon et al.'s latency-aware search) the
+prices are the linear fit of a :class:`~structprune.LatencyModel`, the mask is then trimmed and topped
+up against its exact piecewise-linear prediction, and with ``min_heads=0`` every depth is tried (the
+best-scored layers kept), since a dropped layer also saves what a kept layer always costs. Scores are compared across layers and across heads/neurons
 as they are, so use a scorer whose values share one unit - Fisher (an estimate of the loss increase
 of removing a structure) is the default of :func:`structprune.compress`.
 
@@ -24,16 +27,64 @@ from torch import nn
 from ..arch import view
 from ..mask import Mask, Scores
 from ..scoring.gradients import GateGradients
-from .budget import Prices, check_allocation, one_budget, prices
+from .budget import Prices, check_allocation, fit_exact, one_budget
+from .budget import prices as prices_of
 
 logger = logging.getLogger(__name__)
 
 
-def _prices(model: nn.Module, flops, params, seq_len: int) -> Prices:
-    kind, fraction = one_budget(flops, params)
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}.")
-    return prices(model, kind, fraction, seq_len)
+def _smallest(prices: Prices, forced: torch.Tensor, min_heads: int) -> float:
+    """The least a mask may cost: every layer's forced heads and no neuron (latency with ``min_heads=0``:
+    one layer with one head)."""
+    if prices.layer_cost is None:
+        return prices.fixed + int(forced.sum()) * prices.head
+    if min_heads == 0:
+        return prices.outside + prices.layer_cost(1, 0)
+    return prices.exact(forced.sum(1).tolist(), [0] * forced.shape[0])
+
+
+def _depths(scores: Scores, hs: torch.Tensor, fs: torch.Tensor, alive: torch.Tensor) -> list[torch.Tensor]:
+    """bool[L] sets of layers to search within: all alive layers, then the best-scored ``k`` of them for
+    every smaller ``k`` (``scores.layer``, else each layer's summed head and neuron scores)."""
+    if scores.layer is not None:
+        s = scores.layer.double().clone()
+    else:
+        s = hs.clamp_min(0).nan_to_num(neginf=0).sum(1) + fs.clamp_min(0).nan_to_num(neginf=0).sum(1)
+    order = s.masked_fill(~alive, -math.inf).argsort(descending=True)[: int(alive.sum())]
+    out = []
+    for k in range(len(order), 0, -1):
+        keep = torch.zeros_like(alive)
+        keep[order[:k]] = True
+        out.append(keep)
+    return out
+
+
+def _split(hs: torch.Tensor, fs: torch.Tensor, forced: torch.Tensor, prices: Prices):
+    """Kwon et al.'s search under linear prices: for every number of heads (best first, after the
+    ``forced`` ones) the best neurons that fit; the split of largest total score, as ``(value, head_keep,
+    ffn_keep, spend)``, or ``None`` when not even the forced heads fit."""
+    L, inter = fs.shape
+    n_forced = int(forced.sum())
+    rest = hs.masked_fill(forced, -math.inf).flatten()
+    n_rest = int(torch.isfinite(rest).sum())
+    order = rest.topk(n_rest).indices if n_rest else torch.zeros(0, dtype=torch.long)
+    best = None
+    for extra in range(n_rest + 1):
+        n_heads = n_forced + extra
+        spend = prices.fixed + n_heads * prices.head
+        if spend > prices.budget:
+            break
+        head_keep = forced.clone()
+        head_keep.view(-1)[order[:extra]] = True
+        pool = fs.masked_fill(~head_keep.any(1, keepdim=True), -math.inf).flatten()  # headless layers drop
+        n_neurons = min(int((prices.budget - spend) // prices.neuron), int(torch.isfinite(pool).sum()))
+        top = pool.topk(n_neurons).indices if n_neurons else torch.zeros(0, dtype=torch.long)
+        value = float(hs[head_keep].sum()) + float(pool[top].sum())
+        if best is None or value > best[0]:
+            ffn_keep = torch.zeros(L * inter, dtype=torch.bool)
+            ffn_keep[top] = True
+            best = (value, head_keep, ffn_keep.view(L, inter), spend)
+    return best
 
 
 def _forced_heads(hs: torch.Tensor, min_heads: int) -> torch.Tensor:
@@ -81,22 +132,32 @@ def search(
     *,
     flops: float | None = None,
     params: float | None = None,
+    latency: float | None = None,
+    latency_model=None,
     seq_len: int = 128,
     min_heads: int = 1,
     multiple_of: int = 1,
 ) -> Mask:
-    """The mask that keeps the most total importance within a FLOPs or parameter budget.
+    """The mask that keeps the most total importance within a FLOPs, parameter or latency budget.
 
     ``flops`` / ``params`` is the fraction of the *unpruned* encoder's FLOPs (at ``seq_len`` tokens) or
     parameters to keep; the result never exceeds it and leaves less than one neuron's cost unused
     (``multiple_of`` neurons with rounding; less than one head's cost when every neuron is kept). Every layer keeps at least ``min_heads`` heads; with
     ``min_heads=0`` a layer may lose every head, and then its neurons too (the layer is dropped).
 
+    ``latency`` is the fraction of the unpruned model's latency predicted by ``latency_model`` (a
+    :class:`~structprune.LatencyModel` of this model or the path of a saved one; ``None``: the cached one
+    for batch 32 x ``seq_len`` on the model's device, measured there the first time). The predicted
+    latency of the result never exceeds it, and no kept layer could take one more head or ``multiple_of``
+    neurons within it.
+
     Example::
 
         scores = sp.score(model, batches, method="fisher")
         mask = sp.search(scores, model, flops=0.5)
         sp.cost(model, mask=mask).encoder_flops <= 0.5 * sp.dense_cost(model).encoder_flops   # True
+        lm = sp.LatencyModel.cached(model, batch_size=1)
+        lm.fraction(sp.search(scores, model, latency=0.5, latency_model=lm)) <= 0.5               # True
     """
     v = view(model)
     st = v.structure
@@ -105,48 +166,64 @@ def search(
             "search prices heads and neurons at the full hidden size; this model has pruned hidden dimensions. "
             "Search before hidden pruning, or use sp.allocate."
         )
-    L, inter = st.num_layers, st.intermediate_size
     check_allocation(scores, model, min_heads=min_heads, multiple_of=multiple_of)
-    prices = _prices(model, flops, params, seq_len)
+    kind, fraction = one_budget(flops, params, latency)
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}.")
+    lm = None
+    if kind == "latency":
+        from .latency_model import resolve_latency_model
+
+        lm = resolve_latency_model(model, latency_model, seq_len=seq_len)
+    prices = prices_of(model, kind, fraction, seq_len, latency_model=lm)
     alive = Mask.full(model)
     hs = scores.head.double().masked_fill(~alive.head, -math.inf)
     fs = scores.ffn.double().masked_fill(~alive.ffn, -math.inf)
 
     forced = _forced_heads(hs, min_heads)
     n_forced = int(forced.sum())
-    smallest = prices.fixed + n_forced * prices.head
+    smallest = _smallest(prices, forced, min_heads)
     if smallest > prices.budget:
         raise ValueError(
             f"{prices.kind}={prices.budget / prices.total:.4f} is below what min_heads={min_heads} allows: the "
             f"smallest feasible budget is {prices.kind}={math.ceil(smallest / prices.total * 1e4) / 1e4:.4f} "
-            f"({n_forced} heads and no FFN neuron). Raise the budget or lower min_heads."
+            f"({'one layer with one head' if kind == 'latency' and not min_heads else f'{n_forced} heads'} and "
+            "no FFN neuron). Raise the budget or lower min_heads"
+            + (
+                " (min_heads=0 lets the search drop whole layers)."
+                if kind == "latency" and min_heads
+                else "."
+            )
         )
-    rest = hs.masked_fill(forced, -math.inf).flatten()
-    n_rest = int(torch.isfinite(rest).sum())
-    order = rest.topk(n_rest).indices if n_rest else torch.zeros(0, dtype=torch.long)
-
+    alive_layers = alive.head.any(1) | alive.ffn.any(1)
+    n_alive = int(alive_layers.sum())
+    # a latency model charges every kept layer a fixed part: with min_heads=0, try every depth
+    depths = _depths(scores, hs, fs, alive_layers) if lm is not None and min_heads == 0 else [alive_layers]
     best = None
-    for extra in range(n_rest + 1):
-        n_heads = n_forced + extra
-        spend = prices.fixed + n_heads * prices.head
-        if spend > prices.budget:
-            break
-        head_keep = forced.clone()
-        head_keep.view(-1)[order[:extra]] = True
-        pool = fs.masked_fill(~head_keep.any(1, keepdim=True), -math.inf).flatten()  # headless layers drop
-        n_neurons = min(int((prices.budget - spend) // prices.neuron), int(torch.isfinite(pool).sum()))
-        top = pool.topk(n_neurons).indices if n_neurons else torch.zeros(0, dtype=torch.long)
-        value = float(hs[head_keep].sum()) + float(pool[top].sum())
+    for keep in depths:
+        k = int(keep.sum())
+        p = prices if k == n_alive else prices_of(model, kind, fraction, seq_len, layers=k, latency_model=lm)
+        hs_k = hs.masked_fill(~keep[:, None], -math.inf)
+        fs_k = fs.masked_fill(~keep[:, None], -math.inf)
+        found = _split(hs_k, fs_k, forced & keep[:, None], p)
+        if found is None:
+            continue
+        _, head_keep, ffn_keep, spend = found
+        fs_k = fs_k.masked_fill(~head_keep.any(1, keepdim=True), -math.inf)
+        if multiple_of > 1:
+            ffn_keep = _round_neurons(ffn_keep, fs_k, multiple_of, spend, p, p.budget)
+        if p.layer_cost is not None:
+            head_keep, ffn_keep = fit_exact(head_keep, ffn_keep, hs_k, fs_k, p, min_heads=min_heads,
+                                            multiple_of=multiple_of)  # fmt: skip
+        value = float(hs[head_keep].sum() + fs[ffn_keep].sum())
         if best is None or value > best[0]:
-            ffn_keep = torch.zeros(L * inter, dtype=torch.bool)
-            ffn_keep[top] = True
-            best = (value, head_keep, ffn_keep.view(L, inter), spend)
-    _, head_keep, ffn_keep, spend = best
-    if multiple_of > 1:
-        ffn_keep = _round_neurons(
-            ffn_keep, fs.masked_fill(~head_keep.any(1, keepdim=True), -math.inf), multiple_of, spend, prices,
-            prices.budget,
-        )  # fmt: skip
+            best = (value, head_keep, ffn_keep)
+    if best is None:
+        raise ValueError(
+            f"{kind}={fraction} leaves no room once every layer's share is paid; raise the budget or lower "
+            "min_heads."
+        )
+    _, head_keep, ffn_keep = best
     mask = Mask(head_keep, ffn_keep)
     logger.info(
         "search: %d heads, %d neurons kept (%s budget %.3f)",

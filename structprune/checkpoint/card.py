@@ -65,6 +65,11 @@ class CardInfo:
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra Hub tags."})
     model_name: str | None = field(default=None, metadata={"help": "Title of the card (default: derived)."})
     notes: str = field(default="", metadata={"help": "Free text appended to the card."})
+    latency: dict = field(
+        default_factory=dict,
+        metadata={"help": "The latency model a latency budget was measured with (LatencyModel.to_dict()); the card "
+                  "shows its setting and the predicted latency before and after, and records it."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
@@ -76,6 +81,17 @@ class CardInfo:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{name}={value!r}: give a list of strings, e.g. ['nyu-mll/glue'].")
             setattr(self, name, list(value))
+        if not isinstance(self.latency, dict):
+            raise ValueError(
+                f"latency={self.latency!r}: give a LatencyModel's to_dict() (or nothing), not "
+                f"{type(self.latency).__name__}."
+            )
+        if self.latency:
+            from ..allocation.latency_model import LatencyModel
+
+            LatencyModel.from_dict(
+                self.latency, "CardInfo.latency"
+            )  # checked now, not when the card is written
         for name in ("metrics_before", "metrics_after"):
             metrics = getattr(self, name)
             if not isinstance(metrics, dict) or not all(
@@ -140,13 +156,21 @@ def budget_text(
     *,
     layers: int | None = None,
     hidden: int | None = None,
+    latency: float | None = None,
+    latency_setting: str | None = None,
 ) -> str:
-    """The budget as a card states it, e.g. ``"50% of encoder FLOPs (seq 128), 4 layers"``."""
+    """The budget as a card states it, e.g. ``"50% of encoder FLOPs (seq 128), 4 layers"`` or ``"50% of
+    predicted latency (cpu:<processor>, 2 threads, batch 32 x seq 128, ...)"`` (``latency_setting``: the
+    latency model's ``setting.describe()``)."""
     parts = []
     if flops is not None:
         parts.append(f"{flops:.0%} of encoder FLOPs (seq {seq_len})")
     if params is not None:
         parts.append(f"{params:.0%} of encoder parameters")
+    if latency is not None:
+        parts.append(
+            f"{latency:.0%} of predicted latency" + (f" ({latency_setting})" if latency_setting else "")
+        )
     if layers is not None:
         parts.append(f"{layers} layers")
     if hidden is not None:
@@ -361,6 +385,7 @@ def card_text(
         f"{_fmt(now.encoder_flops)} | {now.encoder_flops / dense.encoder_flops:.1%} |",
         "",
     ]
+    lines += latency_lines(model, info.latency)
     if info.metrics_before or info.metrics_after:
         where = f" on {info.eval_dataset}" if info.eval_dataset else ""
         lines += [f"## Metrics{where}", "", "| metric | before | after |", "|---|---:|---:|"]
@@ -394,6 +419,39 @@ def card_text(
     if info.notes:
         lines += ["## Notes", "", info.notes, ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+
+
+def latency_lines(model: nn.Module, latency: dict) -> list[str]:
+    """The card's "Latency" section: the predicted latency before and after under the recorded latency
+    model, its setting, and the model itself as JSON (``structprune.LatencyModel.from_card`` reads it)."""
+    if not latency:
+        return []
+    import json
+
+    from ..allocation.latency_model import LatencyModel
+
+    lm = LatencyModel.from_dict(latency, "the card's latency model")
+    lines = ["## Latency", "", f"Predicted by a latency model measured on {lm.setting.describe()}:", ""]
+    try:
+        after = lm.predict(model)
+        lines += [
+            "| | before | after | after / before |",
+            "|---|---:|---:|---:|",
+            f"| Predicted latency (ms) | {lm.dense_ms:.2f} | {after:.2f} | {after / lm.dense_ms:.1%} |",
+        ]
+    except ValueError as err:  # e.g. hidden dimensions pruned after the latency budget was met
+        lines.append(f"(not predicted for this model: {err})")
+    return lines + [
+        "",
+        "<details><summary>Latency model (structprune.LatencyModel JSON)</summary>",
+        "",
+        "```json",
+        json.dumps(lm.to_dict(), indent=1),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
 
 
 def write_model_card(model: nn.Module, folder: str | os.PathLike, info: CardInfo | None = None) -> Path:

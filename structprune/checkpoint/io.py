@@ -35,7 +35,14 @@ def _find_tokenizer(model: nn.Module):
         return None
     if not any(os.path.isfile(os.path.join(source, name)) for name in _TOKENIZER_FILES):
         return None
-    return transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:  # e.g. after structprune.prune_vocab
+        raise ValueError(
+            f"The tokenizer in {source} has {len(tokenizer)} tokens but the model embeds {rows}: its vocabulary "
+            "was pruned. Pass the tokenizer prune_vocab returned: save_pretrained(model, path, tokenizer=...)."
+        )
+    return tokenizer
 
 
 def save_pretrained(

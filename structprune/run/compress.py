@@ -1,10 +1,11 @@
 """The one-call retraining-free path: score, search, prune and reconstruct.
 
-``compress(model, calibration_data, flops=0.5)`` runs Fisher scoring on the calibration batches (labels,
-or the model's own predictions), the constrained mask search and its per-layer rearrangement
-(:mod:`structprune.allocation.search`), surgery (:func:`structprune.prune_`) and layer-wise reconstruction
-of the pruned model against a copy of the unpruned one (:mod:`structprune.recovery.reconstruct`), and
-returns the smaller model with a report.
+``compress(model, calibration_data, flops=0.5)`` (or ``params=``, or ``latency=``: a fraction of the model's
+latency predicted by a :class:`~structprune.LatencyModel` measured on this machine) runs Fisher scoring on
+the calibration batches (labels, or the model's own predictions), the constrained mask search and its
+per-layer rearrangement (:mod:`structprune.allocation.search`), surgery (:func:`structprune.prune_`) and
+layer-wise reconstruction of the pruned model against a copy of the unpruned one
+(:mod:`structprune.recovery.reconstruct`), and returns the smaller model with a report.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,6 +23,7 @@ from torch import nn
 from ..allocation.allocate import allocate
 from ..allocation.budget import one_budget
 from ..allocation.cost import cost, dense_cost
+from ..allocation.latency_model import LatencyModel, resolve_latency_model
 from ..allocation.search import rearrange, retained, search
 from ..batches import check_task, labels_of
 from ..checkpoint.card import budget_text, note_card
@@ -40,10 +43,14 @@ FEW_EXAMPLES = 64
 
 @dataclass
 class CompressConfig:
-    """Options of :func:`compress` (one budget: ``flops`` or ``params``, a fraction of the unpruned encoder)."""
+    """Options of :func:`compress` (one budget: ``flops`` or ``params``, a fraction of the unpruned encoder, or
+    ``latency``, a fraction of the unpruned model's predicted latency)."""
 
     flops: float | None = field(default=None, metadata={"help": "Fraction of the unpruned encoder FLOPs to keep (default 0.5 when no budget is given)."})  # fmt: skip
     params: float | None = field(default=None, metadata={"help": "Fraction of the unpruned encoder parameters to keep."})  # fmt: skip
+    latency: float | None = field(default=None, metadata={"help": "Fraction of the unpruned model's latency to keep, as predicted by a latency model measured on this machine (structprune.LatencyModel)."})  # fmt: skip
+    latency_model: str | None = field(default=None, metadata={"help": "For latency=: a saved LatencyModel (JSON path, or the object); default: the one cached for latency_batch_size x seq_len on the model's device, measured the first time."})  # fmt: skip
+    latency_batch_size: int = field(default=32, metadata={"help": "Batch size the latency model is measured at (latency=; the sequence length is seq_len)."})  # fmt: skip
     method: str = field(default="fisher", metadata={"help": "Importance scorer (see structprune.available_scorers())."})  # fmt: skip
     label_free: bool | None = field(default=None, metadata={"help": "Score against the model's own predictions; None: only when the batches have no labels."})  # fmt: skip
     search: bool = field(default=True, metadata={"help": "Constrained mask search (False: sp.allocate's global per-layer-normalized ranking)."})  # fmt: skip
@@ -52,7 +59,7 @@ class CompressConfig:
     select: bool = field(default=True, metadata={"help": "Choose among candidates (search / global allocation of Fisher and Taylor scores, with and without reconstruction) by the loss on held-back calibration examples."})  # fmt: skip
     holdout: float = field(default=0.25, metadata={"help": "Share of the calibration examples held back to choose among candidates (select=True)."})  # fmt: skip
     num_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples (a few hundred to ~2000)."})  # fmt: skip
-    seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted."})
+    seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted (and latency measured)."})  # fmt: skip
     min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps at least."})
     multiple_of: int = field(default=1, metadata={"help": "Round every layer's FFN width to a multiple of this."})  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -60,9 +67,33 @@ class CompressConfig:
     hidden: int | None = field(default=None, metadata={"help": "Target hidden size: keep this many residual-stream dimensions (sp.score_hidden), before the head/FFN budget."})  # fmt: skip
 
     def __post_init__(self):
-        if self.flops is None and self.params is None:
+        if self.flops is None and self.params is None and self.latency is None:
             self.flops = 0.5
-        one_budget(self.flops, self.params)
+        one_budget(self.flops, self.params, self.latency)
+        if self.latency is not None and self.hidden is not None:
+            raise ValueError(
+                "A latency model is measured at the full hidden size, so latency= does not combine with hidden=; "
+                "use flops= or params= with hidden=, or layers= with latency=."
+            )
+        if self.latency_model is not None and self.latency is None:
+            raise ValueError(
+                "latency_model is the model of a latency budget; give latency=<fraction> with it."
+            )
+        if self.latency_model is not None and not isinstance(
+            self.latency_model, str | os.PathLike | LatencyModel
+        ):
+            raise ValueError(
+                f"latency_model must be the path of a saved LatencyModel or a LatencyModel, got "
+                f"{type(self.latency_model).__name__}."
+            )
+        if (
+            isinstance(self.latency_batch_size, bool)
+            or not isinstance(self.latency_batch_size, int)
+            or self.latency_batch_size < 1
+        ):
+            raise ValueError(
+                f"latency_batch_size must be a positive integer, got {self.latency_batch_size!r}."
+            )
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}.")
         if self.method not in available_scorers():
@@ -108,6 +139,8 @@ class CompressReport:
     """The candidate kept (``select=True``), e.g. ``"search+rearrange, reconstructed"``."""
     candidates: dict[str, float] = field(default_factory=dict)
     """Held-out calibration loss of every candidate tried (empty when nothing was held back)."""
+    latency_kept: float | None = None
+    """With a latency budget: the result's predicted latency / the unpruned model's (its latency model)."""
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("mask", "reconstruction")}
@@ -129,7 +162,8 @@ def compress(
     gradients: GateGradients | None = None,
     **options,
 ) -> tuple[nn.Module, CompressReport]:
-    """Prune ``model`` in place to a FLOPs (or ``params=``) budget without retraining; returns it and a report.
+    """Prune ``model`` in place to a FLOPs (or ``params=`` / ``latency=``) budget without retraining; return
+    it and a report.
 
     ``calibration_data``: batches (dicts of model inputs, with ``labels`` or not), e.g. a few hundred to
     ~2000 training examples from ``structprune.data.make_dataloader``. Steps: Fisher scores (labels, or
@@ -137,13 +171,16 @@ def compress(
     per-layer rearrangement, layer-wise least-squares reconstruction against the unpruned model's layer
     outputs, then surgery. Options are the fields of :class:`CompressConfig`. ``copy.deepcopy`` the
     model first to keep the original. ``gradients`` (from :func:`structprune.gate_gradients` on this
-    model) skips the scoring pass, e.g. to compress one model to several budgets.
+    model) skips the scoring pass, e.g. to compress one model to several budgets. ``latency=0.5`` keeps half
+    of the model's latency on this machine as predicted by ``latency_model`` (a :class:`structprune.LatencyModel`
+    or its saved JSON; default: measured here once at ``latency_batch_size`` x ``seq_len`` and cached).
 
     Example::
 
         loader = make_dataloader(load_split("sst2", "train"), tok, "sst2", limit=1000, limit_mode="random")
         model, report = sp.compress(model, loader, flops=0.5)
         report.flops_kept, report.seconds["total"]
+        model, report = sp.compress(model, loader, latency=0.5)   # report.latency_kept <= 0.5
     """
     if config is not None and (options or flops is not None):
         raise TypeError("Pass either config=CompressConfig(...) or flops=/keyword options, not both.")
@@ -166,7 +203,14 @@ def compress(
             "label_free=False but some calibration batches have no 'labels'; add them or drop the flag."
         )
     params_before = sum(p.numel() for p in model.parameters())
-    budget = {"flops": cfg.flops} if cfg.flops is not None else {"params": cfg.params}
+    lm = None
+    if cfg.latency is not None:  # resolved on the unpruned model, before any shape cut
+        lm = resolve_latency_model(
+            model, cfg.latency_model, seq_len=cfg.seq_len, batch_size=cfg.latency_batch_size
+        )
+        budget = {"latency": cfg.latency, "latency_model": lm}
+    else:
+        budget = {"flops": cfg.flops} if cfg.flops is not None else {"params": cfg.params}
     # A target shape (depth / width) is cut first; the FLOPs/params budget then goes to heads and neurons.
     if cfg.layers is not None or cfg.hidden is not None:
         shape = score_shape(model, batches, label_free=label_free, progress=cfg.progress)
@@ -212,10 +256,16 @@ def compress(
         name = f"allocate ({cfg.method})"
     masks = {name: mask}
     if held:  # the simpler paths, from the same scores and gradients
-        masks.setdefault(f"allocate ({cfg.method})", allocate(scores, model, **shape))
+        extra = {f"allocate ({cfg.method})": scores}
         if grads is not None:
-            sizes = [len(b["input_ids"]) for b in fit]
-            masks.setdefault("allocate (taylor)", allocate(taylor_from(grads, sizes), model, **shape))
+            extra["allocate (taylor)"] = taylor_from(grads, [len(b["input_ids"]) for b in fit])
+        for cname, cscores in extra.items():
+            if cname in masks:
+                continue
+            try:
+                masks[cname] = allocate(cscores, model, **shape)
+            except ValueError as err:  # a latency budget only the search meets (min_heads=0 drops layers)
+                logger.info("candidate %s skipped: %s", cname, err)
     seconds["search"] = time.perf_counter() - t
 
     dense_flops = dense_cost(model, cfg.seq_len).encoder_flops
@@ -271,12 +321,22 @@ def compress(
         reconstruction=recon,
         choice=f"{choice[0]}, {'reconstructed' if choice[1] else 'not reconstructed'}",
         candidates=candidates,
+        latency_kept=lm.fraction(model) if lm is not None else None,
     )
     note_card(
         model,
         method=f"{cfg.method} scores ({'label-free' if label_free else 'with labels'}) on {n_examples} "
         f"calibration examples, {report.choice}",
-        budget=budget_text(cfg.flops, cfg.params, cfg.seq_len, layers=cfg.layers, hidden=cfg.hidden),
+        budget=budget_text(
+            cfg.flops,
+            cfg.params,
+            cfg.seq_len,
+            layers=cfg.layers,
+            hidden=cfg.hidden,
+            latency=cfg.latency,
+            latency_setting=lm.setting.describe() if lm is not None else None,
+        ),
+        latency=lm.to_dict() if lm is not None else None,
     )
     logger.info(
         "compress: %s; %.1f%% of encoder FLOPs kept, %d -> %d parameters, %.1fs",

@@ -341,7 +341,9 @@ class Pipeline:
                 else ""
             )
             + (", distillation" if "distill" not in self.recipe.skip else ""),
-            budget=budget_text(pr.flops, pr.params, pr.seq_len, layers=pr.layers, hidden=pr.hidden),
+            budget=budget_text(
+                pr.flops, pr.params, pr.seq_len, layers=pr.layers, hidden=pr.hidden, latency=pr.latency
+            ),
             datasets=["nyu-mll/glue"],
             task="text-classification",
             eval_dataset=f"glue/{self.task.name} {first}",
