@@ -137,13 +137,9 @@ def add_data_flag(p: argparse.ArgumentParser) -> None:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from structprune.allocation.latency import cpu_model as processor
+
+    return processor()
 
 
 def _version(dist: str) -> str | None:

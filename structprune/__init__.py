@@ -39,16 +39,10 @@ __version__ = "0.1.0"
 # a subset of structprune.scoring.__all__, named here without importing it (it imports torch)
 _SCORING = ("available_scorers", "gate_gradients", "register_scorer", "score", "score_hidden", "score_layers",
             "score_shape")  # fmt: skip
+_ALLOCATION = ("LatencyModel", "allocate", "cost", "dense_cost", "measure_latency", "rearrange",
+               "search")  # fmt: skip
 _EXPORTS = {
-    "allocation": (
-        "LatencyModel",
-        "allocate",
-        "cost",
-        "dense_cost",
-        "measure_latency",
-        "rearrange",
-        "search",
-    ),
+    "allocation": _ALLOCATION,
     "arch": ("ArchSpec", "register_architecture"),
     "checkpoint": ("CardInfo", "from_pretrained", "push_to_hub", "save_pretrained"),
     "evaluation": ("evaluate",),

@@ -71,9 +71,9 @@ def tokenizer(tmp_path: Path) -> BertTokenizerFast:
     return BertTokenizerFast(vocab_file=str(file))
 
 
-# Loads each case's checkpoint with transformers alone and compares its logits with the saved reference:
-# argv[1] site-packages paths, argv[2] cases.json ([{"dir", "ref", "stock"}]), argv[3] the output JSON.
-NO_STRUCTPRUNE_SCRIPT = r"""
+# The start of every script run without structprune: argv[1] is the site-packages path list; structprune
+# must not be importable there.
+ISOLATED_PRELUDE = r"""
 import json, sys
 sys.path.extend(sys.argv[1].split(__import__("os").pathsep))
 try:
@@ -82,7 +82,13 @@ except ImportError:
     pass
 else:
     raise SystemExit("structprune is importable in the isolated interpreter")
-import torch
+"""
+
+# Loads each case's checkpoint with transformers alone and compares its logits with the saved reference:
+# argv[1] site-packages paths, argv[2] cases.json ([{"dir", "ref", "stock"}]), argv[3] the output JSON.
+NO_STRUCTPRUNE_SCRIPT = (
+    ISOLATED_PRELUDE
+    + r"""import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
@@ -104,6 +110,7 @@ for case in json.loads(open(sys.argv[2]).read()):
     results[case["dir"]] = result
 json.dump(results, open(sys.argv[3], "w"))
 """
+)
 
 
 def run_without_structprune(script: str, args: list[str], tmp_path: Path, timeout: int = 300):

@@ -364,15 +364,9 @@ def test_composes_with_prune_in_either_order(order, tmp_path):
         torch.testing.assert_close(out(loaded, encode(new, text)), want, rtol=0, atol=0)
 
 
-LOAD_SCRIPT = r"""
-import json, sys
-sys.path.extend(sys.argv[1].split(__import__("os").pathsep))
-try:
-    import structprune
-except ImportError:
-    pass
-else:
-    raise SystemExit("structprune is importable in the isolated interpreter")
+LOAD_SCRIPT = (
+    helpers.ISOLATED_PRELUDE
+    + r"""
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -387,6 +381,7 @@ for case in json.loads(open(sys.argv[2]).read()):
                             "module": type(model).__module__}
 json.dump(results, open(sys.argv[3], "w"))
 """
+)
 
 
 def test_loads_without_structprune(tmp_path):
