@@ -16,7 +16,7 @@ Paths (every one is also a flag of the scripts that use it):
 - GLUE data: ``--data-dir``, default ``$STRUCTPRUNE_GLUE_DIR`` (``structprune.data.default_data_dir()``),
   else the Hub (``nyu-mll/glue``).
 - Teachers: :func:`default_teacher`.
-- Scratch folders (runs, the TextPruner venv): under ``structprune.run.teachers.cache_root()``
+- Scratch folders (runs, the TextPruner venv): under ``structprune.cache.cache_root()``
   (``$STRUCTPRUNE_CACHE``, default ``~/.cache/structprune``), never in the repository.
 """
 
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import torch
 
+from structprune.cache import cache_root
 from structprune.data import get_task, load_split, make_dataloader, subset
 from structprune.evaluation import evaluate
 from structprune.report import markdown_table
-from structprune.run.teachers import cache_root
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

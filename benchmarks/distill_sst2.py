@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.cache import cache_root  # noqa: E402
 from structprune.data import load_split, make_dataloader  # noqa: E402
 from structprune.recovery.distill import flops_fraction  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
-from structprune.run.teachers import cache_root  # noqa: E402
 
 OUT = _common.RESULTS / "distill_sst2.md"
 

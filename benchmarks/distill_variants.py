@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.cache import cache_root  # noqa: E402
 from structprune.data import get_task, load_split, make_dataloader, subset, tokenize  # noqa: E402
 from structprune.recovery.distill import flops_fraction, tinybert_stages  # noqa: E402
 from structprune.recovery.distill.augment import AugmentConfig, augment_dataset  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
-from structprune.run.teachers import cache_root, content_fingerprint, teacher_cache  # noqa: E402
+from structprune.run.teachers import content_fingerprint, teacher_cache  # noqa: E402
 
 logger = logging.getLogger("distill_variants")
 TITLE = "Distillation variants vs no-teacher fine-tuning of the same pruned student"

@@ -44,7 +44,7 @@ from _textpruner_worker import describe, logit_check  # noqa: E402
 import structprune as sp  # noqa: E402
 from structprune.allocation.cost import head_flops, neuron_flops  # noqa: E402
 from structprune.arch.spec import get_spec, resolve  # noqa: E402
-from structprune.run.teachers import cache_root  # noqa: E402
+from structprune.cache import cache_root  # noqa: E402
 
 logger = logging.getLogger("peers")
 

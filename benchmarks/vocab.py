@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
+from structprune.cache import cache_root  # noqa: E402
 from structprune.recovery.distill import flops_fraction  # noqa: E402
-from structprune.run.teachers import cache_root  # noqa: E402
 from structprune.surgery import vocab_coverage  # noqa: E402
 
 logger = logging.getLogger("vocab")

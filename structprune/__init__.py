@@ -57,7 +57,7 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = (
-    "allocation", "arch", "atomic", "batches", "checkpoint", "cli", "data", "errors", "evaluation", "export",
+    "allocation", "arch", "atomic", "batches", "cache", "checkpoint", "cli", "data", "errors", "evaluation", "export",
     "gates", "mask", "progress", "recovery", "report", "run", "scoring", "surgery",
 )  # fmt: skip
 

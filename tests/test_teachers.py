@@ -8,13 +8,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from structprune import cli
-from structprune.run.teachers import (
-    CACHE_ENV,
-    cache_root,
-    content_fingerprint,
-    read_teacher_record,
-    teacher_cache,
-)
+from structprune.cache import CACHE_ENV, cache_root
+from structprune.run.teachers import content_fingerprint, read_teacher_record, teacher_cache
 
 MRPC = Path(__file__).resolve().parents[1] / "recipes" / "glue" / "mrpc.yaml"
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..arch import view
+from ..cache import cache_root
 from .latency import device_name
 
 FORMAT = "structprune.latency/1"
@@ -120,11 +121,9 @@ class ModelDims:
 
 def latency_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder of cached latency models: ``cache_dir``, else ``<cache root>/latency`` (``$STRUCTPRUNE_CACHE``,
-    default ``~/.cache/structprune``; see :func:`structprune.run.teachers.cache_root`)."""
+    default ``~/.cache/structprune``; see :func:`structprune.cache.cache_root`)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    from ..run.teachers import cache_root  # the one definition of the cache root
-
     return cache_root() / CACHE_FOLDER
 
 

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_write_json
+from ..cache import cache_root
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "STRUCTPRUNE_CACHE"
 TEACHER_FILE = "teacher.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The training options that change what a fine-tune produces (bookkeeping options such as save_every,
@@ -36,21 +36,6 @@ TRAIN_KEY_FIELDS = (
     "num_epochs", "max_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
     "gradient_accumulation_steps", "mixed_precision", "seed", "task_weight", "eval_every", "load_best_at_end",
 )  # fmt: skip
-
-
-def cache_root() -> Path:
-    """structprune's cache folder: ``$STRUCTPRUNE_CACHE``, else ``$XDG_CACHE_HOME/structprune``, else
-    ``~/.cache/structprune``.
-
-    Example::
-
-        cache_root() / "teachers"   # where fine-tuned teachers are kept (set $STRUCTPRUNE_CACHE to move it)
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "structprune"
 
 
 def teacher_cache(cache_dir: str | os.PathLike | None = None) -> Path:
