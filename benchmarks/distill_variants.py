@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -223,10 +224,11 @@ class Task:
         if variant == "finetune":
             cfg = sp.DistillConfig(max_steps=steps, **{**common, "task_weight": 1.0, "logit_weight": 0.0})
             student, history = sp.finetune(student, loader, None, cfg)
-        elif variant.startswith("staged"):  # ceil(epochs x len(loader)) steps per stage: first + rest = steps
+        elif variant.startswith("staged"):  # the same optimizer steps, split between the two stages
             first = min(max(1, round(steps * a.stage_split)), steps - 1)  # needs steps >= 2
-            epochs = [(first - 0.5) / len(loader), (steps - first - 0.5) / len(loader)]
-            cfg = sp.DistillConfig(stages=tinybert_stages(*epochs, task_weight=a.task_weight), **common)
+            intermediate, prediction = tinybert_stages(1, 1, task_weight=a.task_weight)
+            stages = [replace(intermediate, max_steps=first), replace(prediction, max_steps=steps - first)]
+            cfg = sp.DistillConfig(stages=stages, **common)
             student, history = sp.distill(student, teacher, loader, None, cfg)
         else:
             terms = TERMS.get(variant, {"hidden_weight": 1.0, "attention_weight": 1.0})

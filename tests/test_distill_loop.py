@@ -331,6 +331,17 @@ def test_stages_switch_terms_and_restart_the_schedule():
     assert all(r["step"] > 6 for r in history if r.get("best"))
 
 
+def test_stages_sized_in_steps_override_epochs():
+    teacher = tiny.model("bert")
+    stages = [dict(TWO_STAGES[0], max_steps=2), dict(TWO_STAGES[1], num_epochs=5, max_steps=3)]
+    _, history = distill(copy.deepcopy(teacher), teacher, loader(), config=quiet(stages=stages))
+    losses = [r for r in history if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4, 5]  # 2 + 3 steps, not 1 + 5 epochs of 6
+    assert [("hidden" in r, "logit" in r) for r in losses] == [(True, False)] * 2 + [(False, True)] * 3
+    with pytest.raises(ValueError, match="drop max_steps"):
+        DistillConfig(stages=stages, max_steps=5)
+
+
 @pytest.mark.parametrize("kill_at", [6, 8], ids=["at-the-boundary", "after-it"])
 def test_resume_across_the_stage_boundary_is_exact(tmp_path, kill_at):
     teacher = tiny.model("bert")
@@ -354,6 +365,8 @@ def test_resume_across_the_stage_boundary_is_exact(tmp_path, kill_at):
         ([{"name": "x", "num_epochs": 0, "logit_weight": 1}], "num_epochs must be > 0"),
         ([{"name": "x", "epochs": 1}], "Unknown stage option"),
         ([{"name": "x", "num_epochs": 1, "hidden_weight": -1}], "hidden_weight must be"),
+        ([{"name": "x", "max_steps": 0, "logit_weight": 1}], "max_steps must be an integer >= 1"),
+        ([{"name": "x", "max_steps": 2.5, "logit_weight": 1}], "max_steps must be an integer >= 1"),
     ],
 )
 def test_stage_options_are_validated(stages, match):

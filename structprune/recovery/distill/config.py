@@ -71,6 +71,9 @@ class DistillStage(FromDict):
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate (None: the config's)."}
     )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Optimizer steps in this stage; overrides num_epochs when set."}
+    )
 
     def __post_init__(self):
         if not (
@@ -79,6 +82,12 @@ class DistillStage(FromDict):
             and self.num_epochs > 0
         ):
             raise ValueError(f"stage {self.name!r}: num_epochs must be > 0, got {self.num_epochs!r}.")
+        if self.max_steps is not None and (
+            isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1
+        ):
+            raise ValueError(
+                f"stage {self.name!r}: max_steps must be an integer >= 1, got {self.max_steps!r}."
+            )
         weights = ("task_weight", "logit_weight", "hidden_weight", "attention_weight")
         for w in weights:
             v = getattr(self, w)
@@ -88,6 +97,10 @@ class DistillStage(FromDict):
             raise ValueError(f"stage {self.name!r} has every loss weight at 0; give it at least one term.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"stage {self.name!r}: learning_rate must be > 0, got {self.learning_rate!r}.")
+
+    def steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps this stage runs: ``max_steps``, else ``num_epochs`` epochs (at least one step)."""
+        return self.max_steps or max(1, math.ceil(self.num_epochs * steps_per_epoch))
 
     @property
     def uses_hidden(self) -> bool:
@@ -399,7 +412,10 @@ class DistillConfig(FromDict):
             self.stages = [DistillStage.from_dict(x) if isinstance(x, dict) else x for x in self.stages]
             need(all(isinstance(x, DistillStage) for x in self.stages),
                  "stages must hold DistillStage objects or dicts of their options.")  # fmt: skip
-            need(self.max_steps is None, "stages set their own lengths (num_epochs each); drop max_steps.")
+            need(
+                self.max_steps is None,
+                "stages set their own lengths (num_epochs or max_steps each); drop max_steps.",
+            )
         if isinstance(self.prune, dict):
             self.prune = PruneSchedule.from_dict(self.prune)
         need(

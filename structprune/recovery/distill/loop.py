@@ -258,7 +258,7 @@ class Loop:
 
     def build_optimizer(self, offset: int) -> None:
         opt = _optimizer(self.module, self.cfg, self.learning_rate)
-        warmup = int(self.cfg.warmup_ratio * (self.span[1] - self.span[0]))
+        warmup = math.ceil(self.cfg.warmup_ratio * (self.span[1] - self.span[0]))  # as TrainingArguments
         sched = _scheduler(opt, self.span, warmup, offset)
         self.model, self.opt, self.sched = self.accelerator.prepare(self.module, opt, sched)
 
@@ -318,7 +318,10 @@ def _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, t
     train_dl = accelerator.prepare(train_data)
     eval_dl = accelerator.prepare(eval_data) if eval_data is not None else None
     steps_per_epoch = max(1, math.ceil(len(train_dl) / cfg.gradient_accumulation_steps))
-    total = cfg.max_steps or sum(max(1, math.ceil(t.num_epochs * steps_per_epoch)) for t in cfg.term_sets)
+    if cfg.stages:
+        total = sum(stage.steps(steps_per_epoch) for stage in cfg.stages)
+    else:
+        total = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
     rs = runstate.LoopState(total=total, steps_per_epoch=steps_per_epoch)
     if resume is not None:
         rs.restore(resume)

@@ -9,8 +9,6 @@ stage resumes in that stage and switches before the next step, as the first run 
 
 from __future__ import annotations
 
-import math
-
 from .callbacks import LoopCallback
 from .config import DistillStage
 
@@ -32,7 +30,7 @@ class StagedDistillation(LoopCallback):
     def on_train_begin(self, loop) -> None:
         per_epoch, start = loop.rs.steps_per_epoch, 0
         for stage in self.stages:
-            end = start + max(1, math.ceil(stage.num_epochs * per_epoch))
+            end = start + stage.steps(per_epoch)
             self.bounds.append((start, end))
             start = end
         # the stage in force when this run's state was written (before a switch due at this step)
