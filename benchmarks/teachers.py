@@ -9,6 +9,11 @@ finished one is found again, so this script can be stopped and run again at any 
 
     python benchmarks/teachers.py --tasks rte mrpc stsb cola sst2 --lrs 2e-5 5e-5 1e-4
     python benchmarks/teachers.py --tasks sst2 --lrs recipe        # just the recipe's teacher
+    python benchmarks/teachers.py --model mpnet --tasks mrpc --lrs 2e-5 --out benchmarks/results/teachers_mpnet.md \
+        --override teacher.train.num_epochs=3                      # all-mpnet-base-v2 (_common.mpnet_base())
+
+``--model`` swaps the recipe's ``teacher.model`` (all-MiniLM-L6-v2) for another model; the MiniLM targets
+are then not shown.
 """
 
 from __future__ import annotations
@@ -54,9 +59,10 @@ def _pct(x) -> float:
     return 100.0 * float(x)
 
 
-def write_results(out: Path, runs: list[dict], note: str) -> None:
+def write_results(out: Path, runs: list[dict], note: str, model: str = "all-MiniLM-L6-v2") -> None:
+    targets = TARGETS if model == "all-MiniLM-L6-v2" else {}
     intro = [
-        _common.header("Teachers: learning-rate sweep and validation curves (all-MiniLM-L6-v2)", note=note),
+        _common.header(f"Teachers: learning-rate sweep and validation curves ({model})", note=note),
         "",
         "Each row is `structprune teacher recipes/glue/<task>.yaml teacher.train.learning_rate=<lr>`; the row "
         "marked **recipe** is the recipe as written (`structprune teacher recipes/glue/<task>.yaml`). The kept "
@@ -88,7 +94,8 @@ def write_results(out: Path, runs: list[dict], note: str) -> None:
                     r["record"].get("train_seconds_this_process", "-"),
                 ]
             )
-        lines += [f"## {info.name} ({info.main_metric}; target >= {TARGETS.get(task, '-')})", ""]
+        target = f"; target >= {targets[task]}" if task in targets else ""
+        lines += [f"## {info.name} ({info.main_metric}{target})", ""]
         lines.append(
             markdown_table(["learning rate", "epochs", "best", "at epoch", "last epoch", "train s"], rows)
         )
@@ -116,7 +123,8 @@ def write_results(out: Path, runs: list[dict], note: str) -> None:
         if scored:
             r, v = max(scored, key=lambda x: x[1])
             summary.append([info.name, info.main_metric, _pct(v), f"{r['lr']:g}" + (" (recipe)" if r["is_recipe"] else ""),
-                            TARGETS.get(task, "-"), "met" if _pct(v) >= TARGETS.get(task, 0) else "missed"])  # fmt: skip
+                            targets.get(task, "-"), ("met" if _pct(v) >= targets[task] else "missed")
+                            if task in targets else ""])  # fmt: skip
         lines.append("")
     if summary:
         intro += [
@@ -135,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "--lrs", nargs="+", default=["recipe"], help="Learning rates to sweep; 'recipe' = as written."
     )
     p.add_argument("--override", nargs="*", default=[], help="Extra recipe overrides (key=value).")
+    p.add_argument("--model", default=None, help="'mpnet' (all-mpnet-base-v2) or a model folder instead of the "
+                   "recipe's all-MiniLM-L6-v2")  # fmt: skip
     p.add_argument("--out", type=Path, default=_common.RESULTS / "teachers.md")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="")
@@ -142,11 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    model, overrides = "all-MiniLM-L6-v2", list(args.override)
+    if args.model:
+        path = _common.mpnet_base() if args.model == "mpnet" else Path(args.model).expanduser()
+        model, overrides = path.name, [f"teacher.model={path}", *overrides]
     runs = []
     for task in args.tasks:
         for lr in args.lrs:
-            runs.append(run_one(task, lr, args.override))
-            write_results(args.out, runs, args.note)  # after every run: a partial table survives a stop
+            runs.append(run_one(task, lr, overrides))
+            write_results(
+                args.out, runs, args.note, model
+            )  # after every run: a partial table survives a stop
             print(f"{task} lr={runs[-1]['lr']:g}: {runs[-1]['path']}", flush=True)
     return 0
 
