@@ -22,7 +22,9 @@ import threading
 
 from ._pruned_config import MODEL_TYPE_PREFIX, pruned_config_class
 
-BUILTIN_FAMILIES = ("bert", "camembert", "distilbert", "electra", "mpnet", "roberta", "xlm-roberta")
+BUILTIN_FAMILIES = (
+    "bert", "camembert", "deberta-v2", "distilbert", "electra", "modernbert", "mpnet", "roberta", "xlm-roberta",
+)  # fmt: skip
 """The model types of ``structprune/arch/families.py`` (a test keeps the two equal)."""
 
 _TARGET = "transformers.models.auto.configuration_auto"

@@ -146,6 +146,12 @@ def _attach_hidden(v, hidden: torch.Tensor) -> list:
         handles.append(norm.register_forward_hook(_masked_norm(pos)))
     for lin in sites.writers + [m for lv in v.layers for m in (lv.o, lv.down)]:
         handles.append(lin.register_forward_hook(_zero_removed(pos)))
+    if v.rel_table is not None:
+        # The layers also read a table in the hidden space that no LayerNorm need zero (DeBERTa's relative
+        # positions): their head projections see only the kept dimensions (a no-op on the residual stream,
+        # which is zero there already).
+        for lin in {id(m): m for lv in v.layers for m, _ in lv.head_rows}.values():
+            handles.append(lin.register_forward_pre_hook(_zero_removed_input(pos)))
     return handles
 
 
@@ -173,6 +179,15 @@ def _zero_removed(pos: torch.Tensor):
         return torch.zeros_like(output).index_copy(
             -1, pos.to(output.device), output.index_select(-1, pos.to(output.device))
         )
+
+    return hook
+
+
+def _zero_removed_input(pos: torch.Tensor):
+    def hook(module, args):
+        x = args[0]
+        kept = x.index_select(-1, pos.to(x.device))
+        return (torch.zeros_like(x).index_copy(-1, pos.to(x.device), kept), *args[1:])
 
     return hook
 

@@ -14,8 +14,12 @@ def test_view_resolves_every_family_and_task_head(family, task):
     v = sp.arch.view(m)
     assert len(v.layers) == 3
     for lv in v.layers:
-        assert lv.q.out_features == 32 and lv.o.in_features == 32
-        assert lv.up.out_features == 48 and lv.down.in_features == 48
+        # q, k, v blocks of 4 heads x 8 (one fused Linear of 3 blocks in ModernBERT), o's input
+        assert [w.shape for w in lv.head_row_weights()[:3]] == [(32, 32)] * 3 and lv.o.in_features == 32
+        # 48 neurons: one up block, or the input and gate halves of a gated MLP (ModernBERT)
+        assert [w.shape for w in lv.up_row_weights()] == [
+            (48, 32)
+        ] * lv.up_blocks and lv.down.in_features == 48
     assert v.structure.heads == [[0, 1, 2, 3]] * 3
     assert not v.structure.is_pruned
 

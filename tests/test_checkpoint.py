@@ -415,3 +415,16 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="config.json"):
         sp.from_pretrained(tmp_path / "x")
+
+
+@pytest.mark.parametrize("task", ["base", "seq-cls"])
+def test_adopted_models_still_return_hidden_states(task):
+    """transformers gathers hidden states through a registry keyed on the model's class when it was built:
+    a model whose class ``prune_`` swapped (to StructPruneBertModel) must still return them."""
+    from helpers import nonuniform_mask
+
+    model = tiny.model("bert", task)
+    sp.prune_(model, nonuniform_mask(model))
+    assert type(model).__name__.startswith("StructPrune")
+    out = model(input_ids=torch.randint(5, tiny.VOCAB, (2, 6)), output_hidden_states=True)
+    assert len(out.hidden_states) == 3  # the embeddings and the 2 kept layers

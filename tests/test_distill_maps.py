@@ -45,7 +45,7 @@ def test_map_of_pruned_student_skips_dropped_layers_and_heads():
     assert build_map(student, mid).heads == [[0, 1, 2, 3], [1, 2]]
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "modernbert", "deberta-v2"])
 def test_maps_match_real_attention_and_hidden_states(family):
     """Pruning heads of the last layer only: everything before it is identical, and the student's last
     attention equals the teacher's on the kept heads, so both losses vanish under the map."""

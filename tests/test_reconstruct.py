@@ -98,7 +98,7 @@ def _last_hidden(model, batches):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert", "mpnet"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "mpnet", "modernbert", "deberta-v2"])
 @pytest.mark.parametrize("seed", range(3))
 def test_reconstruction_reduces_and_never_increases_layer_output_error(family, seed):
     dense = tiny.model(family, seed=seed)

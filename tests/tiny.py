@@ -10,8 +10,10 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     BertConfig,
+    DebertaV2Config,
     DistilBertConfig,
     ElectraConfig,
+    ModernBertConfig,
     MPNetConfig,
     RobertaConfig,
     XLMRobertaConfig,
@@ -36,8 +38,31 @@ COMMON = dict(
 )
 
 
+# ModernBERT: a sliding window of 4 tokens (2 each side) so that the 9-token batches below tell global and
+# local layers apart (layers 0 and 3 global, 1 and 2 local); SDPA attention, what from_pretrained picks on a
+# CPU (eager gives the same outputs on real tokens but others on padding; it is tested separately).
+MODERNBERT = dict(
+    pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, local_attention=4,
+    max_position_embeddings=64, attn_implementation="sdpa", initializer_range=0.2,
+)  # fmt: skip
+# Both: initializer_range=0.2, so that attention is sharp enough for the window, the rotary and relative
+# positions and every head to change the outputs well beyond the tests' tolerances (at 0.02 the position
+# terms move DeBERTa's outputs by 1e-6).
+# DeBERTa-v3's layout (relative attention with log buckets, both position terms, the table's LayerNorm, no
+# absolute positions) with its own position projections (share_att_key=False, as DeBERTa-v2-base).
+DEBERTA = dict(
+    relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8, max_relative_positions=-1,
+    norm_rel_ebd="layer_norm", share_att_key=False, position_biased_input=False, max_position_embeddings=64,
+    type_vocab_size=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2,
+)  # fmt: skip
+
+
 def config(family: str, **overrides):
-    if family == "bert":
+    if family == "modernbert":  # its per-layer attention types are derived from the layer count at init
+        return ModernBertConfig(**{**COMMON, **MODERNBERT, **overrides})
+    if family == "deberta-v2":
+        cfg = DebertaV2Config(**{**COMMON, **DEBERTA})
+    elif family == "bert":
         cfg = BertConfig(**COMMON)
     elif family == "roberta":
         cfg = RobertaConfig(**COMMON, pad_token_id=1)
@@ -56,7 +81,7 @@ def config(family: str, **overrides):
     return cfg
 
 
-FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"]
+FAMILIES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet", "modernbert", "deberta-v2"]
 TASKS = {
     "base": AutoModel,
     "seq-cls": AutoModelForSequenceClassification,

@@ -21,11 +21,13 @@ import torch
 from ..arch import view
 from .cost import (
     dense_cost,
+    first_layer_gap_per_dim,
     head_flops,
     head_params,
     layer_hidden_params_per_dim,
     neuron_flops,
     neuron_params,
+    units,
 )
 
 if TYPE_CHECKING:
@@ -124,13 +126,22 @@ def prices(model, kind: str, fraction: float, seq_len: int, *, width: int | None
         return Prices("latency", lin.outside + lin.per_layer * n_layers, lin.head, neuron, fraction * total,
                       total, layer_cost=latency_model.layer_ms, outside=lin.outside)  # fmt: skip
     dense = dense_cost(model, seq_len)
+    u = units(v)
     if kind == "flops":
-        return Prices(kind, 0, head_flops(d, dh, seq_len), neuron_flops(d, seq_len),
+        return Prices(kind, 0, head_flops(d, dh, seq_len, u), neuron_flops(d, seq_len, u),
                       fraction * dense.encoder_flops, dense.encoder_flops)  # fmt: skip
     L, H, inter = st.num_layers, st.num_heads, st.intermediate_size
-    fixed = dense.encoder_params - L * (H * head_params(D, dh) + inter * neuron_params(D))
-    fixed_at_d = fixed / L - (D - d) * layer_hidden_params_per_dim(v.layers[0])
-    return Prices(kind, fixed_at_d * n_layers, head_params(d, dh), neuron_params(d),
+    fixed = dense.encoder_params - L * (H * head_params(D, dh, u) + inter * neuron_params(D, u))
+    # Per dimension of the residual stream, a layer's fixed part (LayerNorms, biases); the original first
+    # layer may lack a module (ModernBERT's attn_norm): exact with every layer kept, an upper bound else.
+    lv = v.layers[0]
+    gap = first_layer_gap_per_dim(v)
+    per_dim = layer_hidden_params_per_dim(lv) + (gap if lv.orig == 0 else 0)
+    if n_layers == L:
+        fixed_total = fixed - (D - d) * (L * per_dim - gap)
+    else:
+        fixed_total = n_layers * ((fixed + gap * D) / L - (D - d) * per_dim)
+    return Prices(kind, fixed_total, head_params(d, dh, u), neuron_params(d, u),
                   fraction * dense.encoder_params, dense.encoder_params)  # fmt: skip
 
 

@@ -1,9 +1,12 @@
 """Analytical cost model: FLOPs and parameters per encoder layer and in total.
 
 FLOPs count 2 per multiply-add of the matrix products of one sequence of ``seq_len`` tokens (batch 1):
-q/k/v/o projections, attention scores and context, FFN up/down. Softmax, LayerNorm and bias additions
-are left out (under 1% at these sizes). Parameters are exact: the formula is checked against
-``sum(p.numel())`` of the real modules in the test suite.
+q/k/v/o projections, attention scores and context, FFN up/down (both halves of a gated MLP's up
+projection), and DeBERTa's relative-position terms (the projection of the shared table and the scores
+against it, per head and term). Softmax, LayerNorm, bias additions and rotary position embeddings are
+left out (elementwise, under 1% at these sizes); sliding-window attention is counted dense, as the eager
+and SDPA kernels compute it. Parameters are exact: the formula is checked against ``sum(p.numel())`` of
+the real modules in the test suite. What a head and a neuron consist of in a family is :class:`Units`.
 
 All four structures are covered: dropped layers cost nothing; heads and neurons cost the formulas below
 at the (kept) hidden width; hidden-size pruning also shrinks every LayerNorm, the o/down biases and the
@@ -22,24 +25,74 @@ from ..arch import ModelView, view
 from ..mask import Mask
 
 
-def head_flops(hidden: int, head_size: int, seq_len: int) -> int:
-    """FLOPs one attention head costs: its q/k/v/o slices plus its scores and context."""
-    return 2 * seq_len * 4 * hidden * head_size + 2 * 2 * seq_len * seq_len * head_size
+@dataclass(frozen=True)
+class Units:
+    """What one attention head and one FFN neuron of a family's layer consist of (:func:`units`).
+
+    The defaults are BERT's: q/k/v rows with biases, one up row with a bias. ModernBERT: no biases and a
+    gated MLP (``up_blocks=2``: a neuron costs two up rows and one down column). DeBERTa: ``rel_terms``
+    position terms per head (c2p, p2c) against a table of ``rel_rows`` relative positions, projected per
+    head (by q/k, or by ``extra_rows`` own projections when ``share_att_key`` is false). Rotary position
+    embeddings (ModernBERT) have no parameters and only elementwise work, left out like softmax.
+    """
+
+    qkv: int = 3
+    """Head-laid-out blocks of rows reading the tokens (q, k, v)."""
+    extra_rows: int = 0
+    """More head-laid-out projections (DeBERTa's ``pos_key_proj``/``pos_query_proj``)."""
+    row_biases: int = 3
+    """How many of a head's row blocks carry a bias."""
+    rel_terms: int = 0
+    rel_rows: int = 0
+    table_projections: int = 0
+    """Per-head projections of the position table in each layer: the own position projections, or, where
+    there are none (DeBERTa's ``share_att_key``), q and k, which both project it."""
+    up_blocks: int = 1
+    up_bias: int = 1
 
 
-def neuron_flops(hidden: int, seq_len: int) -> int:
-    """FLOPs one FFN neuron costs: one row of the up and one column of the down projection."""
-    return 2 * 2 * seq_len * hidden
+BERT_UNITS = Units()
 
 
-def head_params(hidden: int, head_size: int) -> int:
-    """Parameters one head owns: q/k/v rows with their biases and o columns."""
-    return 4 * hidden * head_size + 3 * head_size
+def units(v: ModelView) -> Units:
+    """The :class:`Units` of ``v``'s layers (read from the first layer's modules)."""
+    lv = v.layers[0]
+    table = v.rel_table
+    qkv = sum(blocks for lin, blocks in lv.head_rows if any(lin is m for m in (lv.q, lv.k, lv.v)))
+    extra = sum(blocks for _, blocks in lv.head_rows) - qkv
+    return Units(
+        qkv=qkv,
+        extra_rows=extra,
+        row_biases=sum(blocks for lin, blocks in lv.head_rows if lin.bias is not None),
+        rel_terms=lv.rel_terms,
+        rel_rows=0 if table is None or not lv.rel_terms else table.num_embeddings,
+        table_projections=0 if not lv.rel_terms else extra or 2,
+        up_blocks=lv.up_blocks,
+        up_bias=int(lv.up.bias is not None),
+    )
 
 
-def neuron_params(hidden: int) -> int:
-    """Parameters one FFN neuron owns: a row of up (with its bias) and a column of down."""
-    return 2 * hidden + 1
+def head_flops(hidden: int, head_size: int, seq_len: int, u: Units = BERT_UNITS) -> int:
+    """FLOPs one attention head costs: its q/k/v/o slices plus its scores and context; with relative
+    positions (DeBERTa), the projections of the table and, per term, the scores against it."""
+    flops = 2 * seq_len * (u.qkv + 1) * hidden * head_size + 2 * 2 * seq_len * seq_len * head_size
+    table = u.table_projections * 2 * u.rel_rows * hidden * head_size  # once per forward, whatever the batch
+    return flops + table + u.rel_terms * 2 * seq_len * u.rel_rows * head_size
+
+
+def neuron_flops(hidden: int, seq_len: int, u: Units = BERT_UNITS) -> int:
+    """FLOPs one FFN neuron costs: its row(s) of the up projection (two when gated) and its down column."""
+    return 2 * (u.up_blocks + 1) * seq_len * hidden
+
+
+def head_params(hidden: int, head_size: int, u: Units = BERT_UNITS) -> int:
+    """Parameters one head owns: its q/k/v (and position-projection) rows with their biases, o columns."""
+    return (u.qkv + u.extra_rows + 1) * hidden * head_size + u.row_biases * head_size
+
+
+def neuron_params(hidden: int, u: Units = BERT_UNITS) -> int:
+    """Parameters one FFN neuron owns: its row(s) of up (with biases) and its column of down."""
+    return (u.up_blocks + 1) * hidden + u.up_blocks * u.up_bias
 
 
 @dataclass
@@ -74,9 +127,20 @@ class Cost:
 def _layer_fixed_params(layer: nn.Module, lv) -> int:
     """Parameters of a layer that head/FFN pruning never changes (LayerNorms, o and down biases)."""
     total = sum(p.numel() for p in layer.parameters())
-    variable = sum(p.numel() for m in (lv.q, lv.k, lv.v) for p in m.parameters())
-    variable += lv.o.weight.numel() + lv.up.weight.numel() + lv.up.bias.numel() + lv.down.weight.numel()
+    variable = sum(p.numel() for m, _ in lv.head_rows for p in m.parameters())
+    variable += lv.o.weight.numel() + sum(p.numel() for p in lv.up.parameters()) + lv.down.weight.numel()
     return total - variable
+
+
+def first_layer_gap_per_dim(v: ModelView) -> int:
+    """Parameters per residual-stream dimension that the original first layer lacks (modules that are an
+    Identity there only, ``ArchSpec.first_layer_identity``: ModernBERT's ``attn_norm``)."""
+    lv = v.layers[0]
+    gap = 0
+    for _, template in v.spec.first_layer_identity:
+        module = lv.module.get_submodule(template)
+        gap += sum(p.numel() for p in module.parameters()) // v.structure.hidden_width
+    return gap
 
 
 def _scaled(numel: int, dims: int, now: int, width: int) -> int:
@@ -133,6 +197,7 @@ def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost
         mask.check_compatible(model)
     now, dh = s.hidden_width, s.head_size
     d = now if mask is None or mask.hidden is None else int(mask.hidden.sum())
+    u = units(v)
     total_params = sum(p.numel() for p in model.parameters())
     layers: list[LayerCost] = []
     layer_params_now = 0
@@ -144,9 +209,9 @@ def cost(model: nn.Module, seq_len: int = 128, mask: Mask | None = None) -> Cost
             heads, ffn = int(mask.head[lv.orig].sum()), int(mask.ffn[lv.orig].sum())
             if heads == 0 and ffn == 0:
                 continue  # the layer is dropped
-        flops = heads * head_flops(d, dh, seq_len) + ffn * neuron_flops(d, seq_len)
+        flops = heads * head_flops(d, dh, seq_len, u) + ffn * neuron_flops(d, seq_len, u)
         fixed = _layer_fixed_params(lv.module, lv) - (now - d) * layer_hidden_params_per_dim(lv)
-        params = fixed + heads * head_params(d, dh) + ffn * neuron_params(d)
+        params = fixed + heads * head_params(d, dh, u) + ffn * neuron_params(d, u)
         layers.append(LayerCost(lv.orig, heads, ffn, flops, params))
     other = total_params - layer_params_now
     if d != now:
@@ -175,13 +240,16 @@ def dense_cost(model: nn.Module, seq_len: int = 128) -> Cost:
     v = view(model)
     s = v.structure
     d, dh, now = s.hidden_size, s.head_size, s.hidden_width
+    u = units(v)
     current = cost(model, seq_len)
-    fixed = [
-        lc.params - lc.heads * head_params(now, dh) - lc.ffn * neuron_params(now)
-        + (d - now) * layer_hidden_params_per_dim(lv)
-        for lc, lv in zip(current.layers, v.layers, strict=True)
-    ]  # fmt: skip
-    per_layer_fixed = fixed[0] if fixed else 0
+    lc, lv = current.layers[0], v.layers[0]
+    # the fixed part of a layer at the full width: the same in every layer, but for modules that the
+    # original first layer lacks (ModernBERT's attn_norm)
+    gap = first_layer_gap_per_dim(v)
+    per_layer_fixed = (
+        lc.params - lc.heads * head_params(now, dh, u) - lc.ffn * neuron_params(now, u)
+        + (d - now) * layer_hidden_params_per_dim(lv) + (gap * d if lv.orig == 0 else 0)
+    )  # fmt: skip
     other = current.other_params + (
         outer_hidden_params(v, d) - outer_hidden_params(v, now) if d != now else 0
     )
@@ -190,9 +258,12 @@ def dense_cost(model: nn.Module, seq_len: int = 128) -> Cost:
             i,
             s.num_heads,
             s.intermediate_size,
-            s.num_heads * head_flops(d, dh, seq_len) + s.intermediate_size * neuron_flops(d, seq_len),
-            per_layer_fixed + s.num_heads * head_params(d, dh) + s.intermediate_size * neuron_params(d),
-        )
+            s.num_heads * head_flops(d, dh, seq_len, u) + s.intermediate_size * neuron_flops(d, seq_len, u),
+            per_layer_fixed
+            - (gap * d if i == 0 else 0)
+            + s.num_heads * head_params(d, dh, u)
+            + s.intermediate_size * neuron_params(d, u),
+        )  # fmt: skip
         for i in range(s.num_layers)
     ]
     enc = sum(lc.params for lc in layers)

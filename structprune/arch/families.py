@@ -92,3 +92,75 @@ MPNET = register_architecture(
         lm_heads=(("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder"),),
     )
 )
+
+MODERNBERT = register_architecture(
+    ArchSpec(
+        name="modernbert",
+        layers="layers",
+        q="attn.Wqkv",  # q, k and v are the three blocks of one fused Linear
+        k="attn.Wqkv",
+        v="attn.Wqkv",
+        o="attn.Wo",
+        up="mlp.Wi",
+        down="mlp.Wo",
+        up_blocks=2,  # GLU: Wi outputs the input and gate halves
+        attn="attn",
+        attn_head_count_attrs=(),  # the forward reshapes with -1 heads
+        attn_head_size_attr="head_dim",
+        attn_all_head_size_attrs=(),
+        pre_norm=True,
+        first_layer_identity=(("attn_norm", "mlp_norm"),),
+        config_per_layer=("layer_types",),  # global or sliding-window attention, per layer
+        sliding_window=True,
+        embeddings=("embeddings.tok_embeddings",),
+        embedding_norm="embeddings.norm",
+        layer_norms=("attn_norm", "mlp_norm"),
+        hidden_norms=("final_norm",),
+        # Every task head starts with the prediction head (dense -> act -> norm) in the residual space;
+        # the classifier (sequence, token, QA, multiple choice) or the tied decoder reads its output.
+        residual_readers=("classifier",),
+        lm_heads=(("head.dense", "head.norm", "decoder"),),
+    )
+)
+
+DEBERTA_V2 = register_architecture(
+    ArchSpec(
+        name="deberta-v2",  # DeBERTa-v3 checkpoints are deberta-v2 models
+        layers="encoder.layer",
+        q="attention.self.query_proj",
+        k="attention.self.key_proj",
+        v="attention.self.value_proj",
+        o="attention.output.dense",
+        up="intermediate.dense",
+        down="output.dense",
+        attn="attention.self",
+        # Disentangled attention: every layer projects the shared relative-position table per head, by
+        # q/k (share_att_key) or by its own position projections.
+        head_projections=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+        rel_table="encoder.rel_embeddings",
+        attn_rel_terms_attr="pos_att_type",
+        # The embedding LayerNorm comes after the projection (embedding_size != hidden_size): always in the
+        # hidden space. The table's LayerNorm exists with norm_rel_ebd="layer_norm".
+        hidden_norms=("embeddings.LayerNorm", "encoder.LayerNorm"),
+        after_first_layer=("encoder.conv",),  # DeBERTa-v2 xlarge/xxlarge (conv_kernel_size > 0)
+        embeddings=(
+            "embeddings.word_embeddings",
+            "embeddings.position_embeddings",
+            "embeddings.token_type_embeddings",
+        ),
+        embedding_project="embeddings.embed_proj",  # when embedding_size != hidden_size
+        layer_norms=("attention.output.LayerNorm", "output.LayerNorm"),
+        residual_readers=("pooler.dense", "qa_outputs"),
+        pooled_readers=("classifier",),
+        poolers=("pooler",),
+        lm_heads=(
+            (
+                "cls.predictions.transform.dense",
+                "cls.predictions.transform.LayerNorm",
+                "cls.predictions.decoder",
+            ),  # legacy=True (the default)
+            ("lm_predictions.lm_head.dense", "lm_predictions.lm_head.LayerNorm", ""),  # tied by matmul
+        ),
+        vocab_params=("lm_predictions.lm_head.bias",),  # legacy=False: its bias over the vocabulary
+    )
+)

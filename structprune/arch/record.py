@@ -183,11 +183,19 @@ def validate_arch(arch, structure: dict, where: str = "") -> dict:
         raise ValueError(
             f"config.structprune_arch{src} is missing {missing[0]!r}; the checkpoint is damaged."
         )
-    for name in ("attn_head_count_attrs", "attn_all_head_size_attrs", "layer_norms"):
+    for name in ("attn_head_count_attrs", "attn_all_head_size_attrs", "layer_norms", "head_projections"):
         if name in arch and not (
             isinstance(arch[name], list) and all(isinstance(a, str) for a in arch[name])
         ):
             raise ValueError(
                 f"config.structprune_arch.{name}{src} must be a list of names; the checkpoint was edited."
             )
+    pairs = arch.get("first_layer_identity", [])
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(a, str) for a in p) for p in pairs
+    ):
+        raise ValueError(
+            f"config.structprune_arch.first_layer_identity{src} must be a list of [path, template] pairs; the "
+            "checkpoint was edited."
+        )
     return arch

@@ -80,11 +80,73 @@ class ArchSpec:
     lm_heads: tuple[tuple[str, str, str], ...] = ()
     """MLM heads as ``(dense, norm, decoder)`` paths relative to the model: ``dense`` reads the residual
     stream; its output, ``norm`` and the (usually word-embedding-tied) ``decoder`` input live in the
-    embedding space, so they shrink too when that space is the residual stream."""
+    embedding space, so they shrink too when that space is the residual stream. ``decoder`` may be ``""``
+    (DeBERTa multiplies by the word embeddings themselves)."""
+
+    # --- layouts beyond BERT's (ModernBERT, DeBERTa-v2/v3); the defaults describe BERT -----------------
+    # Fused projections need no field: when q, k and v name the same module (ModernBERT's ``attn.Wqkv``),
+    # that module's output is their blocks in that order, and head j owns rows j*d..(j+1)*d of each block.
+    up_blocks: int = 1
+    """Equal blocks of ``up``'s output. A gated (GLU) MLP computes ``act(input) * gate`` from one Linear
+    (ModernBERT's ``mlp.Wi``): 2 blocks, and FFN neuron j owns row j of each (rows j and I + j)."""
+    head_projections: tuple[str, ...] = ()
+    """More Linears (relative to the layer) whose output rows are laid out by head like q/k/v, sliced with
+    them; paths a model lacks are skipped (DeBERTa's ``pos_key_proj``/``pos_query_proj``, which exist when
+    ``share_att_key`` is false). They read ``rel_table`` (or the residual stream): hidden pruning slices
+    their input columns."""
+    rel_table: str | None = None
+    """A relative-position table in the hidden space shared by all layers (relative to the base model;
+    DeBERTa's ``encoder.rel_embeddings``): each layer projects it per head (through q/k or
+    ``head_projections``), so head pruning leaves it whole and hidden pruning slices its columns."""
+    attn_rel_terms_attr: str | None = None
+    """Attribute on ``attn`` listing the relative-position score terms each head computes against
+    ``rel_table`` (DeBERTa's ``pos_att_type``: ``"c2p"``, ``"p2c"``); the cost model counts them."""
+    hidden_norms: tuple[str, ...] = ()
+    """LayerNorms over the hidden space outside the layers, relative to the base model (ModernBERT's
+    ``final_norm``, DeBERTa's LayerNorm of ``rel_table``); paths a model lacks are skipped."""
+    pre_norm: bool = False
+    """Layers normalize their input (``x + attn(norm(x))``) instead of their output (BERT's
+    ``norm(x + attn(x))``); reconstruction then matches the un-normalized residual sums."""
+    first_layer_identity: tuple[tuple[str, str], ...] = ()
+    """``(path, template)`` pairs, relative to the layer: a module that is ``nn.Identity`` in the first layer
+    only and built like ``template`` in the others (ModernBERT's ``attn_norm``, like ``mlp_norm``). A pruned
+    model whose first layer was another layer keeps it, so it needs a structprune checkpoint."""
+    config_per_layer: tuple[str, ...] = ()
+    """Config keys holding one entry per layer (ModernBERT's ``layer_types``: global or sliding-window
+    attention); dropping layers keeps the kept layers' entries."""
+    vocab_params: tuple[str, ...] = ()
+    """Parameters over the vocabulary besides the input embeddings and a decoder Linear, relative to the
+    model (DeBERTa's ``lm_predictions.lm_head.bias``, added after multiplying by the word embeddings);
+    vocabulary pruning slices them too. Paths a model lacks are skipped."""
+    sliding_window: bool = False
+    """Some layers attend within a window of tokens (ModernBERT's local layers): a padding token's window
+    may hold no real token, and such fully masked rows (padding either way) come out differently from
+    SDPA, eager attention and ONNX Runtime. ONNX export traces and checks these families in eager attention."""
+    after_first_layer: tuple[str, ...] = ()
+    """Modules (relative to the base model) that the encoder applies to the first layer's output (DeBERTa-v2
+    xlarge's ``encoder.conv``). Where a model has one, surgery refuses to drop the first layer or prune
+    hidden dimensions (neither can be represented)."""
+
+    def __post_init__(self):
+        if isinstance(self.up_blocks, bool) or not isinstance(self.up_blocks, int) or self.up_blocks < 1:
+            raise ValueError(f"ArchSpec.up_blocks must be a positive integer, got {self.up_blocks!r}.")
+        if len({self.q, self.k, self.v}) == 2 and self.q == self.v != self.k:
+            raise ValueError(
+                "ArchSpec: q and v name the same module but k another; a fused projection holds adjacent "
+                "blocks (q and k, k and v, or all three)."
+            )
 
     @property
     def projections(self) -> dict[str, str]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "up": self.up, "down": self.down}
+
+    @property
+    def qkv_blocks(self) -> list[tuple[str, int]]:
+        """The distinct q/k/v modules in order, each with how many of q/k/v it holds (fused: 3)."""
+        out: dict[str, int] = {}
+        for path in (self.q, self.k, self.v):
+            out[path] = out.get(path, 0) + 1
+        return list(out.items())
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -93,10 +155,34 @@ _REGISTRY: dict[str, ArchSpec] = {}
 def register_architecture(spec: ArchSpec, *, overwrite: bool = False) -> ArchSpec:
     """Register ``spec`` for each of its ``model_types`` (or its ``name``).
 
-    Example::
+    A family is described, never coded: the path to the layer list (relative to ``model.base_model``), the
+    per-layer paths of the q/k/v/o and FFN up/down Linears, the module whose attributes hold the head count
+    (``attn``, ``attn_head_count_attrs``, ``attn_head_size_attr``, ``attn_all_head_size_attrs``; empty
+    tuples when its forward reshapes with ``-1``) and, for hidden-size pruning, the modules that touch the
+    residual stream. Layouts beyond BERT's:
+
+    - **fused q/k/v** (one Linear whose output is the q, k and v blocks): give the same path for ``q``,
+      ``k`` and ``v``; head j is rows ``j*d:(j+1)*d`` of every block.
+    - **gated MLP** (GLU: one Linear computing the input and gate halves): ``up_blocks=2``; neuron j owns
+      rows j and I + j.
+    - **per-head position projections** (DeBERTa's ``pos_key_proj``): ``head_projections``; a position
+      table in the hidden space shared by all layers: ``rel_table`` (and its LayerNorm in ``hidden_norms``).
+    - **pre-norm layers**: ``pre_norm=True``; a final norm: ``hidden_norms``; a module that is an Identity
+      in the first layer only: ``first_layer_identity``; config lists with one entry per layer:
+      ``config_per_layer``.
+
+    Example (a ModernBERT-like family)::
 
         import structprune as sp
-        sp.register_architecture(sp.ArchSpec(name="my_bert", layers="encoder.layer", q=..., ...))
+        sp.register_architecture(sp.ArchSpec(
+            name="my_modernbert", model_types=("my_modernbert",), layers="layers",
+            q="attn.Wqkv", k="attn.Wqkv", v="attn.Wqkv", o="attn.Wo",   # fused: 3 blocks
+            up="mlp.Wi", down="mlp.Wo", up_blocks=2,                    # gated: 2 blocks
+            attn="attn", attn_head_count_attrs=(), attn_head_size_attr="head_dim",
+            attn_all_head_size_attrs=(), pre_norm=True,
+        ))
+
+    Check a new row with the conformance tests (``tests/test_surgery.py``): pruned == masked reference.
     """
     for model_type in spec.model_types or (spec.name,):
         if model_type in _REGISTRY and not overwrite and _REGISTRY[model_type] != spec:
@@ -110,6 +196,11 @@ def register_architecture(spec: ArchSpec, *, overwrite: bool = False) -> ArchSpe
 
 def supported_families() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def spec_for(model_type: str | None) -> ArchSpec | None:
+    """The registered spec of ``model_type`` (``None`` if there is none)."""
+    return _REGISTRY.get(model_type) if model_type else None
 
 
 def resolve(root: nn.Module, path: str) -> nn.Module:

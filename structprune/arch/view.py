@@ -96,6 +96,29 @@ class LayerView:
     ffn: list[int]
     norms: list[nn.LayerNorm] = field(default_factory=list)
     """LayerNorms over the residual stream in this layer (``ArchSpec.layer_norms``)."""
+    head_rows: list[tuple[nn.Linear, int]] = field(default_factory=list)
+    """Every distinct Linear whose output rows are laid out by head, with its number of equal blocks:
+    q, k, v (one entry of 3 blocks when fused) and the spec's ``head_projections`` this model has."""
+    up_blocks: int = 1
+    """Equal blocks of ``up``'s output (2 for a gated MLP: neuron j owns row j of each)."""
+    rel_terms: int = 0
+    """Relative-position score terms each head computes against the shared table (DeBERTa: c2p, p2c)."""
+
+    def readers(self) -> list[nn.Linear]:
+        """The distinct Linears of this layer that read the residual stream (q/k/v, up, head projections)."""
+        out: list[nn.Linear] = []
+        for lin in [m for m, _ in self.head_rows] + [self.up]:
+            if all(lin is not m for m in out):
+                out.append(lin)
+        return out
+
+    def head_row_weights(self) -> list:
+        """Each head-laid-out block of weights ``[heads * head_size, in]`` (q, k, v, head projections)."""
+        return [w for lin, blocks in self.head_rows for w in lin.weight.chunk(blocks, dim=0)]
+
+    def up_row_weights(self) -> list:
+        """Each block of ``up``'s weights ``[neurons, in]`` (input and gate halves of a gated MLP)."""
+        return list(self.up.weight.chunk(self.up_blocks, dim=0))
 
 
 @dataclass
@@ -107,7 +130,8 @@ class HiddenSites:
     """
 
     embeddings: list[nn.Embedding]
-    """Embeddings whose vectors are residual-stream vectors (empty when a projection separates the spaces)."""
+    """Embeddings whose vectors are residual-stream vectors (the input embeddings unless a projection
+    separates the spaces; a relative-position table in the hidden space, ``ArchSpec.rel_table``)."""
     norms: list[nn.LayerNorm]
     """LayerNorms over residual-stream coordinates (the embedding LayerNorm, MLM transform LayerNorms)."""
     writers: list[nn.Linear]
@@ -165,13 +189,15 @@ class ModelView:
         readers: list[nn.Linear] = []
         if shared and isinstance(norm := _find([self.base], s.embedding_norm), nn.LayerNorm):
             norms.append(norm)
+        norms += [m for p in s.hidden_norms if isinstance(m := _find([self.base], p), nn.LayerNorm)]
+        tables = [] if self.rel_table is None else [self.rel_table]  # hidden space whatever the embeddings
         pooled = any(_find(roots, p) is not None for p in s.poolers)
         for path in s.residual_readers + (() if pooled else s.pooled_readers):
             if isinstance(m := _find(roots, path), nn.Linear) and m not in readers:
                 readers.append(m)
         for dense_path, norm_path, decoder_path in s.lm_heads:
             dense = _find([self.model], dense_path)
-            if not isinstance(dense, nn.Linear):
+            if not isinstance(dense, nn.Linear) or dense in readers:
                 continue
             readers.append(dense)
             if shared:
@@ -180,11 +206,21 @@ class ModelView:
                     norms.append(norm)
                 if isinstance(decoder := _find([self.model], decoder_path), nn.Linear):
                     readers.append(decoder)
-        return HiddenSites(embeddings if shared else [], norms, writers, readers)
+        return HiddenSites((embeddings if shared else []) + tables, norms, writers, readers)
 
     @property
     def head_bias(self) -> nn.Embedding | None:
         return resolve(self.base, self.spec.head_bias) if self.spec.head_bias else None
+
+    @property
+    def rel_table(self) -> nn.Embedding | None:
+        """The relative-position table shared by all layers (``ArchSpec.rel_table``), if this model has one."""
+        table = _find([self.base], self.spec.rel_table)
+        return table if isinstance(table, nn.Embedding) else None
+
+    def first_layer_pinned(self) -> bool:
+        """Whether the encoder applies a module to its first layer's output (``ArchSpec.after_first_layer``)."""
+        return any(_find([self.base], p) is not None for p in self.spec.after_first_layer)
 
     def _read_structure(self) -> Structure:
         recorded = getattr(self.config, CONFIG_KEY, None)
@@ -207,19 +243,30 @@ class ModelView:
 
     def _layer(self, i: int, module: nn.Module) -> LayerView:
         s, st = self.spec, self.structure
+        attn = resolve(module, s.attn)
+        head_rows = [(resolve(module, path), blocks) for path, blocks in s.qkv_blocks]
+        head_rows += [(m, 1) for p in s.head_projections if isinstance(m := _find([module], p), nn.Linear)]
+        rel_terms = 0
+        if s.attn_rel_terms_attr and self.rel_table is not None:
+            rel_terms = len(getattr(attn, s.attn_rel_terms_attr, None) or ())
         lv = LayerView(
             index=i,
             orig=st.layers[i],
             module=module,
-            attn=resolve(module, s.attn),
+            attn=attn,
             heads=st.heads[i],
             ffn=st.ffn[i],
             norms=[m for p in s.layer_norms if isinstance(m := _find([module], p), nn.LayerNorm)],
+            head_rows=head_rows,
+            up_blocks=s.up_blocks,
+            rel_terms=rel_terms,
             **{name: resolve(module, path) for name, path in s.projections.items()},
         )
-        if lv.q.out_features != len(lv.heads) * st.head_size or lv.up.out_features != len(lv.ffn):
+        inner = len(lv.heads) * st.head_size
+        held = [lin.out_features // blocks for lin, blocks in head_rows]
+        if any(h != inner for h in held) or lv.up.out_features != s.up_blocks * len(lv.ffn):
             raise ValueError(
-                f"Layer {i}: weights hold {lv.q.out_features // st.head_size} heads and {lv.up.out_features} "
+                f"Layer {i}: weights hold {held[0] // st.head_size} heads and {lv.up.out_features // s.up_blocks} "
                 f"FFN neurons but config.{CONFIG_KEY} records {len(lv.heads)} and {len(lv.ffn)}."
             )
         if lv.q.in_features != st.hidden_width:
@@ -229,14 +276,20 @@ class ModelView:
             )
         return lv
 
-    def write_structure(self, structure: Structure) -> None:
+    def write_structure(self, structure: Structure, kept: list[int] | None = None) -> None:
         """Record ``structure`` in the config (``config.structprune`` plus the stock size keys).
 
         ``config.hidden_size`` keeps the original width even when hidden dimensions are pruned: families
         derive the head size from it at init, so a loader builds the original shapes and then applies the
-        record (whose ``hidden`` lists the dimensions kept).
+        record (whose ``hidden`` lists the dimensions kept). ``kept``: the current indices of the layers
+        kept, when layers were dropped (per-layer config lists keep those entries).
         """
         s = self.spec
+        if kept is not None:
+            for key in s.config_per_layer:
+                values = getattr(self.config, key, None)
+                if isinstance(values, list | tuple) and len(values) == len(self.layers):  # before the drop
+                    setattr(self.config, key, [values[i] for i in kept])
         setattr(self.config, CONFIG_KEY, structure.to_dict())
         setattr(self.config, s.config_layers, len(structure.layers))
         widths = set(structure.ffn_per_layer)

@@ -65,6 +65,21 @@ class CardInfo:
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra Hub tags."})
     model_name: str | None = field(default=None, metadata={"help": "Title of the card (default: derived)."})
     notes: str = field(default="", metadata={"help": "Free text appended to the card."})
+    vocabulary: str | None = field(
+        default=None,
+        metadata={"help": "What vocabulary pruning kept (structprune.prune_vocab notes it), e.g. '11,575 of "
+                  "30,522 tokens (...)'."},
+    )  # fmt: skip
+    library_name: str = field(
+        default="transformers",
+        metadata={"help": "Hub library the model loads with (sentence-transformers, ...)."},
+    )
+    usage: str | None = field(
+        default=None,
+        metadata={
+            "help": "Markdown of the card's 'How to load' section (None: the transformers instructions)."
+        },
+    )
     latency: dict = field(
         default_factory=dict,
         metadata={"help": "The latency model a latency budget was measured with (LatencyModel.to_dict()); the card "
@@ -75,6 +90,14 @@ class CardInfo:
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
             raise ValueError(
                 f"seq_len={self.seq_len!r}: give the positive number of tokens FLOPs are counted at."
+            )
+        for name in ("vocabulary", "usage"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}={value!r}: give a string (or None).")
+        if not isinstance(self.library_name, str) or not self.library_name:
+            raise ValueError(
+                f"library_name={self.library_name!r}: give the Hub library name, e.g. 'transformers'."
             )
         for name in ("datasets", "tags"):
             value = getattr(self, name)
@@ -308,7 +331,7 @@ def card_data(model: nn.Module, info: CardInfo) -> ModelCardData:
         ]
     return ModelCardData(
         base_model=base,
-        library_name="transformers",
+        library_name=info.library_name,
         pipeline_tag=info.task,
         license=info.license,
         datasets=info.datasets or None,
@@ -343,7 +366,8 @@ def card_text(
     """The README.md text (metadata block + body) for ``model``. ``heatmap=False``: the card says how to
     get the ``structure.png`` picture instead of showing it (matplotlib was not installed)."""
     rows = rows if rows is not None else layer_rows(model, info.seq_len)
-    s = view(model).structure
+    v = view(model)
+    s = v.structure
     now, dense = cost(model, info.seq_len), dense_cost(model, info.seq_len)
     data = card_data(model, info)
     source = public_name(info.base_model or getattr(model.config, "_name_or_path", None) or None)
@@ -364,6 +388,7 @@ def card_text(
         f"| Teacher | {teacher} |",
         f"| Method | {info.method or 'not recorded'} |",
         f"| Budget | {info.budget or 'not recorded'} |",
+        *([f"| Vocabulary | {info.vocabulary} |"] if info.vocabulary else []),
         f"| Layers kept | {len(s.layers)} of {s.num_layers} |",
         f"| Heads kept | {sum(s.heads_per_layer)} of {s.num_layers * s.num_heads} |",
         f"| FFN neurons kept | {sum(s.ffn_per_layer)} of {s.num_layers * s.intermediate_size} |",
@@ -415,7 +440,7 @@ def card_text(
                 f"| {r.layer} | {len(r.heads)}/{r.num_heads} | {ids} | {r.ffn}/{r.intermediate_size} | "
                 f"{_fmt(r.params)} | {_fmt(r.flops)} |"
             )
-    lines += ["", "## How to load", "", _how_to_load(is_stock(s))]
+    lines += ["", "## How to load", "", info.usage or _how_to_load(is_stock(s, v.spec))]
     if info.notes:
         lines += ["## Notes", "", info.notes, ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)

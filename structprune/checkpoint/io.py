@@ -10,6 +10,7 @@ import transformers
 from torch import nn
 
 from ..arch import Structure, view
+from ..arch.spec import spec_for
 from ..progress import hf_bars
 from . import registry
 from . import remote_modeling as rm
@@ -62,7 +63,8 @@ def save_pretrained(
     The card says what structprune's steps noted on the model (:func:`structprune.compress`: method and
     budget; :func:`structprune.distill`: teacher, data, metrics); ``card``, a :class:`structprune.CardInfo`,
     adds to or overrides that (``False``: no card). Extra keyword arguments go to transformers'
-    ``save_pretrained``.
+    ``save_pretrained``. A sentence-transformers ``SentenceTransformer`` is saved as a folder
+    ``SentenceTransformer(path)`` loads (:func:`structprune.sentence.save`).
 
     Example::
 
@@ -70,9 +72,16 @@ def save_pretrained(
         sp.save_pretrained(model, "out/pruned", tokenizer=tok, card=sp.CardInfo(base_model="org/teacher"))
         sp.from_pretrained("out/pruned")
     """
+    from ..sentence.encoder import is_sentence_transformer
+
+    if is_sentence_transformer(model):  # a folder SentenceTransformer(path) loads (structprune.sentence)
+        from ..sentence.saving import save
+
+        return save(model, path, tokenizer=tokenizer, card=card, **kwargs)
     if not isinstance(model, transformers.PreTrainedModel):
         raise TypeError(
-            f"save_pretrained expects a transformers PreTrainedModel, got {type(model).__name__}."
+            f"save_pretrained expects a transformers PreTrainedModel (or a SentenceTransformer), got "
+            f"{type(model).__name__}."
         )
     if card is not None and card is not False and not isinstance(card, CardInfo):
         raise TypeError(f"card must be a structprune.CardInfo, None or False, not {type(card).__name__}.")
@@ -134,7 +143,8 @@ def _check_adopted(config: dict, path) -> None:
     record = config.get(rm.CONFIG_KEY)
     if not record or str(config.get("model_type", "")).startswith(rm.MODEL_TYPE_PREFIX):
         return
-    if not registry.is_stock(Structure.from_dict(record, f"{path}/{CONFIG_FILE}")):
+    spec = spec_for(config.get("model_type"))
+    if not registry.is_stock(Structure.from_dict(record, f"{path}/{CONFIG_FILE}"), spec):
         raise ValueError(
             f"{path} holds a pruned model with per-layer sizes under the stock model type "
             f"{config.get('model_type')!r} (it was saved with a plain model.save_pretrained before "

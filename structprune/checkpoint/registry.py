@@ -17,7 +17,7 @@ from torch import nn
 from transformers.models.auto import configuration_auto
 
 from .. import _autoconfig
-from ..arch import ModelView, Structure, supported_families, view
+from ..arch import ArchSpec, ModelView, Structure, supported_families, view
 from . import remote_modeling as rm
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,13 @@ def register_builtin() -> None:
 _REMOTE_SPEC_KEYS = (
     "layers", "q", "k", "v", "o", "up", "down", "attn",
     "attn_head_count_attrs", "attn_all_head_size_attrs", "head_bias", "head_bias_arg",
+    "up_blocks", "head_projections", "first_layer_identity",
 )  # fmt: skip
+
+
+def _as_json(value):
+    """Tuples (nested too: ``first_layer_identity``) as the lists JSON gives back."""
+    return [_as_json(x) for x in value] if isinstance(value, tuple) else value
 
 
 def arch_record(v: ModelView) -> dict:
@@ -76,12 +82,12 @@ def arch_record(v: ModelView) -> dict:
     model) or ``"model"`` (a task head), so the file never needs family knowledge of its own.
     """
     spec = dataclasses.asdict(v.spec)
-    record = {
-        key: list(spec[key]) if isinstance(spec[key], tuple) else spec[key] for key in _REMOTE_SPEC_KEYS
-    }
-    layer0 = v.layers[0]
-    norms = getattr(layer0, "norms", [])
-    record["layer_norms"] = [name for name, m in layer0.module.named_modules() if any(m is n for n in norms)]
+    record = {key: _as_json(spec[key]) for key in _REMOTE_SPEC_KEYS}
+    names = {}  # every layer's (the first may lack one: ModernBERT's attn_norm)
+    for lv in v.layers:
+        norms = getattr(lv, "norms", [])
+        names.update((name, None) for name, m in lv.module.named_modules() if any(m is n for n in norms))
+    record["layer_norms"] = list(names)
     if getattr(v.structure, "hidden", None) is not None:
         base_names = {id(m): n for n, m in v.base.named_modules()}
         model_names = {id(m): n for n, m in v.model.named_modules()}
@@ -99,14 +105,16 @@ def arch_record(v: ModelView) -> dict:
     return record
 
 
-def is_stock(structure: Structure) -> bool:
+def is_stock(structure: Structure, spec: ArchSpec | None = None) -> bool:
     """True when a stock config describes the structure: every kept layer has all its heads, all layers
     the same FFN width and the residual stream its full width (only FFN pruned uniformly and/or whole
-    layers dropped)."""
+    layers dropped), and, in a family whose first layer differs from the others (``spec``'s
+    ``first_layer_identity``: ModernBERT), the first layer is kept."""
     return (
         all(len(h) == structure.num_heads for h in structure.heads)
         and len(set(structure.ffn_per_layer)) <= 1
         and getattr(structure, "hidden", None) in (None, list(range(structure.hidden_size)))
+        and not (spec is not None and spec.first_layer_identity and structure.layers[0] != 0)
     )
 
 
@@ -118,6 +126,18 @@ def _stock_model_class(cls: type) -> type:
         for c in cls.__mro__
         if issubclass(c, nn.Module) and not any(b.__name__ == rm.StructPruneMixin.__name__ for b in c.__mro__)
     )
+
+
+def _set_class(model: nn.Module, cls: type) -> None:
+    """``model.__class__ = cls``, and what transformers keys on the class: the outputs it records
+    (``output_hidden_states`` / ``output_attentions`` are gathered by hooks found through a registry filled at
+    ``__init__``, keyed on the class name; without an entry for the new class a base model returns none)."""
+    model.__class__ = cls
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # a transformers without output capturing: nothing to register
+        return
+    _CAN_RECORD_REGISTRY[model] = getattr(model, "_can_record_outputs", None)
 
 
 def adopt(model: nn.Module, *, strict: bool = True) -> nn.Module:
@@ -135,11 +155,17 @@ def adopt(model: nn.Module, *, strict: bool = True) -> nn.Module:
         sp.prune_(model, mask)
         sp.checkpoint.adopt(model).save_pretrained("out")
     """
+    inner = getattr(model, "base_model", None)
+    wrapped = isinstance(inner, transformers.PreTrainedModel) and inner is not model
+    if wrapped and not isinstance(model, transformers.PreTrainedModel):
+        # a wrapper around a transformers model (structprune.sentence.SentenceEncoder): adopt that model
+        adopt(inner, strict=strict)
+        return model
     v = view(model)
     config, base = model.config, base_model_type(model.config)
     stock_cls = _stock_model_class(type(model))
-    if is_stock(v.structure):
-        model.__class__ = stock_cls
+    if is_stock(v.structure, v.spec):
+        _set_class(model, stock_cls)
         if base in configuration_auto.CONFIG_MAPPING_NAMES:
             config.__class__ = configuration_auto.CONFIG_MAPPING[base]
         if hasattr(config, "auto_map"):
@@ -166,5 +192,5 @@ def adopt(model: nn.Module, *, strict: bool = True) -> nn.Module:
     setattr(config, rm.ARCH_KEY, arch_record(v))
     config.auto_map = rm.auto_map(base)
     config.__class__ = config_class(base)
-    model.__class__ = model_classes(base)["StructPrune" + stock_cls.__name__]
+    _set_class(model, model_classes(base)["StructPrune" + stock_cls.__name__])
     return model

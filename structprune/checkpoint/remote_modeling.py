@@ -136,11 +136,8 @@ def _resize_linear(
     _set(root, path, new)
 
 
-def _resize_norm(root: nn.Module, path: str, width: int) -> None:
-    old = _get(root, path)
-    if tuple(old.normalized_shape) == (width,):
-        return
-    new = nn.LayerNorm(
+def _norm_like(old: nn.LayerNorm, width: int) -> nn.LayerNorm:
+    return nn.LayerNorm(
         width,
         eps=old.eps,
         elementwise_affine=old.elementwise_affine,
@@ -148,7 +145,40 @@ def _resize_norm(root: nn.Module, path: str, width: int) -> None:
         device=old.weight.device if old.weight is not None else None,
         dtype=old.weight.dtype if old.weight is not None else None,
     )
-    _set(root, path, new)
+
+
+def _resize_norm(root: nn.Module, path: str, width: int) -> None:
+    old = _get(root, path)
+    if not isinstance(old, nn.LayerNorm) or tuple(old.normalized_shape) == (width,):
+        return  # (an Identity where only the first layer has none: ModernBERT's attn_norm)
+    _set(root, path, _norm_like(old, width))
+
+
+def _has(root: nn.Module, path: str) -> bool:
+    try:
+        _get(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.{ARCH_KEY}.{name} must be a positive integer; the checkpoint was edited.")
+    return value
+
+
+def _rebuild_like(layer: nn.Module, path: str, template: str) -> None:
+    """Replace the module at ``path`` (an Identity in a stock first layer) by a fresh module built like
+    the one at ``template`` (ModernBERT's ``attn_norm`` like ``mlp_norm``); weights load later."""
+    like = _get(layer, template)
+    if not isinstance(like, nn.LayerNorm):
+        raise ValueError(
+            f"config.{ARCH_KEY}.first_layer_identity names {template!r}, which is not a LayerNorm; the "
+            "checkpoint's config.json was damaged or edited."
+        )
+    if isinstance(_get(layer, path), nn.Identity):
+        _set(layer, path, _norm_like(like, like.normalized_shape[0]))
 
 
 def _resize_embedding(root: nn.Module, path: str, dim: int) -> None:
@@ -215,12 +245,20 @@ def apply_structure(model: nn.Module) -> nn.Module:
     head_size = structure["head_size"]
     hidden = structure.get("hidden")
     width = len(hidden) if hidden is not None else structure["hidden_size"]  # residual stream
+    up_blocks = _count(arch.get("up_blocks", 1), "up_blocks")
+    qkv = [arch["q"], arch["k"], arch["v"]]  # one path named n times: a fused Linear of n blocks
+    if structure["layers"][0] != 0:  # the first layer was another one: build what only layer 0 lacks
+        for path, template in arch.get("first_layer_identity", ()):
+            _rebuild_like(layers[0], path, template)
     for layer, heads, ffn in zip(layers, structure["heads"], structure["ffn"], strict=True):
         inner = len(heads) * head_size
-        for name in ("q", "k", "v"):
-            _resize_linear(layer, arch[name], out_features=inner, in_features=width)
+        for path in dict.fromkeys(qkv):
+            _resize_linear(layer, path, out_features=qkv.count(path) * inner, in_features=width)
+        for path in arch.get("head_projections", ()):
+            if _has(layer, path):
+                _resize_linear(layer, path, out_features=inner, in_features=width)
         _resize_linear(layer, arch["o"], out_features=width, in_features=inner)
-        _resize_linear(layer, arch["up"], out_features=len(ffn), in_features=width)
+        _resize_linear(layer, arch["up"], out_features=up_blocks * len(ffn), in_features=width)
         _resize_linear(layer, arch["down"], out_features=width, in_features=len(ffn))
         for path in arch.get("layer_norms", ()):
             _resize_norm(layer, path, width)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
 def head_weight_norms(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, head_size: int, p: float = 2.0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    head_size: int,
+    p: float = 2.0,
+    extra: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
-    """Norm of every head's weights: its rows of q/k/v (``[H*d, D]``) and its columns of o (``[D, H*d]``).
+    """Norm of every head's weights: its rows of q/k/v (``[H*d, D]``) and its columns of o (``[D, H*d]``),
+    plus its rows of any ``extra`` head-laid-out projections (DeBERTa's position projections).
 
     Returns ``[H]``. ``p=1`` gives the L1 norm, ``p=2`` the L2 norm.
     """
     heads = q.shape[0] // head_size
-    parts = [w.reshape(heads, head_size * w.shape[1]) for w in (q, k, v)]  # [H, d*D] each
+    parts = [w.reshape(heads, head_size * w.shape[1]) for w in (q, k, v, *extra)]  # [H, d*D] each
     parts.append(o.t().reshape(heads, head_size * o.shape[0]))  # o: [D, H*d] -> [H, d*D]
     return torch.linalg.vector_norm(torch.cat(parts, dim=1), ord=p, dim=1)
 

@@ -15,7 +15,8 @@ and the decoder stays tied to the (sliced) word embeddings.
 Two scorers, both in original coordinates (``[hidden_size]``, higher = keep):
 
 - ``"activation"``: mean |value| of each dimension at every point where the stream is written (each
-  LayerNorm output over it, ELECTRA's embedding projection), over real tokens, summed over the points;
+  LayerNorm output over it, ELECTRA's embedding projection; in pre-norm layers also each o and down
+  output), over real tokens, summed over the points;
   LayerNorm weights are included, since they are part of the output.
 - ``"taylor"``: |gradient of the loss w.r.t. a multiplicative gate ``g[d]``| applied at all those points
   at once (one gate per example, first-order Taylor as for heads), which is what removing ``d``
@@ -38,9 +39,13 @@ HIDDEN_METHODS = ("activation", "taylor")
 
 
 def _write_points(v: ModelView) -> list[nn.Module]:
-    """Modules whose output is (a fresh copy of) the residual stream: LayerNorms over it and writers."""
+    """Modules whose output is (a fresh copy of) the residual stream: LayerNorms over it and writers; in
+    pre-norm layers (ModernBERT) the stream is a sum that each layer's o and down add to, so those too."""
     sites = v.hidden_sites()
-    return sites.norms + sites.writers + [n for lv in v.layers for n in lv.norms]
+    points = sites.norms + sites.writers + [n for lv in v.layers for n in lv.norms]
+    if v.spec.pre_norm:
+        points += [m for lv in v.layers for m in (lv.o, lv.down)]
+    return points
 
 
 def _token_mask(batch: dict, x: torch.Tensor) -> torch.Tensor | None:

@@ -100,12 +100,14 @@ def _magnitude(model, v, batches=None, *, norm: str = "l2", **_unused):
     dh = v.structure.head_size
     for lv in v.layers:
         if lv.heads:
-            w = [m.weight.detach().float().cpu() for m in (lv.q, lv.k, lv.v, lv.o)]
-            head[lv.orig, lv.heads] = fn.head_weight_norms(*w, head_size=dh, p=p)
+            rows = [
+                w.detach().float().cpu() for w in lv.head_row_weights()
+            ]  # q, k, v (+ position projections)
+            o = lv.o.weight.detach().float().cpu()
+            head[lv.orig, lv.heads] = fn.head_weight_norms(*rows[:3], o, head_size=dh, p=p, extra=rows[3:])
         if lv.ffn:
-            ffn[lv.orig, lv.ffn] = fn.neuron_weight_norms(
-                lv.up.weight.detach().float().cpu(), lv.down.weight.detach().float().cpu(), p=p
-            )
+            up = torch.cat([w.detach().float().cpu() for w in lv.up_row_weights()], dim=1)  # [I, blocks * D]
+            ffn[lv.orig, lv.ffn] = fn.neuron_weight_norms(up, lv.down.weight.detach().float().cpu(), p=p)
     return head, ffn
 
 

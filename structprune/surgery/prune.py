@@ -42,6 +42,13 @@ def _head_rows(positions: list[int], head_size: int) -> torch.Tensor:
     return torch.tensor([j * head_size + t for j in positions for t in range(head_size)], dtype=torch.long)
 
 
+def _blocks(index: torch.Tensor, block: int, blocks: int) -> torch.Tensor:
+    """``index`` (rows within one block of ``block`` rows) repeated in each of ``blocks`` equal blocks:
+    a fused q/k/v projection keeps a head's rows in its q, k and v blocks, a gated MLP's ``up`` a neuron's
+    rows in its input and gate halves."""
+    return torch.cat([index + b * block for b in range(blocks)])
+
+
 def _check(v: ModelView, mask: Mask) -> None:
     for lv in v.layers:
         heads, ffn = int(mask.head[lv.orig].sum()), int(mask.ffn[lv.orig].sum())
@@ -53,6 +60,19 @@ def _check(v: ModelView, mask: Mask) -> None:
             )
     if not mask.kept_layers:
         raise ValueError("The mask removes every layer; keep at least one head or neuron.")
+    if v.first_layer_pinned():
+        first = v.layers[0].orig
+        if not (mask.head[first].any() or mask.ffn[first].any()):
+            raise ValueError(
+                f"This {v.spec.name} model applies a module to its first layer's output "
+                f"({', '.join(v.spec.after_first_layer)}), so its first layer (original layer {first}) cannot "
+                "be dropped: keep a head in it (allocate(..., min_heads=1))."
+            )
+        if mask.hidden is not None and not bool(mask.hidden[v.structure.hidden_dims].all()):
+            raise ValueError(
+                f"This {v.spec.name} model has a module outside its layers that hidden pruning cannot resize "
+                f"({', '.join(v.spec.after_first_layer)}); prune heads, neurons and layers only."
+            )
 
 
 def prune_(model: nn.Module, mask: Mask) -> nn.Module:
@@ -83,8 +103,8 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
             continue
         if len(head_pos) != len(lv.heads):
             rows = _head_rows(head_pos, s.head_size)
-            for lin in (lv.q, lv.k, lv.v):
-                slice_linear(lin, rows, 0)
+            for lin, blocks in lv.head_rows:  # q, k, v (fused: one Linear of 3 blocks), head projections
+                slice_linear(lin, _blocks(rows, len(lv.heads) * s.head_size, blocks), 0)
             slice_linear(lv.o, rows, 1)
             for attr in spec.attn_head_count_attrs:
                 setattr(lv.attn, attr, len(head_pos))
@@ -92,7 +112,7 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
                 setattr(lv.attn, attr, len(head_pos) * s.head_size)
         if len(ffn_pos) != len(lv.ffn):
             idx = torch.tensor(ffn_pos, dtype=torch.long)
-            slice_linear(lv.up, idx, 0)
+            slice_linear(lv.up, _blocks(idx, len(lv.ffn), lv.up_blocks), 0)  # a gated MLP: both halves
             slice_linear(lv.down, idx, 1)
         kept.append(lv)
         new_layers.append(lv.orig)
@@ -121,7 +141,7 @@ def prune_(model: nn.Module, mask: Mask) -> nn.Module:
     )
     if spec.head_bias:
         _slice_head_bias(v, s, structure)
-    v.write_structure(structure)
+    v.write_structure(structure, kept=[lv.index for lv in kept] if dropped else None)
     logger.info(
         "pruned to %d layers, %d heads, %d FFN neurons, hidden size %d",
         len(new_layers),
@@ -177,7 +197,7 @@ def _slice_hidden(v: ModelView, layers: list, pos: torch.Tensor) -> None:
     for lin in sites.writers:
         write(lin)
     for lv in layers:
-        for lin in (lv.q, lv.k, lv.v, lv.up):
+        for lin in lv.readers():  # each Linear once (a fused q/k/v is one)
             read(lin)
         write(lv.o)
         write(lv.down)

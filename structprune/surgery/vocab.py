@@ -83,8 +83,9 @@ def _encode(encoder, texts: Iterable[str]) -> Iterable[tuple[list[str], list[lis
         yield chunk, [e.ids for e in encoder.encode_batch(chunk, add_special_tokens=False)]
 
 
-def _count(tokenizer, texts, size: int) -> tuple[torch.Tensor, list[str]]:
-    """How often each id occurs in ``texts`` (``[size]``), and the first texts (to check the result on)."""
+def _count(tokenizer, texts, size: int) -> tuple[torch.Tensor, list[str], int]:
+    """How often each id occurs in ``texts`` (``[size]``), the first texts (to check the result on), and how
+    many texts there were."""
     counts = torch.zeros(size, dtype=torch.long)
     probes: list[str] = []
     n = 0
@@ -96,7 +97,7 @@ def _count(tokenizer, texts, size: int) -> tuple[torch.Tensor, list[str]]:
         n += len(chunk)
     if n == 0:
         raise ValueError("texts is empty: pass the text whose tokens the pruned vocabulary should keep.")
-    return counts, probes
+    return counts, probes, n
 
 
 def _keep_ids(keep, by_token: dict[str, int]) -> set[int]:
@@ -147,7 +148,7 @@ def slice_vocab_(model: nn.Module, ids) -> nn.Module:
     new_of_old = {int(old): new for new, old in enumerate(ids.tolist())}
     out = model.get_output_embeddings()
     out = out if isinstance(out, nn.Linear) and out.out_features == rows else None
-    old = [emb.weight] + ([out.weight, out.bias] if out is not None else [])
+    old = [emb.weight] + ([out.weight, out.bias] if out is not None else []) + _vocab_params(model, rows)
     sliced = {
         id(p): nn.Parameter(p.index_select(0, ids.to(p.device)).clone(), requires_grad=p.requires_grad)
         for p in old
@@ -172,6 +173,25 @@ def slice_vocab_(model: nn.Module, ids) -> nn.Module:
             setattr(config, key, new_of_old.get(value))
     config.vocab_size = len(ids)
     return model
+
+
+def _vocab_params(model: nn.Module, rows: int) -> list[nn.Parameter]:
+    """The family's other parameters over the vocabulary (``ArchSpec.vocab_params``) that ``model`` has."""
+    from ..arch.spec import spec_for
+
+    config = model.config
+    spec = spec_for(
+        getattr(config, "structprune_base_model_type", None) or getattr(config, "model_type", None)
+    )
+    found = []
+    for path in spec.vocab_params if spec is not None else ():
+        try:
+            p = model.get_parameter(path)
+        except AttributeError:
+            continue
+        if p.shape[0] == rows:
+            found.append(p)
+    return found
 
 
 def _rebuild(tokenizer, spec: dict, new_of_old: dict[int, int]):
@@ -234,6 +254,7 @@ def prune_vocab(
     *,
     min_count: int = 1,
     keep: Iterable[str] = (),
+    source: str | None = None,
 ):
     """Keep only the tokens ``texts`` use; return ``(model, tokenizer)``: the model pruned in place (like
     :func:`structprune.prune_`) and a new tokenizer of the same class (the one passed in is left as it was).
@@ -247,7 +268,9 @@ def prune_vocab(
     (XLM-RoBERTa, CamemBERT) fast tokenizers. Text made only of kept tokens gives exactly the unpruned
     outputs; see this module's docstring for text with dropped tokens, :func:`vocab_coverage` to measure it.
     The folder ``save_pretrained`` writes (pass the returned tokenizer) loads with ``AutoTokenizer`` and
-    ``AutoModel*``; vocabulary pruning composes with :func:`structprune.prune_` in either order.
+    ``AutoModel*``; vocabulary pruning composes with :func:`structprune.prune_` in either order. The model card
+    :func:`structprune.save_pretrained` writes says how many of the original tokens were kept, ``min_count``
+    and how many texts they came from (``source`` names them, e.g. ``"SST-2 train"``).
 
     Example::
 
@@ -256,6 +279,8 @@ def prune_vocab(
     """
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ValueError(f"min_count must be an integer >= 1 (occurrences in texts), got {min_count!r}.")
+    if source is not None and not isinstance(source, str):
+        raise TypeError(f"source names where texts came from (a string, for the model card), got {source!r}.")
     spec = _check_tokenizer(tokenizer)
     tokens = tk.id_tokens(spec)
     size = max(tokens) + 1
@@ -275,7 +300,7 @@ def prune_vocab(
         )
     by_token = {t: i for i, t in tokens.items()}
     wanted = _keep_ids(keep, by_token)
-    counts, probes = _count(tokenizer, texts, size)
+    counts, probes, n_texts = _count(tokenizer, texts, size)
     kept = set(torch.nonzero(counts >= min_count).flatten().tolist())
     kept |= wanted | tk.required_ids(spec)
     config_ids = _config_token_ids(model.config)
@@ -290,6 +315,7 @@ def prune_vocab(
     new_tokenizer = _rebuild(tokenizer, new_spec, new_of_old)
     _verify(tokenizer, new_tokenizer, new_spec, new_of_old, probes)
     slice_vocab_(model, order)  # the model changes only once the tokenizer is built and checked
+    _note_vocabulary(model, len(order), rows, emb.embedding_dim, min_count, n_texts, source)
     logger.info(
         "kept %d of %d tokens (%d seen at least %d times in the text)",
         len(order),
@@ -298,6 +324,25 @@ def prune_vocab(
         min_count,
     )
     return model, new_tokenizer
+
+
+_ORIGINAL = "_structprune_vocab_original"  # on the model: the vocabulary size before its first pruning
+
+
+def _note_vocabulary(model, kept: int, rows: int, dim: int, min_count: int, n_texts: int, source) -> None:
+    """What the card says about the vocabulary (:func:`structprune.checkpoint.card.note_card`): the tokens
+    kept of the original vocabulary (the one before the first pruning), min_count and the texts."""
+    from ..checkpoint.card import note_card
+
+    original = model.__dict__.setdefault(_ORIGINAL, rows)  # a plain attribute: survives copy.deepcopy
+    times = "once" if min_count == 1 else f"{min_count} times"
+    texts = f"{n_texts:,} text{'' if n_texts == 1 else 's'}" + (f" ({source})" if source else "")
+    note_card(
+        model,
+        vocabulary=f"{kept:,} of {original:,} tokens kept: those occurring at least {times} (min_count "
+        f"{min_count}) in {texts}, plus the special and required ones; word embeddings {(original - kept) * dim:,} "
+        "parameters smaller",
+    )
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ calibration data matches the unpruned model's. The student runs on its *own* (al
 inputs, the reference on the unpruned model's, so each fit also corrects the error coming from below.
 
 What is matched is the pre-LayerNorm sum of each block (``o(x) + residual`` for attention,
-``down(x) + residual`` for the FFN; every registered family is post-LN), so the student's residual
-drift is part of the target. What is fitted (``fit=``):
+``down(x) + residual`` for the FFN; in post-norm layers the FFN's residual is its input, in pre-norm
+layers, ModernBERT's, the un-normalized ``x + attn``), so the student's residual drift is part of the
+target. What is fitted (``fit=``):
 
 - ``"weights"`` (default): the output projection's columns of the kept heads / neurons and its bias,
   ``min ||X W^T + b - Y||^2 + lam ||W - W_0||^2`` (ridge toward the current weights). One Cholesky
@@ -171,21 +172,30 @@ class _Side:
         self.view = view(model)
         self.gates = gates
         self.by_orig: dict[int, LayerView] = {lv.orig: lv for lv in self.view.layers}
-        self.calls: list[tuple] = []  # per batch: the first layer's (args, kwargs)
+        self.calls: list[dict[int, tuple]] = []  # per batch: each layer's (args, kwargs), by original index
 
     @torch.no_grad()
     def capture(self, inputs: list[dict]) -> None:
-        """Record the first layer's call for every batch (its input and keyword arguments), stopping the
-        forward there. Every layer is later called with those keyword arguments (the attention mask, a
-        shared position bias): all registered families pass the same ones to each layer."""
-        first = self.view.layers[0].module
-        current: dict[str, tuple] = {}
+        """Record every layer's call for every batch: the first layer's input and each layer's other
+        arguments (the attention mask, a shared position bias or table; ModernBERT gives global and
+        sliding-window layers different masks and rotary tables), stopping the forward at the last layer.
+        Only the first layer's input is kept; the others are replaced when a layer is run."""
+        current: dict[int, tuple] = {}
+        last = self.view.layers[-1].orig
 
-        def hook(module, args, kwargs):
-            current["call"] = (args, kwargs)
-            raise _Stop
+        def hook(module, args, kwargs, orig):
+            if current:  # keep the arguments, not the hidden states
+                args, kwargs = _with_hidden(args, kwargs, None)
+            current[orig] = (args, kwargs)
+            if orig == last:
+                raise _Stop
 
-        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [
+            lv.module.register_forward_pre_hook(
+                lambda m, a, k, orig=lv.orig: hook(m, a, k, orig), with_kwargs=True
+            )
+            for lv in self.view.layers
+        ]
         try:
             for batch in inputs:
                 try:
@@ -193,15 +203,21 @@ class _Side:
                         self.model(**batch)
                 except _Stop:
                     pass
-                self.calls.append(current.pop("call"))
+                self.calls.append(dict(current))
+                current.clear()
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+
+    def first_input(self, b: int) -> torch.Tensor:
+        """The first layer's input of batch ``b``."""
+        return _first(*self.calls[b][self.view.layers[0].orig])
 
     def run(self, orig: int, b: int, hidden: torch.Tensor, observer=None) -> torch.Tensor | None:
         """Run layer ``orig`` of batch ``b`` on ``hidden`` with this side's gates (if any) and ``observer``;
         returns the layer output, or None when the observer stopped it early."""
         lv = self.by_orig[orig]
-        args, kwargs = _with_hidden(*self.calls[b], hidden)
+        args, kwargs = _with_hidden(*self.calls[b][orig], hidden)
         head = self.gates.head if self.gates else None
         ffn = self.gates.ffn if self.gates else None
         try:
@@ -274,8 +290,8 @@ def reconstruct(
         stu.capture(inputs)
     else:
         stu.calls = ref.calls  # one model, gated: the same layer calls
-    h_ref = [_first(*call) for call in ref.calls]  # each layer's input, per batch
-    h_stu = [_first(*call) for call in stu.calls]
+    h_ref = [ref.first_input(b) for b in range(len(inputs))]  # each layer's input, per batch
+    h_stu = [stu.first_input(b) for b in range(len(inputs))]
 
     fits: list[BlockFit] = []
     few: list[_Few] = []
@@ -356,11 +372,12 @@ def _reference_targets(ref: _Side, orig: int, h_ref: list, real: list) -> dict[s
         lv.down.register_forward_hook(lambda m, a, out, s=seen: s.__setitem__("down", out)),
         lv.up.register_forward_pre_hook(lambda m, a, s=seen: s.__setitem__("up_in", a[0])),
     ]
+    pre_norm = ref.view.spec.pre_norm
     try:
         for b in range(len(h_ref)):
             out = ref.run(orig, b, h_ref[b])
             targets["o"].append((seen["o"] + h_ref[b])[real[b]])
-            targets["down"].append((seen["down"] + seen["up_in"])[real[b]])
+            targets["down"].append((seen["down"] + _ffn_residual(pre_norm, h_ref[b], seen))[real[b]])
             h_ref[b] = out
     finally:
         for h in handles:
@@ -381,15 +398,25 @@ def _student_stats(stu: _Side, slv: LayerView, orig: int, kind: str, cols, lin: 
                 seen["x"] = x
                 raise _Stop
 
-        handle = slv.up.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("up_in", a[0]))
+        handles = [
+            slv.up.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("up_in", a[0])),
+            slv.o.register_forward_hook(lambda m, a, out, seen=seen: seen.__setitem__("o", out)),
+        ]
         try:
             stu.run(orig, b, h_stu[b], observer)
         finally:
-            handle.remove()
-        resid = h_stu[b] if kind == "o" else seen["up_in"]
+            for handle in handles:
+                handle.remove()
+        resid = h_stu[b] if kind == "o" else _ffn_residual(stu.view.spec.pre_norm, h_stu[b], seen)
         x = seen["x"] if cols is None else seen["x"][..., cols.to(device)]
         stats.add(x[real[b]], targets[b] - resid[real[b]])
     return stats
+
+
+def _ffn_residual(pre_norm: bool, layer_input: torch.Tensor, seen: dict) -> torch.Tensor:
+    """What the FFN block adds its output to: the attention block's output, which is the FFN's input in a
+    post-norm layer (``norm(x + attn)``) and the un-normalized ``x + attn`` in a pre-norm one."""
+    return layer_input + seen["o"] if pre_norm else seen["up_in"]
 
 
 @dataclass
