@@ -10,6 +10,7 @@ The package reads like its pipeline; each stage is a folder and a verb here::
     checkpoint/  5. save_pretrained / from_pretrained / push_to_hub, model cards
     export/         ONNX export and int8 quantization
     run/         the one-call paths: compress, the recipe pipeline, teachers, the demo
+    sentence/    the same for sentence-transformers models (compress, distill, save, STS-B, throughput)
 
 ``batches.py`` (label keys, device moves, logits), ``mask.py`` (Mask, Scores), ``gates.py`` (the masked
 reference), ``data/`` and ``evaluation.py`` serve every stage. Low-level pieces (views, gates, cost
@@ -58,7 +59,7 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = (
     "allocation", "arch", "atomic", "batches", "cache", "checkpoint", "cli", "data", "errors", "evaluation", "export",
-    "gates", "mask", "progress", "recovery", "report", "run", "scoring", "surgery",
+    "gates", "mask", "progress", "recovery", "report", "run", "scoring", "sentence", "surgery",
 )  # fmt: skip
 
 __all__ = [

@@ -7,7 +7,8 @@ One definition each, used by scoring, reconstruction, evaluation, distillation a
 - :func:`to_device`: a batch's tensors on a device, labels normalized (``label`` -> ``labels``).
 - :func:`model_inputs`: the same without any target (what a label-free forward gets).
 - :func:`has_labels`, :func:`labels_of`.
-- :func:`logits_of`: the logits of a model output (``ModelOutput``, dict, tuple or tensor).
+- :func:`logits_of`: the logits of a model output (``ModelOutput``, dict, tuple or tensor);
+  :func:`embeddings_of`: the sentence embeddings of an embedding model's output (None for a task model's).
 - :func:`check_task`: token ids within the vocabulary, labels that fit the task head.
 - :func:`iterate`: at most ``max_batches`` of an iterable, with a progress bar, refusing empty data.
 """
@@ -93,6 +94,25 @@ def logits_of(output: Any) -> torch.Tensor:
             "(AutoModelForSequenceClassification, ...)."
         )
     return logits
+
+
+EMBEDDING_KEY = "sentence_embedding"
+"""Where an embedding model's output holds its sentence embeddings (sentence-transformers' name)."""
+
+
+def embeddings_of(output: Any) -> torch.Tensor | None:
+    """The sentence embeddings ``[B, D]`` of an embedding model's output (``sentence_embedding``, as an attribute
+    or a key: :class:`structprune.sentence.SentenceEncoder`'s outputs, sentence-transformers' feature dicts),
+    else None (a task model's output, read with :func:`logits_of`).
+
+    Example::
+
+        emb = embeddings_of(encoder(**inputs))   # [B, D], or None for a classifier's output
+    """
+    value = getattr(output, EMBEDDING_KEY, None)
+    if value is None and isinstance(output, Mapping):
+        value = output.get(EMBEDDING_KEY)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def iterate(batches: Iterable | None, max_batches: int | None = None, *, progress: bool = False,

@@ -11,6 +11,7 @@ import os
 EXTRAS = {
     "export": ("onnx", "onnxscript", "onnxruntime"),
     "card": ("matplotlib",),
+    "sentence": ("sentence_transformers",),
 }
 """The optional extras of the package and the modules each brings (``pip install 'structprune[export]'``)."""
 

@@ -93,6 +93,9 @@ def test_card_without_info_still_renders(tmp_path):
         {"datasets": "glue"},
         {"metrics_after": {"accuracy": "high"}},
         {"tags": [1]},
+        {"vocabulary": 3},
+        {"library_name": ""},
+        {"usage": ["load it"]},
     ],
 )
 def test_card_info_rejects_bad_values(kwargs):
@@ -166,3 +169,27 @@ def test_note_card_checks_its_fields():
     note_card(model, method="b", datasets=["x", "y"], teacher=None)
     info = recorded_card(model)
     assert info.method == "a; then b" and info.datasets == ["x", "y"] and info.teacher is None
+
+
+def test_card_says_what_vocabulary_pruning_kept(tmp_path):
+    model, tok = pruned("bert"), tiny.tokenizer()  # 23 tokens: the special ones and tiny.WORDS
+    folder = sp.save_pretrained(model, tmp_path / "before", tokenizer=tok)
+    assert "Vocabulary" not in (folder / "README.md").read_text()  # not pruned: no row
+    texts = ["the movie was good", "the movie", "was bad", "plot"]
+    _, small = sp.prune_vocab(model, tok, texts, min_count=2, source="four test sentences")
+    assert len(small) == 8  # the 5 special tokens and "the", "movie", "was" (seen twice)
+    text = (sp.save_pretrained(model, tmp_path / "after", tokenizer=small) / "README.md").read_text()
+    dim = model.config.hidden_size
+    assert (
+        f"| Vocabulary | 8 of 99 tokens kept: those occurring at least 2 times (min_count 2) in 4 texts "
+        f"(four test sentences), plus the special and required ones; word embeddings {91 * dim:,} parameters "
+        "smaller |"
+    ) in text
+    # pruned again: still counted against the original vocabulary (the model's 99 rows); min_count 1, no source
+    _, smaller = sp.prune_vocab(model, small, ["the movie"])
+    text = (sp.save_pretrained(model, tmp_path / "again", tokenizer=smaller) / "README.md").read_text()
+    assert (
+        "| Vocabulary | 7 of 99 tokens kept: those occurring at least once (min_count 1) in 1 text, plus"
+        in text
+    )
+    assert f"word embeddings {92 * dim:,} parameters smaller |" in text

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import yaml
 from helpers import pruned, tokenizer
@@ -213,8 +214,9 @@ print("DOWNLOADED")
 """
 
 
-def test_push_to_hub_uploads_exactly_the_saved_folder(hub, tmp_path):
-    model = pruned("mpnet")
+@pytest.mark.parametrize("family", ["mpnet", "modernbert", "deberta-v2"])  # layouts beyond BERT's
+def test_push_to_hub_uploads_exactly_the_saved_folder(hub, tmp_path, family):
+    model = pruned(family)
     card = {"base_model": "org/teacher", "budget": "50% encoder FLOPs", "datasets": ["nyu-mll/glue"]}
     # Everything up to the HTTP call: the folder push_to_hub stages is the one save_pretrained writes.
     tokenizer(tmp_path).save_pretrained(tmp_path / "tok")
@@ -290,6 +292,76 @@ def test_push_to_hub_uploads_exactly_the_saved_folder(hub, tmp_path):
     b = {"input_ids": torch.randint(3, 99, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
     with torch.no_grad():
         assert torch.equal(sp.from_pretrained(arrived)(**b).logits, model(**b).logits)
+
+
+_PUSH_VOCAB = r"""
+import json, sys
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import structprune as sp
+
+staged, texts = sys.argv[1], json.loads(sys.argv[2])
+want = load_file(sys.argv[3])["logits"]  # the model before vocabulary pruning, with the original tokenizer
+model, tok = sp.from_pretrained(staged), AutoTokenizer.from_pretrained(staged)
+info = sp.push_to_hub(model, "me/vocab-pruned", tokenizer=tok)
+print("COMMIT", info.commit_url)
+
+tok2 = AutoTokenizer.from_pretrained("me/vocab-pruned")  # downloaded by repo id
+assert tok2.get_vocab() == tok.get_vocab() and len(tok2) == model.config.vocab_size < 23
+feed = tok2(texts, padding=True, return_tensors="pt")
+with torch.no_grad():
+    for load in (sp.from_pretrained, AutoModelForSequenceClassification.from_pretrained):
+        loaded = load("me/vocab-pruned").eval()
+        assert loaded.get_input_embeddings().num_embeddings == len(tok2)
+        assert torch.equal(loaded(**feed).logits, want), load
+print("DOWNLOADED")
+"""
+
+
+def test_push_to_hub_a_vocabulary_pruned_model_and_its_tokenizer(hub, tmp_path):
+    from safetensors.torch import save_file
+
+    model, texts = pruned("bert"), ["the movie was good", "a boring plot", "the actors were great"]
+    tiny.tokenizer().save_pretrained(tmp_path / "tok")  # WordPiece over tiny.WORDS (ids < the model's 99)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    with torch.no_grad():
+        want = model.eval()(**tok(texts, padding=True, return_tensors="pt")).logits
+    _, small = sp.prune_vocab(model, tok, texts + ["it is fun"], source="four test sentences")
+    assert len(small) < len(tok) and model.config.vocab_size == len(small)
+    staged = sp.save_pretrained(model, tmp_path / "staged", tokenizer=small)
+    assert "| Vocabulary | " in (staged / "README.md").read_text()
+    expected = {p.name: p.read_bytes() for p in staged.iterdir()}
+    save_file({"logits": want.contiguous()}, str(tmp_path / "want.safetensors"))
+
+    script = tmp_path / "push_vocab.py"
+    script.write_text(_PUSH_VOCAB)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": TOKEN,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "127.0.0.1",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(staged), json.dumps(texts), str(tmp_path / "want.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"COMMIT {hub.url}/me/vocab-pruned/commit/" in proc.stdout and "DOWNLOADED" in proc.stdout
+    got = dict(hub.repos["me/vocab-pruned"])
+    # the weights (pruned embeddings), config, modeling file and tokenizer arrived byte for byte (the card was
+    # re-written from the reloaded model, which carries no notes; tokenizer_config.json: see the test above)
+    for name in ("model.safetensors", "config.json", rm.MODELING_FILE, "tokenizer.json"):
+        assert got[name] == expected[name], name
+    # AutoTokenizer also lists the repo's tree (optional chat templates), which the local Hub answers 404
+    assert not [call for call in hub.unknown if "/tree/main" not in call[1]], hub.unknown
 
 
 def test_push_to_hub_rejects_bad_repo_ids():

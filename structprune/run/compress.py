@@ -170,7 +170,10 @@ def compress(
     the model's own predictions when there are none or ``label_free=True``), constrained mask search,
     per-layer rearrangement, layer-wise least-squares reconstruction against the unpruned model's layer
     outputs, then surgery. Options are the fields of :class:`CompressConfig`. ``copy.deepcopy`` the
-    model first to keep the original. ``gradients`` (from :func:`structprune.gate_gradients` on this
+    model first to keep the original. A sentence-transformers ``SentenceTransformer`` is taken too, with a list of
+    (unlabelled) sentences as ``calibration_data`` (and ``batch_size=``): its transformer is pruned so that
+    the sentence embeddings stay close to the unpruned model's, and ``(st, report)`` comes back
+    (:mod:`structprune.sentence`). ``gradients`` (from :func:`structprune.gate_gradients` on this
     model) skips the scoring pass, e.g. to compress one model to several budgets. ``latency=0.5`` keeps half
     of the model's latency on this machine as predicted by ``latency_model`` (a :class:`structprune.LatencyModel`
     or its saved JSON; default: measured here once at ``latency_batch_size`` x ``seq_len`` and cached).
@@ -182,6 +185,14 @@ def compress(
         report.flops_kept, report.seconds["total"]
         model, report = sp.compress(model, loader, latency=0.5)   # report.latency_kept <= 0.5
     """
+    from ..sentence.encoder import is_sentence_transformer
+
+    if is_sentence_transformer(model):  # calibration_data: sentences (structprune.sentence)
+        from ..sentence.run import compress as compress_sentence_transformer
+
+        if gradients is not None:
+            raise TypeError("gradients= is not taken for a SentenceTransformer.")
+        return compress_sentence_transformer(model, calibration_data, flops, config=config, **options)
     if config is not None and (options or flops is not None):
         raise TypeError("Pass either config=CompressConfig(...) or flops=/keyword options, not both.")
     cfg = config if config is not None else CompressConfig(flops=flops, **options)
@@ -273,8 +284,10 @@ def compress(
     # Reconstruct the pruned model against a copy of the unpruned one: the student's passes then run at
     # the pruned size, about half the work of fitting on the gated full-size model.
     reference = copy.deepcopy(model) if (recon_cfg is not None or held) else None
+    # a mask that removes nothing needs no reconstruction (fitting would only add rounding)
+    full = Mask.full(model)
     candidates: dict[str, float] = {}
-    choice, recon = (name, recon_cfg is not None), None
+    choice, recon = (name, recon_cfg is not None and mask != full), None
     if held:
         t = time.perf_counter()
         ref_logits = reference_logits(reference, held) if label_free else None
@@ -284,7 +297,7 @@ def compress(
             if any(m == other for other in seen):
                 continue
             seen.append(m)
-            for fitted in (True, False) if recon_cfg is not None else (False,):
+            for fitted in (True, False) if recon_cfg is not None and m != full else (False,):
                 cand = copy.deepcopy(reference)
                 prune_(cand, m)
                 report_c = reconstruct(cand, reference, fit, recon_cfg) if fitted else None
@@ -301,7 +314,7 @@ def compress(
         t = time.perf_counter()
         prune_(model, mask)
         seconds["prune"] = time.perf_counter() - t
-        if recon_cfg is not None:
+        if recon_cfg is not None and mask != full:
             t = time.perf_counter()
             recon = reconstruct(model, reference, batches, recon_cfg)
             seconds["reconstruct"] = time.perf_counter() - t

@@ -6,7 +6,8 @@ the task). ``compress(select=True)`` therefore builds a few candidates from the 
 configured path, a global allocation of the same scores, a global allocation of Taylor scores from the
 same gradients, each with and without reconstruction - and keeps the one with the lowest loss on a
 held-back part of the calibration data (the task loss with labels; without them, the KL divergence
-from the unpruned model's outputs). The report lists every candidate's held-out loss.
+from the unpruned model's outputs, or for an embedding model the mean cosine distance from its sentence
+embeddings). The report lists every candidate's held-out loss.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batches import logits_of, model_inputs, num_examples, to_device
+from ..batches import embeddings_of, logits_of, model_inputs, num_examples, to_device
 from ..mask import Scores
 from ..scoring import functional as fn
+from ..scoring.embedding import embedding_distance
 from ..scoring.gradients import GateGradients
 
 MIN_FIT_EXAMPLES = 32  # below this, all calibration data fits and nothing is held back
@@ -51,13 +53,20 @@ def taylor_from(grads: GateGradients, batch_sizes: list[int]) -> Scores:
     return Scores(head, ffn, method="taylor", meta={"label_free": grads.label_free})
 
 
+def _output(out) -> torch.Tensor:
+    """What label-free selection compares: an embedding model's sentence embeddings, else the logits."""
+    embeddings = embeddings_of(out)
+    return (embeddings if embeddings is not None else logits_of(out)).float()
+
+
 @torch.no_grad()
 def reference_logits(model: nn.Module, held: list[dict]) -> list[torch.Tensor]:
+    """The unpruned model's outputs on ``held`` (logits, or sentence embeddings for an embedding model)."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
     try:
-        return [logits_of(model(**model_inputs(b, device))).float() for b in held]
+        return [_output(model(**model_inputs(b, device))) for b in held]
     finally:
         model.train(was)
 
@@ -65,7 +74,8 @@ def reference_logits(model: nn.Module, held: list[dict]) -> list[torch.Tensor]:
 @torch.no_grad()
 def heldout_loss(model: nn.Module, held: list[dict], *, label_free: bool, reference: list | None) -> float:
     """Mean per-example loss of ``model`` on ``held``: its task loss, or (``label_free``) the KL divergence
-    of its outputs from ``reference`` (the unpruned model's logits)."""
+    of its outputs from ``reference`` (the unpruned model's logits; for an embedding model, the cosine
+    distance of its sentence embeddings from the unpruned model's)."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
@@ -75,9 +85,12 @@ def heldout_loss(model: nn.Module, held: list[dict], *, label_free: bool, refere
             batch = to_device(raw, device)
             n = num_examples(batch)
             if label_free:
-                logits = logits_of(model(**model_inputs(batch))).float()
+                out = model(**model_inputs(batch))
+                logits = _output(out)
                 ref = reference[i]
-                if logits.shape[-1] == 1:  # regression: squared difference
+                if embeddings_of(out) is not None:
+                    loss = embedding_distance(logits, ref).mean()
+                elif logits.shape[-1] == 1:  # regression: squared difference
                     loss = (logits - ref).pow(2).mean()
                 else:
                     p = F.log_softmax(ref.reshape(-1, ref.shape[-1]), -1)

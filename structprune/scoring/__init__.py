@@ -4,6 +4,7 @@
   declaring what it needs) and :func:`score` (magnitude, Taylor, Fisher, activation, random).
 - :mod:`.functional`: the pure tensor math of those scorers.
 - :mod:`.passes`: what gradient/activation scorers share (scoring state, gate-gradient pass, label-free loss).
+- :mod:`.embedding`: the label-free objective of embedding models (how far sentence embeddings move).
 - :mod:`.gradients`: per-example gate gradients for the search's Fisher rearrangement.
 - :mod:`.layers`: whole layers (damage done by skipping one).
 - :mod:`.hidden`: residual-stream (hidden) dimensions.

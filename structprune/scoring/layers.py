@@ -2,8 +2,9 @@
 
 A layer's score is how much worse the model does with that layer skipped (made the identity with
 ``Gates(skip_layers={l})``, the exact reference of a dropped layer): the increase of the task loss when
-the batches carry labels, else the divergence from the full model's own outputs (KL of the logits, or
-the mean squared change of the last hidden state for a model without a task head). Higher = keep.
+the batches carry labels, else the divergence from the full model's own outputs (KL of the logits, the
+cosine distance of an embedding model's sentence embeddings, or the mean squared change of the last
+hidden state for a model without a task head). Higher = keep.
 ``structprune.allocate(scores, model, layers=4)`` keeps the best-scored layers; ``prune_`` then drops the
 others and records ``Structure.layers``, the original index of each kept layer (the distillation map).
 """
@@ -17,18 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import view
-from ..batches import has_labels, iterate, model_inputs, to_device
+from ..batches import embeddings_of, has_labels, iterate, model_inputs, to_device
 from ..gates import Gates
+from .embedding import embedding_distance
 from .passes import scoring_state
 
 
 def _outputs(model: nn.Module, batch: dict, use_labels: bool) -> tuple[str, torch.Tensor]:
-    """``("loss", scalar)`` with labels, else ``("logits", [..., C])`` or ``("hidden", [B, T, D])``."""
+    """``("loss", scalar)`` with labels, else ``("embedding", [B, D])``, ``("logits", [..., C])`` or
+    ``("hidden", [B, T, D])``."""
     out = model(**batch)
     if use_labels:
         if getattr(out, "loss", None) is None:
             raise ValueError("The model returned no loss for a batch with labels; use a task model.")
         return "loss", out.loss.float()
+    embeddings = embeddings_of(out)
+    if embeddings is not None:  # an embedding model: how far its sentence embeddings move
+        return "embedding", embeddings.float()
     logits = getattr(out, "logits", None)
     if logits is None:
         logits = getattr(out, "start_logits", None)
@@ -40,12 +46,14 @@ def _outputs(model: nn.Module, batch: dict, use_labels: bool) -> tuple[str, torc
 
 
 def _damage(full: tuple[str, torch.Tensor], skipped: tuple[str, torch.Tensor]) -> float:
-    """How much worse ``skipped`` is than ``full``: loss increase, KL(full || skipped) of the logits
-    (per example or token), or the mean squared change."""
+    """How much worse ``skipped`` is than ``full``: loss increase, the mean cosine distance of sentence
+    embeddings, KL(full || skipped) of the logits (per example or token), or the mean squared change."""
     kind, a = full
     b = skipped[1]
     if kind == "loss":
         return float(b - a)
+    if kind == "embedding":
+        return float(embedding_distance(b, a).mean())
     if kind == "logits":
         p = F.log_softmax(a.reshape(-1, a.shape[-1]), -1)
         q = F.log_softmax(b.reshape(-1, b.shape[-1]), -1)

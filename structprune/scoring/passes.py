@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ModelView
-from ..batches import has_labels, iterate, model_inputs, num_examples, to_device
+from ..batches import embeddings_of, has_labels, iterate, model_inputs, num_examples, to_device
 from ..gates import Gates
+from .embedding import fisher_sample_loss
 
 
 def zeros(v: ModelView) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +41,12 @@ def scoring_state(model: nn.Module):
 
 
 def own_prediction_loss(out) -> torch.Tensor:
-    """Sum over examples of the cross-entropy to the model's own predicted labels (label-free)."""
+    """Sum over examples of the cross-entropy to the model's own predicted labels (label-free); for an
+    embedding model (a ``sentence_embedding`` output), the loss whose squared per-example gradients estimate
+    how far removing a gate moves the normalised embedding (:func:`.embedding.fisher_sample_loss`)."""
+    embeddings = embeddings_of(out)
+    if embeddings is not None:
+        return fisher_sample_loss(embeddings)
     heads = [
         t for name in ("logits", "start_logits", "end_logits") if (t := getattr(out, name, None)) is not None
     ]

@@ -11,6 +11,7 @@ from accelerate.utils import LoggerType
 
 from ...options import FromDict
 from ...scoring import available_scorers
+from ...scoring.embedding import EMBEDDING_LOSSES
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -185,7 +186,9 @@ class DistillConfig(FromDict):
     """Options of :func:`structprune.distill` and :func:`structprune.finetune` (one loop for both).
 
     The loss is ``task_weight * task + logit_weight * KD(T) + hidden_weight * hidden MSE +
-    attention_weight * attention KL``; any weight may be 0 (with no teacher only the task term runs).
+    attention_weight * attention KL``; any weight may be 0 (with no teacher only the task term runs). For an
+    embedding model (:class:`structprune.sentence.SentenceEncoder`) the output term compares sentence
+    embeddings by ``embedding_loss`` instead of logits.
     Setting ``prune`` (a :class:`PruneSchedule`) turns on gradual pruning while the student learns.
 
     Example::
@@ -299,6 +302,13 @@ class DistillConfig(FromDict):
     task_weight: float = field(default=1.0, metadata={"help": "Weight of the task loss (labels)."})
     logit_weight: float = field(default=1.0, metadata={"help": "Weight of logit KD (KL at T, x T^2)."})
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    embedding_loss: str = field(
+        default="mse",
+        metadata={
+            "help": "For an embedding model (a SentenceTransformer), how the output term (logit_weight) matches the "
+            "teacher's sentence embeddings: 'mse' (the sentence-transformers distillation recipe) or 'cosine' (1 - cos)."
+        },
+    )
     hidden_weight: float = field(default=0.0, metadata={"help": "Weight of hidden-state MSE."})
     attention_weight: float = field(default=0.0, metadata={"help": "Weight of attention KD (kept heads)."})
     layer_map: list[int] | None = field(
@@ -388,6 +398,10 @@ class DistillConfig(FromDict):
                 f"{name} must be a finite number >= 0 (0 turns the term off), got {value}.",
             )
         need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}.")
+        need(
+            self.embedding_loss in EMBEDDING_LOSSES,
+            f"embedding_loss must be one of {EMBEDDING_LOSSES}, got {self.embedding_loss!r}.",
+        )
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
         for name in ("save_every", "eval_every"):
             value = getattr(self, name)

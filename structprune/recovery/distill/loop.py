@@ -59,7 +59,9 @@ def distill(
     ``no_grad`` and is never updated. ``history`` is the list of logged records (training losses and
     ``eval_*`` metrics, each with its ``step``). ``callbacks``: :class:`LoopCallback` objects (log, early
     stop, ...). With ``config.prune`` set, the student is pruned
-    gradually while it learns and comes back as a smaller dense model.
+    gradually while it learns and comes back as a smaller dense model. Sentence-transformers models are
+    taken too: ``distill(student_st, teacher_st, sentences, config=...)`` matches the teacher's sentence
+    embeddings on a list of sentences (:func:`structprune.sentence.distill`).
 
     Example::
 
@@ -68,6 +70,12 @@ def distill(
     """
     if teacher is None:
         raise ValueError("distill needs a teacher; to train without one use structprune.finetune.")
+    from ...sentence.encoder import is_sentence_transformer
+
+    if is_sentence_transformer(student):  # train_data: sentences (structprune.sentence)
+        from ...sentence.run import distill as distill_sentence_transformer
+
+        return distill_sentence_transformer(student, teacher, train_data, eval_data, config, callbacks)
     return _run(student, teacher, train_data, eval_data, config or DistillConfig(), callbacks)
 
 

@@ -1,7 +1,8 @@
 """Pure loss functions of distillation (tensors in, scalar tensor out; no modules, no state).
 
-Shapes: logits ``[B, C]`` (sequence tasks) or ``[B, T, C]`` (token tasks); hidden states ``[B, T, D]``;
-attention probabilities ``[B, heads, T, T]``; ``attention_mask`` ``[B, T]`` with 1 = real token.
+Shapes: logits ``[B, C]`` (sequence tasks) or ``[B, T, C]`` (token tasks); sentence embeddings ``[B, D]``;
+hidden states ``[B, T, D]``; attention probabilities ``[B, heads, T, T]``; ``attention_mask`` ``[B, T]``
+with 1 = real token.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ...scoring.embedding import embedding_distance
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,18 @@ def logit_kd(
         log_p_t = F.log_softmax(t / temperature, dim=-1)
         per = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * temperature**2  # [B] or [B, T]
     return _masked_mean(per, mask if per.dim() == 2 else None)
+
+
+def embedding_kd(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Embedding distillation (sentence-transformers' recipe): the mean over sentences of the distance of the
+    student's sentence embeddings ``[B, D]`` from the teacher's, ``"mse"`` or ``"cosine"`` (``1 - cos``;
+    :func:`structprune.scoring.embedding.embedding_distance`).
+
+    Example::
+
+        embedding_kd(student_out.sentence_embedding, teacher_out.sentence_embedding, "cosine")
+    """
+    return embedding_distance(student, teacher.detach(), kind).mean()
 
 
 def _masked_mean(per: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ...batches import labels_of, logits_of, model_inputs
+from ...batches import embeddings_of, labels_of, logits_of, model_inputs
 from .config import DistillConfig
-from .losses import attention_kd, hidden_mse, logit_kd, task_loss
+from .losses import attention_kd, embedding_kd, hidden_mse, logit_kd, task_loss
 from .maps import DistillMap
 
 
@@ -38,13 +38,20 @@ class DistillModule(nn.Module):
             output_hidden_states=distil and terms.hidden_weight > 0,
             output_attentions=distil and terms.attention_weight > 0,
         )
-        logits = logits_of(out)
+        # an embedding model (structprune.sentence.SentenceEncoder): its sentence embeddings are its output
+        embeddings = embeddings_of(out)
+        logits = logits_of(out) if embeddings is None else None
         parts: dict[str, torch.Tensor] = {}
         if labels is not None and (terms.task_weight > 0 or not distil):
-            parts["task"] = task_loss(logits, labels)
+            if embeddings is not None:  # labels: target embeddings (e.g. the teacher's, computed beforehand)
+                parts["task"] = embedding_kd(embeddings, labels, cfg.embedding_loss)
+            else:
+                parts["task"] = task_loss(logits, labels)
         if distil:
-            token_mask = inputs.get("attention_mask") if logits.dim() == 3 else None
-            if terms.logit_weight > 0:
+            if terms.logit_weight > 0 and embeddings is not None:
+                parts["embedding"] = embedding_kd(embeddings, embeddings_of(teacher_out), cfg.embedding_loss)
+            elif terms.logit_weight > 0:
+                token_mask = inputs.get("attention_mask") if logits.dim() == 3 else None
                 parts["logit"] = logit_kd(logits, logits_of(teacher_out), cfg.temperature, token_mask)
             if terms.hidden_weight > 0:
                 parts["hidden"] = hidden_mse(
@@ -65,6 +72,7 @@ class DistillModule(nn.Module):
         weights = {
             "task": terms.task_weight if distil else 1.0,
             "logit": terms.logit_weight,
+            "embedding": terms.logit_weight,  # the output term of an embedding model
             "hidden": terms.hidden_weight,
             "attention": terms.attention_weight,
         }
