@@ -405,14 +405,30 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 
 def ort_session(path: Path, threads: int):
-    """A CPU onnxruntime session with ``threads`` intra-op threads and all graph optimizations."""
+    """A CPU onnxruntime session with ``threads`` intra-op threads and all graph optimizations.
+
+    Its idle threads block instead of spinning (``session.intra_op.allow_spinning=0``): the benchmarks time
+    several sessions (and PyTorch) round robin on a few cores, and a session whose threads keep spinning
+    after its run takes those cores from the next one (on 2 pinned cores, with 24 spinning sessions PyTorch
+    at batch 1 ran 7x slower)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_accuracy(session, batches: list[dict]) -> float:
+    """Accuracy (%) of an ONNX classifier (output ``logits``) on labelled batches."""
+    correct = total = 0
+    for b in batches:
+        logits = session.run(["logits"], ort_feed(session, b))[0]
+        correct += int((torch.from_numpy(logits).argmax(-1) == b["labels"]).sum())
+        total += len(b["labels"])
+    return 100.0 * correct / total
 
 
 def ort_feed(session, batch: dict) -> dict:

@@ -6,7 +6,7 @@
     structprune prune MODEL --task sst2 --flops 0.5 --out pruned/
     structprune distill STUDENT --teacher TEACHER --task sst2 --out distilled/
     structprune evaluate MODEL --task sst2
-    structprune export MODEL --out model.onnx
+    structprune export MODEL --out model.onnx [--optimize] [--int8]
     structprune push MODEL user/repo
     structprune info MODEL
     structprune demo
@@ -412,12 +412,20 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from .errors import require
-    from .export.onnx import export_onnx
+    from .export.onnx import example_inputs, export_onnx, onnx_max_abs_diff, quantize_onnx
 
     require("structprune export", "onnx", "onnxscript", "onnxruntime")  # before loading anything
     model = _load_task_model(args.model)
-    path = export_onnx(model, args.out)
-    _out(f"exported to {path}")
+    out = export_onnx(model, args.out, optimize=args.optimize)
+    _out(f"exported to {out}")
+    if args.optimize:
+        _out(f"ONNX Runtime fusion: {out.fusion.summary()}")
+        _out(f"max |onnxruntime - PyTorch| on the check batches: {out.max_abs_diff:.2g}")
+    if args.int8:
+        path = Path(out)
+        int8 = quantize_onnx(path, path.with_name(f"{path.stem}-int8.onnx"))
+        diff = onnx_max_abs_diff(model, int8, example_inputs(model, batch_size=4, seq_len=32))
+        _out(f"int8 (dynamic quantization) to {int8}; max |int8 - PyTorch| on random inputs: {diff:.2g}")
     return 0
 
 
@@ -613,6 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("model", help="Checkpoint path.")
     ex.add_argument("--out", required=True, metavar="FILE", help="The .onnx file to write.")
+    ex.add_argument(
+        "--optimize",
+        action="store_true",
+        help="Run ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu) and say "
+        "what fused; the check runs on the optimized graph.",
+    )
+    ex.add_argument(
+        "--int8",
+        action="store_true",
+        help="Also write <out>-int8.onnx (onnxruntime dynamic int8 quantization) and its largest logit "
+        "difference from PyTorch; measure accuracy before shipping it.",
+    )
     ex.set_defaults(func=cmd_export)
 
     pu = command("push", "Upload a checkpoint (weights, config, modeling file, tokenizer, card) to the Hub.")

@@ -162,3 +162,39 @@ def test_latency_budget_smoke(tmp_path):
     assert "## The latency models" in text and "latency-budgeted models meet their budget within 10%" in text
     saved = json.loads((tmp_path / "latency_budget_b2.json").read_text())
     assert saved["format"] == "structprune.latency/1" and saved["setting"]["batch_size"] == 2
+
+
+def test_sentence_smoke(tmp_path):
+    text = _smoke(
+        "sentence", tmp_path, "Pruned sentence-transformers model: tiny random BERT (smoke)", "--threads", "1"
+    )
+    rows = _table_rows(text)
+    assert [r[1] for r in rows[1:]] == ["-", "no recovery", "reconstruction", "reconstruction + distillation"]
+    assert all(r[2].endswith("%") for r in rows[1:]) and rows[1][2] == "100.0%"
+    assert all(float(r[2].rstrip("%")) <= 50.0 for r in rows[2:])  # 50% of the encoder FLOPs
+    assert all(float(r[6]) > 0 and float(r[8]) > 0 for r in rows[1:])  # sentences/s; encoder ms at 32 x 128
+    assert "## Target" in text and "within 1.0 Spearman point" in text and ">= 1.8x" in text
+
+
+def test_families_latency_smoke(tmp_path):
+    text = _smoke("families_latency", tmp_path, "Latency of ModernBERT and DeBERTa-v3 after pruning")
+    rows = _table_rows(text)
+    assert [r[0] for r in rows[1:]] == ["bert", "modernbert", "deberta-v2"]
+    assert all(r[3] == "50.0%" for r in rows[1:])  # exactly half of each family's encoder FLOPs
+
+
+def test_speed_smoke(tmp_path):
+    text = _smoke("speed", tmp_path, "Speed: dense vs pruned, PyTorch and ONNX Runtime, with accuracy")
+    rows = _table_rows(text)
+    header, body = rows[0], rows[1:]
+    for col in ("SST-2 acc %", "b1 ms", "b1 efficiency", "b2 speedup", "b2 efficiency, same runtime"):
+        assert col in header
+    runtimes = ["PyTorch fp32", "ONNX Runtime fp32 (fused)", "ONNX Runtime int8"]
+    models = ["dense", "50% FLOPs", "50% FLOPs, 1 layer"]
+    assert [(r[0], r[2]) for r in body] == [(m, rt) for m in models for rt in runtimes]
+    eff = header.index("b1 efficiency")
+    flops = header.index("FLOPs kept")
+    speedup = header.index("b1 speedup")
+    for r in body:  # efficiency = speedup x FLOPs kept
+        assert float(r[eff]) == pytest.approx(float(r[speedup]) * float(r[flops].rstrip("%")) / 100, rel=0.02)
+    assert "ONNX Runtime fusion" in text and "Attention 2" in text  # the tiny BERT's two layers fused

@@ -15,11 +15,10 @@ from helpers import pruned
 import structprune as sp
 from structprune.export.onnx import example_inputs, onnx_max_abs_diff
 
-# Exports take seconds each: the fast suite runs BERT and MPNet here and DistilBERT below (the three
-# layer layouts); the families sharing BERT's layout run in the slow suite.
-FAMILIES = [
-    pytest.param(f, marks=[] if f in ("bert", "mpnet") else [pytest.mark.slow]) for f in tiny.FAMILIES
-]
+# Exports take seconds each: the fast suite runs BERT, MPNet, ModernBERT and DeBERTa-v2 here and DistilBERT
+# below (the five layer layouts); the families sharing BERT's layout run in the slow suite.
+FAST = ("bert", "mpnet", "modernbert", "deberta-v2")
+FAMILIES = [pytest.param(f, marks=[] if f in FAST else [pytest.mark.slow]) for f in tiny.FAMILIES]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -84,3 +83,174 @@ def test_export_of_an_eval_model_is_quiet(tmp_path, caplog):
     assert [str(w.message) for w in caught] == []  # no "training mode" or torch-internal notes
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert not model.training
+
+
+# --------------------------------------------------------------------------- ONNX Runtime fusions
+
+
+def _uneven_heads(family: str = "bert"):
+    """Every layer kept, each with its own head count (1, 3, 2 of 4) and FFN width: what the fusion must
+    read per layer."""
+    model = tiny.model(family)
+    mask = sp.Mask.full(model)
+    mask.head[0, [0, 2, 3]] = False
+    mask.head[1, 1] = False
+    mask.head[2, [0, 1]] = False
+    mask.ffn[0, :20] = False
+    mask.ffn[2, 10:15] = False
+    return sp.prune_(model, mask)
+
+
+def _attention_heads(path) -> list[int]:
+    graph = onnx.load(str(path)).graph
+    return [
+        next(a.i for a in n.attribute if a.name == "num_heads")
+        for n in graph.node
+        if n.op_type == "Attention"
+    ]
+
+
+@pytest.fixture(scope="module")
+def optimized_uneven(tmp_path_factory):
+    model = _uneven_heads()
+    return model, sp.export_onnx(model, tmp_path_factory.mktemp("fused") / "uneven.onnx", optimize=True)
+
+
+@pytest.mark.parametrize("which", ["dense", "uneven heads"])
+def test_optimized_export_fuses_every_layer_with_its_own_head_count(which, optimized_uneven, tmp_path):
+    if which == "dense":
+        model = tiny.model("bert")
+        out = sp.export_onnx(model, tmp_path / "dense.onnx", optimize=True)
+    else:
+        model, out = optimized_uneven
+    heads = sp.arch.view(model).structure.heads_per_layer
+    assert heads == ([4, 4, 4] if which == "dense" else [1, 3, 2])
+    assert isinstance(out, sp.export.OptimizedOnnx) and out.fusion.complete and out.fusion.missing == []
+    layers = len(heads)
+    assert out.fusion.fused["Attention"] == layers
+    assert out.fusion.fused["SkipLayerNormalization"] == 2 * layers
+    assert out.fusion.fused["BiasGelu"] == layers
+    assert _attention_heads(out) == heads  # each layer's count, read from its own reshape
+    assert out.max_abs_diff is not None and out.max_abs_diff <= 1e-4
+    # the unfused pieces are gone: no softmax or erf (GELU) left outside the fused operators
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "Softmax" not in ops and "Erf" not in ops
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch_size, seq_len, left in [(1, 31, False), (5, 3, False), (3, 17, True)]:
+        inputs = example_inputs(model, batch_size=max(batch_size, 2), seq_len=seq_len, seed=seq_len)
+        inputs = {k: v[:batch_size] for k, v in inputs.items()}
+        if left:  # padding in front: the fused attention takes the 0/1 mask itself, not a length
+            inputs["attention_mask"] = inputs["attention_mask"].flip(-1)
+            assert inputs["attention_mask"][0, 0] == 0
+        (got,) = session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})
+        with torch.no_grad():
+            want = model(**inputs).logits
+        assert torch.allclose(torch.from_numpy(got), want, atol=1e-4), (batch_size, seq_len, left)
+
+
+def test_int8_on_top_of_the_optimized_graph_runs_and_stays_close(optimized_uneven, tmp_path):
+    model, out = optimized_uneven
+    q = sp.quantize_onnx(out, tmp_path / "uneven-int8.onnx")  # OptimizedOnnx goes where a path does
+    ops = [n.op_type for n in onnx.load(str(q)).graph.node]
+    assert ops.count("QAttention") == 3  # the fused attention is quantized as a whole
+    assert "MatMulInteger" in ops
+    inputs = example_inputs(model, batch_size=8, seq_len=24, seed=5)
+    with torch.no_grad():
+        want = model(**inputs).logits
+    diff = onnx_max_abs_diff(model, q, inputs)
+    assert 0 < diff < 0.05 * float(want.abs().max()) + 1e-3  # int8 changes the numbers, a little
+    assert q.stat().st_size < 0.6 * out.path.stat().st_size
+
+
+def test_a_family_the_optimizer_cannot_fuse_warns_and_stays_correct(tmp_path):
+    model = pruned("mpnet")  # MPNet adds a relative position bias inside attention: no Attention pattern
+    with pytest.warns(UserWarning, match=r"fused only part of mpnet\.onnx: Attention: 0 of 2") as caught:
+        out = sp.export_onnx(model, tmp_path / "mpnet.onnx", optimize=True)
+    assert caught[0].filename == __file__  # attributed to the caller's line
+    assert not out.fusion.complete and out.fusion.missing == ["Attention: 0 of 2"]
+    assert out.fusion.fused["SkipLayerNormalization"] == 4  # what does fuse still fuses
+    assert out.max_abs_diff <= 1e-4
+    inputs = example_inputs(model, 3, 11, seed=2)
+    assert onnx_max_abs_diff(model, out, inputs) < 1e-4
+
+
+def test_a_model_that_builds_its_own_masks_exports_its_own_mask_path(tmp_path, monkeypatch):
+    from structprune.export import onnx as export_module
+
+    model = _uneven_heads()
+    assert export_module._takes_prepared_mask(model, ["input_ids", "attention_mask", "token_type_ids"])
+    monkeypatch.setattr(export_module, "_takes_prepared_mask", lambda *a, **k: False)
+    with pytest.warns(UserWarning, match=r"Attention: 0 of 3 \(fused: "):
+        out = sp.export_onnx(model, tmp_path / "m.onnx", optimize=True)
+    assert "Attention" not in out.fusion.fused and out.fusion.fused["SkipLayerNormalization"] == 6
+    assert out.max_abs_diff <= 1e-4
+    assert onnx_max_abs_diff(model, out, example_inputs(model, 4, 9, seed=3)) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [f for f in ("modernbert", "deberta-v2") if f in tiny.FAMILIES])
+def test_families_without_a_fusable_attention_export_correct_graphs_and_say_so(family, tmp_path):
+    model = pruned(family)
+    with pytest.warns(UserWarning, match="fused only part"):
+        out = sp.export_onnx(model, tmp_path / f"{family}.onnx", optimize=True)
+    assert not out.fusion.complete and out.max_abs_diff <= 1e-4
+
+
+def test_an_optimizer_failure_keeps_the_unfused_graph_and_says_so(tmp_path, monkeypatch):
+    import onnxruntime.transformers.optimizer as ort_optimizer
+
+    def broken(*args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(ort_optimizer, "optimize_model", broken)
+    model = pruned("bert")
+    with pytest.warns(UserWarning, match="the optimizer failed: IndexError"):
+        out = sp.export_onnx(model, tmp_path / "m.onnx", optimize=True)
+    assert out.fusion.fused == {} and not out.fusion.complete
+    assert out.max_abs_diff <= 1e-4  # the prepared, unfused graph is still checked against PyTorch
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary files left behind
+
+
+def test_static_head_reshapes_give_each_layer_its_head_count(tmp_path):
+    from structprune.export.fusion import split_mask_unsqueeze, static_head_reshapes
+
+    model = _uneven_heads()
+    path = sp.export_onnx(model, tmp_path / "plain.onnx")  # transformers reshapes q/k/v with -1 heads
+    graph = onnx.load(str(path))
+    assert static_head_reshapes(graph) == 9  # q, k, v of 3 layers
+    shapes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in graph.graph.initializer}
+    reshapes = [shapes.get(n.input[1]) for n in graph.graph.node if n.op_type == "Reshape"]
+    heads = [s[2] for s in reshapes if s is not None and len(s) == 4 and s[:2] == [0, 0]]
+    assert heads == [1, 1, 1, 3, 3, 3, 2, 2, 2]
+    assert split_mask_unsqueeze(graph) == 0  # the plain export passes the 2D mask on: nothing to split
+    assert (
+        onnx_max_abs_diff(model, _save(graph, tmp_path / "static.onnx"), example_inputs(model, 2, 7)) < 1e-4
+    )
+
+
+def _save(graph, path):
+    onnx.save(graph, str(path))
+    return path
+
+
+def test_cli_export_optimize_and_int8(tmp_path, capsys):
+    from structprune import cli
+
+    folder = sp.save_pretrained(_uneven_heads(), tmp_path / "model", tokenizer=tiny.tokenizer(), card=False)
+    code = cli.main(["export", str(folder), "--out", str(tmp_path / "m.onnx"), "--optimize", "--int8"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ONNX Runtime fusion: fused Attention 3," in out and "not fused" not in out
+    assert "max |int8 - PyTorch|" in out
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m-int8.onnx").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "electra", "distilbert"])
+def test_other_families_onnx_runtime_recognizes_fuse_completely(family, tmp_path):
+    model = _uneven_heads(family)
+    out = sp.export_onnx(model, tmp_path / f"{family}.onnx", optimize=True)
+    assert out.fusion.complete, out.fusion.summary()
+    assert _attention_heads(out) == [1, 3, 2]
+    assert out.max_abs_diff <= 1e-4

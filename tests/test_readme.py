@@ -2,8 +2,9 @@
 
 A prelude defines the names the blocks use but do not define (``batches``, ``teacher``, the loaders, the
 tokenizer), on a small random BERT built in-process and made-up sentences; it also writes what the blocks
-read from disk (``path/to/teacher``, an SST-2 validation file under ``$STRUCTPRUNE_GLUE_DIR``,
-``data/reviews_train.csv``) into a temporary working folder, so nothing leaves the test. The model is
+read from disk (``path/to/teacher``, a tiny SentenceTransformer in ``path/to/sentence-model``, SST-2 and
+STS-B files under ``$STRUCTPRUNE_GLUE_DIR``, ``data/reviews_train.csv``) into a temporary working folder, so
+nothing leaves the test. The model is
 just wide and deep enough for what the blocks prune to (``layers=3, hidden=256``), with a 99-word
 vocabulary, a narrow FFN and one training batch per epoch, so the whole README runs in well under a minute.
 """
@@ -44,6 +45,21 @@ def sentences(n: int, seed: int) -> list[dict]:
     ]
 
 
+def sentence_model(folder: Path) -> None:
+    """A tiny SentenceTransformer (random BERT -> mean pooling -> normalisation) saved in ``folder``, for the
+    "Pruned sentence-transformers models" block."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertModel
+
+    base = folder.with_name(folder.name + "-base")
+    BertModel(BertConfig(**tiny.COMMON)).save_pretrained(base)
+    tiny.tokenizer().save_pretrained(base)
+    transformer = Transformer(str(base))
+    pooling = Pooling(transformer.get_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(folder))
+
+
 @pytest.fixture
 def prelude(tmp_path, monkeypatch) -> dict:
     return make_prelude(tmp_path, monkeypatch)
@@ -66,6 +82,14 @@ def make_prelude(tmp_path: Path, monkeypatch) -> dict:
     with open(glue / "SST-2" / "validation.jsonl", "w") as f:
         for row in sentences(24, seed=1):
             f.write(json.dumps(row) + "\n")
+    sentence_model(tmp_path / "path/to/sentence-model")
+    (glue / "STS-B").mkdir()
+    for split, seed in (("train", 5), ("validation", 6)):
+        a, b = sentences(12, seed=seed), sentences(12, seed=seed + 10)
+        with open(glue / "STS-B" / f"{split}.jsonl", "w") as f:
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                row = {"sentence1": x["sentence"], "sentence2": y["sentence"], "label": float(i % 6)}
+                f.write(json.dumps(row) + "\n")
     monkeypatch.setenv("STRUCTPRUNE_GLUE_DIR", str(glue))
     Path("data").mkdir()
     with open("data/reviews_train.csv", "w", newline="") as f:
@@ -92,11 +116,15 @@ def test_readme_has_python_blocks():
     assert any("sp.prune_(model, mask)" in code for _, code in blocks)
 
 
-def test_every_python_block_of_the_readme_runs(prelude):
+def test_every_python_block_of_the_readme_runs(prelude, monkeypatch):
+    from structprune.arch.spec import _REGISTRY
+
+    monkeypatch.setattr("structprune.arch.spec._REGISTRY", dict(_REGISTRY))  # the family block registers one
     namespace = dict(prelude)
     for line, code in python_blocks(README.read_text(encoding="utf-8")):
         # padded so a failure's traceback names the README line
         exec(compile("\n" * (line - 1) + code, str(README), "exec"), namespace)  # noqa: S102
+    assert "my-modernbert" in sp.arch.supported_families()  # what the "Adding a family" block did
     # what the blocks claim, checked on what they left behind
     assert sp.arch.view(namespace["model"]).structure.is_pruned
     assert sp.arch.view(namespace["student"]).structure.is_pruned

@@ -6,6 +6,9 @@ transformers' attention code branches on Python values (e.g. ``is_causal`` in th
 trace freezes silently (it warns ``TracerWarning``). ``torch.export`` captures the graph with symbolic
 batch and sequence sizes instead. Optimum is not used: it has no exporter for per-layer-pruned
 configs, and torch.onnx already handles every supported family.
+
+``optimize=True`` also runs ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNormalization,
+BiasGelu; per-layer head counts), see ``fusion.py``; ``quantize_onnx`` on the result gives int8 on top.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import inspect
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 from torch import nn
 
 from ..arch import view
 from ..errors import require
+from .fusion import FusionReport, additive_mask, eager_attention, expected_fusions, fuse, warn_if_incomplete
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +63,48 @@ def example_inputs(
     return out
 
 
-class _Positional(nn.Module):
-    """Calls the model with named inputs and returns its tensor outputs as a tuple (ONNX wants positions)."""
+def _with_gap(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same batch with a run of masked tokens inside the second row (after its first token, which stays
+    real: families with local attention give padded first tokens arbitrary outputs). A mask is not always
+    right padding; a graph that reads it as a length is wrong here."""
+    out = dict(inputs)
+    mask = inputs["attention_mask"].clone()  # [B, T]
+    mask[1, 1 : 1 + max(1, mask.shape[1] // 3)] = 0
+    out["attention_mask"] = mask
+    return out
 
-    def __init__(self, model: nn.Module):
+
+def _takes_prepared_mask(model: nn.Module, names: list[str], atol: float = 1e-5) -> bool:
+    """Whether ``model`` computes the same outputs from the prepared additive mask (:func:`additive_mask`) as
+    from its 0/1 mask, on a batch with masked tokens inside a row (eager attention, PyTorch only). Families
+    that build their own masks from the 0/1 one (ModernBERT's sliding windows) do not; they export with
+    their own mask path and their attention stays unfused."""
+    x = _with_gap(example_inputs(model, batch_size=3, seq_len=13, seed=2))
+    x = {n: x[n] for n in names}
+    prepared = {**x, "attention_mask": additive_mask(x["attention_mask"])}
+    try:
+        with torch.no_grad(), eager_attention(model):
+            want = [t for t in model(**x, return_dict=True).values() if isinstance(t, torch.Tensor)]
+            got = [t for t in model(**prepared, return_dict=True).values() if isinstance(t, torch.Tensor)]
+    except Exception:  # a family that refuses 4D masks
+        logger.debug("the model does not take a prepared 4D mask", exc_info=True)
+        return False
+    return len(want) == len(got) and all(
+        a.shape == b.shape and float((a - b).abs().max()) <= atol for a, b in zip(want, got, strict=True)
+    )
+
+
+class _Positional(nn.Module):
+    """Calls the model with named inputs and returns its tensor outputs as a tuple (ONNX wants positions).
+
+    ``additive_mask=True`` passes the model a prepared ``[B, 1, T, T]`` additive mask built from the 0/1
+    ``attention_mask`` input, in the form ONNX Runtime's attention fusion matches (``fusion.py``).
+    """
+
+    def __init__(self, model: nn.Module, additive_mask: bool = False):
         super().__init__()
         self.model = model
+        self.additive_mask = additive_mask
 
     def forward(
         self,
@@ -70,7 +112,9 @@ class _Positional(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}  # [B, T] each
+        if self.additive_mask:
+            attention_mask = additive_mask(attention_mask)  # [B, T] -> [B, 1, T, T]
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}  # [B, T] each (or the 4D mask)
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.model(**kwargs, return_dict=True)
@@ -100,6 +144,58 @@ def _output_names(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str
     return [k for k, v in out.items() if isinstance(v, torch.Tensor)]
 
 
+@dataclass(frozen=True)
+class OptimizedOnnx:
+    """What ``export_onnx(..., optimize=True)`` wrote: the file, what ONNX Runtime fused in it, and its largest
+    difference from PyTorch on the check batches. It is ``os.PathLike`` (and ``str()`` gives the path), so it
+    goes wherever a path does.
+
+    Example::
+
+        out = sp.export_onnx(model, "model.onnx", optimize=True)
+        out.fusion.fused      # {'Attention': 6, 'SkipLayerNormalization': 12, 'BiasGelu': 6, ...}
+        out.fusion.complete   # False (and a warning) when a layer's attention, LayerNorm or GELU did not fuse
+        sp.quantize_onnx(out, "model-int8.onnx")
+    """
+
+    path: Path
+    fusion: FusionReport
+    max_abs_diff: float | None
+    """Largest |onnxruntime - PyTorch| over the check batches (None with ``check=False``)."""
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@overload
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = ...,
+    inputs: dict[str, torch.Tensor] | None = ...,
+    check: bool = ...,
+    atol: float = ...,
+    optimize: Literal[False] = ...,
+) -> Path: ...
+
+
+@overload
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = ...,
+    inputs: dict[str, torch.Tensor] | None = ...,
+    check: bool = ...,
+    atol: float = ...,
+    optimize: Literal[True],
+) -> OptimizedOnnx: ...
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -108,13 +204,20 @@ def export_onnx(
     inputs: dict[str, torch.Tensor] | None = None,
     check: bool = True,
     atol: float = 1e-4,
-) -> Path:
+    optimize: bool = False,
+) -> Path | OptimizedOnnx:
     """Export ``model`` to one ONNX file with dynamic batch and sequence axes; check it in onnxruntime.
 
     Inputs are ``input_ids``, ``attention_mask`` (and ``token_type_ids`` for families that use them);
     outputs are the model's tensor outputs by name (``logits``; ``last_hidden_state``, ...). With
     ``check=True`` the file is run in onnxruntime on ``inputs`` and on a second, differently shaped batch
-    and must match PyTorch within ``atol``. The file is written atomically.
+    (with masked tokens inside a row, not only at its end), and must match PyTorch within ``atol``. The
+    file is written atomically.
+
+    ``optimize=True`` runs ONNX Runtime's transformer optimizer on the graph: one fused ``Attention`` per
+    layer (each with its own head count), ``SkipLayerNormalization``, ``BiasGelu``. The check then runs on
+    the optimized graph, and the return value is an :class:`OptimizedOnnx` that says what fused; a fusion
+    that did not happen also gives a warning (the graph is still correct, only slower).
 
     Example::
 
@@ -122,9 +225,14 @@ def export_onnx(
         session = onnxruntime.InferenceSession("model.onnx")
         feed = {i.name: enc[i.name] for i in session.get_inputs()}   # BERT also takes token_type_ids
         session.run(["logits"], feed)                                  # enc = tokenizer(..., return_tensors="np")
+        sp.export_onnx(model, "fast.onnx", optimize=True).fusion.fused   # {'Attention': 6, ...}
     """
-    require("ONNX export", "onnx", "onnxscript", *(["onnxruntime"] if check else []))
-    view(model)  # a supported, consistent model
+    require("ONNX export", "onnx", "onnxscript", *(["onnxruntime"] if check or optimize else []))
+    v = view(model)  # a supported, consistent model
+    structure = v.structure
+    # fully masked padding rows (sliding windows) differ between SDPA and the exported graph: eager throughout
+    eager = optimize or v.spec.sliding_window
+    fusable = False  # optimize=True and the model takes the mask ONNX Runtime's attention fusion matches
     if opset < 18:
         raise ValueError(f"opset={opset}: the torch.export-based exporter needs opset 18 or newer.")
     path = Path(path)
@@ -139,34 +247,65 @@ def export_onnx(
         raise ValueError(f"inputs lacks {missing}; give {names} (batch >= 2, sequence >= 2).")
     args = tuple(inputs[n] for n in names)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    report = None
+    diff = None
     try:
         outputs = _output_names(model, {n: inputs[n] for n in names})
-        with warnings.catch_warnings(), _quiet_loggers(*_EXPORTER_LOGGERS):
-            # torch's exporter notes that are not about this model: unused axis names, deprecations inside
-            # torch itself, and torchvision operators it skips because torchvision is not installed
-            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-            warnings.filterwarnings(
-                "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
-            )
-            program = torch.onnx.export(
-                _Positional(model).eval(),  # eval: the wrapper too (else "exporting in training mode")
-                args,
-                input_names=names,
-                output_names=outputs,
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes={n: {0: batch, 1: seq} for n in names},
-                verbose=False,
-            )
+        fusable = optimize and _takes_prepared_mask(model, names)
+
+        def export(fusable: bool):
+            with (
+                warnings.catch_warnings(),
+                _quiet_loggers(*_EXPORTER_LOGGERS),
+                eager_attention(model) if eager else contextlib.nullcontext(),
+            ):
+                # torch's exporter notes that are not about this model: unused axis names, deprecations
+                # inside torch itself, and torchvision operators it skips because torchvision is not installed
+                warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+                warnings.filterwarnings(
+                    "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+                )
+                return torch.onnx.export(
+                    # eval: the wrapper too (else "exporting in training mode")
+                    _Positional(model, additive_mask=fusable).eval(),
+                    args,
+                    input_names=names,
+                    output_names=outputs,
+                    opset_version=opset,
+                    dynamo=True,
+                    dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                    verbose=False,
+                )
+
+        try:
+            program = export(fusable)
+        except Exception:
+            if not fusable:
+                raise
+            logger.info("export with the prepared attention mask failed; exporting the model's own mask path")
+            fusable = False
+            program = export(fusable)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
+        raw = path.with_name(f".{path.name}.unfused.tmp")
         try:
-            program.save(str(tmp), external_data=False)
-            if check:
-                diff = max(
-                    onnx_max_abs_diff(model, tmp, {n: inputs[n] for n in names}),
-                    onnx_max_abs_diff(model, tmp, example_inputs(model, batch_size=3, seq_len=13, seed=1)),
+            if optimize:
+                program.save(str(raw), external_data=False)
+                layers = structure.heads_per_layer
+                expected = expected_fusions(
+                    len(layers), sum(h > 0 for h in layers), sum(n > 0 for n in structure.ffn_per_layer)
                 )
+                report = fuse(raw, tmp, expected)
+                logger.info("ONNX Runtime fusion of %s: %s", path.name, report.summary())
+            else:
+                program.save(str(tmp), external_data=False)
+            if check:
+                second = _with_gap(example_inputs(model, batch_size=3, seq_len=13, seed=1))
+                with eager_attention(model) if v.spec.sliding_window else contextlib.nullcontext():
+                    diff = max(
+                        onnx_max_abs_diff(model, tmp, {n: inputs[n] for n in names}),
+                        onnx_max_abs_diff(model, tmp, second),
+                    )
                 if not diff <= atol:
                     raise RuntimeError(
                         f"The exported ONNX graph differs from PyTorch by {diff:.3g} (> atol={atol}); not saved."
@@ -174,11 +313,15 @@ def export_onnx(
                 logger.info("ONNX parity: max |onnxruntime - torch| = %.3g", diff)
             os.replace(tmp, path)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            for leftover in (tmp, raw):
+                if leftover.exists():
+                    leftover.unlink()
     finally:
         model.train(was_training)
-    return path
+    if report is None:
+        return path
+    warn_if_incomplete(report, path)
+    return OptimizedOnnx(path=path, fusion=report, max_abs_diff=diff)
 
 
 def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: dict[str, torch.Tensor]) -> float:

@@ -1,0 +1,285 @@
+"""The speed table a user acts on: the SST-2 MiniLM, dense and pruned, in PyTorch and ONNX Runtime (fp32, int8).
+
+The teacher (the best SST-2 teacher in the teachers' cache, else the reference one, see ``--teacher``) is
+compressed to each encoder-FLOPs budget with ``sp.compress`` (Fisher scores, constrained search,
+reconstruction; FFN widths rounded to ``--multiple-of``) and, unless ``--distill-examples 0``, distilled from the teacher for one epoch on that
+many SST-2 train sentences (the demo recipe's losses: labels 0.5, logits 1.0 at T=2, hidden states 1.0).
+``--shallow F:K`` adds a student of F FLOPs in K layers (the same FLOPs in fewer, wider layers).
+
+Each model then runs in three runtimes: PyTorch fp32; ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``:
+fused Attention / SkipLayerNormalization / BiasGelu, parity-checked); ONNX Runtime int8
+(``sp.quantize_onnx`` of that graph). Accuracy: the SST-2 validation set in each runtime (int8 changes
+it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin
+in one loop (warm-up, then the median), ``--threads`` threads in both runtimes; ONNX Runtime's idle
+threads do not spin (``_common.ort_session``), so one session cannot steal the next one's cores.
+
+Columns: speedup = dense PyTorch fp32 ms / this ms. Efficiency = speedup x FLOPs kept, i.e. speedup /
+FLOPs reduction (1.0: the FLOPs cut all turned into speed); "efficiency, same runtime" measures the pruned
+model against the dense model in its own runtime (what pruning alone buys there).
+
+Run (from the repository root; an estimated 15-25 minutes on 2 quiet cores, most of it distillation)::
+
+    .venv/bin/python benchmarks/speed.py
+    .venv/bin/python benchmarks/speed.py --smoke --out /tmp/bench   # seconds, numbers meaningless
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import structprune as sp  # noqa: E402
+from structprune.allocation.latency import synthetic_batch  # noqa: E402
+from structprune.recovery.distill import flops_fraction  # noqa: E402
+
+logger = logging.getLogger("speed")
+
+RUNTIMES = ("PyTorch fp32", "ONNX Runtime fp32 (fused)", "ONNX Runtime int8")
+
+
+def parse_args(argv=None):
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="fine-tuned SST-2 teacher folder (default: the best SST-2 teacher in the teachers' cache, "
+        f"_common.best_cached_teacher; else {C.TEACHER_HELP['sst2']})",
+    )
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.25, 0.1], help="encoder FLOPs kept")
+    p.add_argument(
+        "--shallow",
+        nargs="*",
+        default=["0.1:3"],
+        metavar="F:K",
+        help="extra students: F of the FLOPs in K layers (none: --shallow with no value)",
+    )
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    C.add_timing_flags(p, repeat_help="timed rounds at batch < 8")
+    p.add_argument("--repeat-large", type=int, default=7, help="timed rounds at batch >= 8")
+    p.add_argument("--calib", type=int, default=1000, help="SST-2 train examples for sp.compress")
+    p.add_argument(
+        "--multiple-of",
+        type=int,
+        default=32,
+        help="FFN widths rounded to this multiple (sp.compress(multiple_of=)); 32 and 64 ran thin students "
+        "faster at batch 32 with no accuracy cost, 8 did not",
+    )
+    p.add_argument(
+        "--distill-examples",
+        type=int,
+        default=16000,
+        help="SST-2 train examples, one epoch (0: no distillation)",
+    )
+    p.add_argument(
+        "--val-examples", type=int, default=None, help="first N validation sentences (default: all)"
+    )
+    args = p.parse_args(argv)
+    args.shallow = [_shallow(s) for s in args.shallow]
+    if args.smoke:
+        args.fractions = [0.5]
+        args.shallow = [(0.5, 1)]
+        args.batch_sizes = [1, 2]
+        args.seq = 16
+        args.warmup, args.repeat, args.repeat_large = 1, 2, 2
+        args.calib, args.distill_examples, args.val_examples = 32, 32, 32
+        args.multiple_of = 8
+    return args
+
+
+def _shallow(text: str) -> tuple[float, int]:
+    try:
+        f, k = text.split(":")
+        return float(f), int(k)
+    except ValueError as err:
+        raise SystemExit(f"--shallow {text!r}: give FLOPS:LAYERS, e.g. 0.1:3") from err
+
+
+def teacher_path(args) -> tuple[Path, str]:
+    if args.teacher is not None:
+        return args.teacher, str(args.teacher)
+    cached, _ = C.best_cached_teacher("sst2")
+    if cached is not None:
+        return cached, f"cached teacher {cached.name}"
+    return C.default_teacher("sst2"), C.default_teacher("sst2").name
+
+
+# --------------------------------------------------------------------------- students
+
+
+def students(teacher, tok, args) -> list[tuple[str, float | None, torch.nn.Module]]:
+    """``(name, FLOPs budget or None for dense, model)`` for the dense teacher and every student."""
+    calib_rows = C.load_examples("sst2", "train", args.data_dir, limit=args.calib, seed=args.seed)
+    calib = C.make_batches(calib_rows, tok, "sst2", batch_size=32, max_length=128)
+    train = None
+    if args.distill_examples:
+        pool = C.load_examples("sst2", "train", args.data_dir, seed=args.seed + 1)
+        rows = pool.select(range(min(args.distill_examples, len(pool))))
+        from structprune.data import make_dataloader
+
+        train = make_dataloader(rows, tok, "sst2", batch_size=32, max_length=64, shuffle=True, seed=args.seed)
+    out = [("dense", None, teacher)]
+    budgets = [(f, None) for f in args.fractions] + [(f, k) for f, k in args.shallow]
+    for f, layers in budgets:
+        name = f"{f:.0%} FLOPs" + (f", {layers} layer{'s' * (layers > 1)}" if layers else "")
+        student, report = sp.compress(
+            copy.deepcopy(teacher),
+            calib,
+            flops=f,
+            layers=layers,
+            multiple_of=args.multiple_of,
+            progress=False,
+        )
+        logger.info("%s: compress kept %.1f%% FLOPs (%s)", name, 100 * report.flops_kept, report.choice)
+        if train is not None:
+            cfg = sp.DistillConfig(
+                task="sst2",
+                num_epochs=1,
+                learning_rate=1e-4,
+                task_weight=0.5,
+                logit_weight=1.0,
+                temperature=2.0,
+                hidden_weight=1.0,
+                progress=False,
+                seed=args.seed,
+            )
+            student, _ = sp.distill(student, teacher, train, None, config=cfg)
+        student.eval()
+        out.append((name, f, student))
+    return out
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def runtimes(model, tag: str, tmp: Path, threads: int):
+    """``({runtime: callable(batch) -> logits}, FusionReport)``: PyTorch fp32, the fused ONNX graph and its
+    int8 version."""
+    fused = sp.export_onnx(model, tmp / f"{tag}.onnx", optimize=True)
+    logger.info("%s: %s (max |ORT - torch| %.1e)", tag, fused.fusion.summary(), fused.max_abs_diff)
+    int8 = sp.quantize_onnx(fused, tmp / f"{tag}-int8.onnx")
+    out = {RUNTIMES[0]: _torch_runner(model)}
+    for runtime, path in zip(RUNTIMES[1:], (fused.path, int8), strict=True):
+        out[runtime] = _ort_runner(C.ort_session(path, threads))
+    return out, fused.fusion
+
+
+def _torch_runner(model):
+    def run(batch):
+        with torch.inference_mode():
+            return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+    return run
+
+
+def _ort_runner(session):
+    def run(batch):
+        return torch.from_numpy(session.run(["logits"], C.ort_feed(session, batch))[0])
+
+    return run
+
+
+def accuracy(run, batches: list[dict]) -> float:
+    correct = total = 0
+    for b in batches:
+        correct += int((run(b).argmax(-1) == b["labels"]).sum())
+        total += len(b["labels"])
+    return 100.0 * correct / total
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    C.setup(args)
+    if args.smoke:
+        teacher, tok = C.model_and_tokenizer(args)
+        source = "tiny random BERT (smoke run)"
+    else:
+        path, source = teacher_path(args)
+        teacher, tok = C.load_teacher(path), C.tokenizer_for(path)
+    val_rows = C.load_examples("sst2", "validation", args.data_dir, limit=args.val_examples)
+    val = C.make_batches(val_rows, tok, "sst2", batch_size=64, max_length=128)
+    tmp = Path(tempfile.mkdtemp(prefix="sp-speed-"))
+    models = students(teacher, tok, args)
+
+    runs, rows = {}, []
+    for i, (name, _, model) in enumerate(models):
+        per_runtime, fusion = runtimes(model, f"m{i}", tmp, args.threads)
+        st = sp.arch.view(model).structure
+        kept = flops_fraction(model, args.seq)
+        for runtime, run in per_runtime.items():
+            runs[(name, runtime)] = run
+            rows.append(
+                {
+                    "model": name,
+                    "layers x heads, FFN": f"{len(st.layers)} x {sum(st.heads_per_layer)}, {sum(st.ffn_per_layer)}",
+                    "FLOPs kept": kept,
+                    "runtime": runtime,
+                    "fused": fusion.summary() if runtime != RUNTIMES[0] else "",
+                    "SST-2 acc %": accuracy(run, val),
+                }
+            )
+            logger.info("%s / %s: accuracy %.2f", name, runtime, rows[-1]["SST-2 acc %"])
+
+    for b in args.batch_sizes:
+        x = synthetic_batch(teacher, b, args.seq)
+        calls = {key: (lambda run=run, x=x: run(x)) for key, run in runs.items()}
+        repeat = args.repeat if b < 8 else args.repeat_large
+        times = C.time_alternating(calls, warmup=args.warmup, repeat=repeat)
+        ms = {key: 1e3 * C.median(t) for key, t in times.items()}
+        base = ms[("dense", RUNTIMES[0])]
+        for row in rows:
+            t = ms[(row["model"], row["runtime"])]
+            same = ms[("dense", row["runtime"])]
+            row[f"b{b} ms"] = t
+            row[f"b{b} speedup"] = base / t
+            row[f"b{b} efficiency"] = base / t * row["FLOPs kept"]
+            row[f"b{b} efficiency, same runtime"] = (
+                same / t * row["FLOPs kept"] if row["model"] != "dense" else None
+            )
+        logger.info("batch %d: %s", b, {f"{k[0]} / {k[1]}": round(v, 2) for k, v in ms.items()})
+
+    for row in rows:
+        row["FLOPs kept"] = f"{row['FLOPs kept']:.1%}"
+    cols = ["model", "FLOPs kept", "runtime", "SST-2 acc %"]
+    for b in args.batch_sizes:
+        cols += [f"b{b} ms", f"b{b} speedup", f"b{b} efficiency", f"b{b} efficiency, same runtime"]
+    note = args.note or "rerun on a quiet machine for final numbers (see the load average)"
+    text = C.header("Speed: dense vs pruned, PyTorch and ONNX Runtime, with accuracy", note=note)
+    distilled = (
+        f"then distilled for one epoch on {args.distill_examples} SST-2 train sentences (labels 0.5, logits 1.0 "
+        "at T=2, hidden states 1.0)"
+        if args.distill_examples
+        else "no distillation"
+    )
+    text += (
+        f"\nTeacher: {source}. Students: `sp.compress(teacher, {args.calib} SST-2 train examples, flops=f, "
+        f"multiple_of={args.multiple_of}[, layers=k])`, {distilled}. Accuracy: {len(val_rows)} SST-2 validation sentences in each runtime. "
+        f"Latency: batch {' and '.join(map(str, args.batch_sizes))} x {args.seq} random tokens, {args.warmup} "
+        f"warm-up rounds, then the median of {args.repeat} (batch < 8) / {args.repeat_large} (batch >= 8) "
+        f"rounds, every model x runtime in one round robin; {args.threads} threads (torch.set_num_threads; ONNX "
+        "Runtime intra-op threads, no spinning). ONNX Runtime fp32: `sp.export_onnx(model, path, "
+        "optimize=True)`; int8: `sp.quantize_onnx` of that graph (dynamic quantization).\n\n"
+        "Speedup: dense PyTorch fp32 ms / this ms. Efficiency: speedup x FLOPs kept (= speedup / FLOPs "
+        "reduction). Efficiency, same runtime: the same against the dense model in this row's runtime.\n\n"
+    )
+    text += C.md_table(rows, cols)
+    fusions = {r["model"]: r["fused"] for r in rows if r["fused"]}
+    text += "\nONNX Runtime fusion (fp32 graphs):\n\n" + "".join(f"- {k}: {v}\n" for k, v in fusions.items())
+    out = C.write_atomic(Path(args.out) / "speed.md", text)
+    logger.info("wrote %s", out)
+    return out
+
+
+if __name__ == "__main__":
+    print(main())
