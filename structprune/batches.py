@@ -11,17 +11,23 @@ One definition each, used by scoring, reconstruction, evaluation, distillation a
   :func:`embeddings_of`: the sentence embeddings of an embedding model's output (None for a task model's).
 - :func:`check_task`: token ids within the vocabulary, labels that fit the task head.
 - :func:`iterate`: at most ``max_batches`` of an iterable, with a progress bar, refusing empty data.
+- :func:`eager_attention`: models run with transformers' eager attention for a while (attention maps for
+  distillation, the graph ONNX Runtime's fusion matches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from .progress import bar
+
+logger = logging.getLogger(__name__)
 
 LABEL_KEYS = ("labels", "label", "start_positions", "end_positions")
 
@@ -173,3 +179,25 @@ def check_task(model, batches: Iterable[Mapping], *, labels: bool = True) -> Non
                 f"outside the model's {num_labels} classes [0, {num_labels - 1}]: the data is from a different "
                 "task than the classifier head. Use data of the model's task, or label_free=True."
             )
+
+
+@contextlib.contextmanager
+def eager_attention(*models, why: str | None = None) -> Iterator[None]:
+    """Run ``models`` (None entries skipped) with transformers' eager attention for the duration - the only
+    kind that returns attention probabilities - and give each its own implementation back after; ``why``
+    logs each switch."""
+    changed = []
+    try:
+        for m in models:
+            before = getattr(getattr(m, "config", None), "_attn_implementation", None)
+            if m is None or before == "eager" or not hasattr(m, "set_attn_implementation"):
+                continue
+            m.set_attn_implementation("eager")
+            changed.append((m, before))
+            if why:
+                logger.info("%s: %s switched from %s to eager attention", why, type(m).__name__, before)
+        yield
+    finally:
+        for m, before in reversed(changed):
+            if before is not None:
+                m.set_attn_implementation(before)

@@ -92,25 +92,42 @@ def save_pretrained(
                 "No tokenizer saved: the model was not loaded from a local folder with one. Pass tokenizer=... "
                 "to save it beside the model."
             )
-    registry.adopt(model)
+    write_folder(
+        model,
+        path,
+        lambda tmp: model.save_pretrained(tmp, **kwargs),
+        None if card is False else lambda: recorded_card(model, card or None),
+        then=None if tokenizer is None else tokenizer.save_pretrained,
+    )
+    logger.info("saved %s to %s", type(model).__name__, path)
+    return Path(path)
+
+
+def write_folder(model: nn.Module, path: str | os.PathLike, write, card, then=None) -> None:
+    """The one atomic save of a model folder (:func:`save_pretrained`, and a SentenceTransformer's).
+
+    ``write(tmp)`` writes the files into a temporary folder while ``model``'s config is saved compact (the
+    record's kept indices as strings of ranges); config.json is then set aside under another name, so a save
+    killed from here on leaves no loadable folder; ``then(tmp)`` adds files (the tokenizer), ``card()`` gives
+    the model card's CardInfo (None: no card); pickle files are refused, the weights checked, and the folder
+    moves into place complete or not at all."""
+    registry.adopt(model)  # the classes its structure saves and loads with
     source = getattr(model.config, "_name_or_path", None) or None
     with atomic_directory(path, source=source) as tmp:
-        with hf_bars():  # config.json gets the record's kept indices as strings of ranges
-            rm.save_compact(model.config, lambda: model.save_pretrained(tmp, **kwargs))
+        with hf_bars():
+            rm.save_compact(model.config, lambda: write(tmp))
         # Until the folder is complete, its config.json has another name: a save killed part-way leaves a
         # temporary folder that no loader accepts as a model.
         os.replace(tmp / CONFIG_FILE, tmp / _PENDING_CONFIG)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if card is not False:
-            write_model_card(model, tmp, recorded_card(model, card or None))
-        pickles = [p.name for p in tmp.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if then is not None:
+            then(tmp)
+        if card is not None:
+            write_model_card(model, tmp, card())
+        pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise RuntimeError(f"Refusing to write pickle files {pickles}; checkpoints are safetensors only.")
         check_weights(tmp)
         os.replace(tmp / _PENDING_CONFIG, tmp / CONFIG_FILE)
-    logger.info("saved %s to %s", type(model).__name__, path)
-    return Path(path)
 
 
 def _model_class(config, auto_class):

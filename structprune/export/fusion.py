@@ -22,10 +22,8 @@ stays correct, only slower.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,21 +54,6 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float
     expanded = attention_mask[:, None, None, :].expand(b, 1, t, t)  # [B, 1, T, T]
     inverted = 1.0 - expanded.to(dtype)
     return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
-
-
-@contextlib.contextmanager
-def eager_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model`` with transformers' eager attention for the duration (the form the fusion matches)."""
-    before = getattr(model.config, "_attn_implementation", None)
-    setter = getattr(model, "set_attn_implementation", None)
-    if setter is None or before in (None, "eager"):
-        yield
-        return
-    setter("eager")
-    try:
-        yield
-    finally:
-        setter(before)
 
 
 # --------------------------------------------------------------------------- graph preparation

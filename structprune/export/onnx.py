@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from ..arch import view
+from ..batches import eager_attention
 from ..errors import require
-from .fusion import FusionReport, additive_mask, eager_attention, expected_fusions, fuse, warn_if_incomplete
+from .fusion import FusionReport, additive_mask, expected_fusions, fuse, warn_if_incomplete
 
 logger = logging.getLogger(__name__)
 

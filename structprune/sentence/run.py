@@ -111,7 +111,7 @@ def distill(student, teacher, sentences, eval_data=None, config: DistillConfig |
     if eval_data is not None:
         raise ValueError(
             "Evaluation during the distillation of a SentenceTransformer is not supported; evaluate the result "
-            "afterwards (structprune.sentence.stsb_spearman)."
+            "afterwards (structprune.sentence.evaluate_stsb)."
         )
     if any(t.task_weight > 0 for t in cfg.term_sets):
         raise ValueError(

@@ -17,17 +17,13 @@ import os
 from pathlib import Path
 
 from ..arch import view
-from ..checkpoint import registry
-from ..checkpoint import remote_modeling as rm
-from ..checkpoint.card import CardInfo, recorded_card, write_model_card
-from ..checkpoint.files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights
+from ..checkpoint.card import CardInfo, recorded_card
+from ..checkpoint.io import write_folder
 from ..checkpoint.registry import base_model_type, is_stock
-from ..progress import hf_bars
 from .encoder import check_sentence_transformer
 
 logger = logging.getLogger(__name__)
 
-_PENDING_CONFIG = ".config.json.pending"
 SENTENCE_TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction"]
 
 
@@ -108,19 +104,7 @@ def save(st, path: str | os.PathLike, *, tokenizer="auto", card=None) -> Path:
         )
     if card is not None and card is not False and not isinstance(card, CardInfo):
         raise TypeError(f"card must be a structprune.CardInfo, None or False, not {type(card).__name__}.")
-    registry.adopt(model)  # the classes its structure saves and loads with
-    source = getattr(model.config, "_name_or_path", None) or None
-    with atomic_directory(path, source=source) as tmp:
-        with hf_bars():  # config.json gets the record's kept indices as strings of ranges
-            rm.save_compact(model.config, lambda: st.save(str(tmp), create_model_card=False))
-        # Until the folder is complete its config.json has another name (as structprune.save_pretrained does).
-        os.replace(tmp / CONFIG_FILE, tmp / _PENDING_CONFIG)
-        if card is not False:
-            write_model_card(model, tmp, sentence_card(st, recorded_card(model, card or None)))
-        pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise RuntimeError(f"Refusing to write pickle files {pickles}; checkpoints are safetensors only.")
-        check_weights(tmp)
-        os.replace(tmp / _PENDING_CONFIG, tmp / CONFIG_FILE)
+    info = None if card is False else lambda: sentence_card(st, recorded_card(model, card or None))
+    write_folder(model, path, lambda tmp: st.save(str(tmp), create_model_card=False), info)
     logger.info("saved SentenceTransformer (%s) to %s", type(model).__name__, path)
     return Path(path)

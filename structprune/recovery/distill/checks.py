@@ -90,28 +90,3 @@ def task_info(cfg: DistillConfig, eval_data):
     from ...data import get_task
 
     return get_task(cfg.task)
-
-
-def use_eager_attention(models, on: bool) -> list[tuple[nn.Module, str]]:
-    """Switch ``models`` to eager attention (the only kind that returns probabilities); returns what to
-    restore with :func:`restore_attention`."""
-    changed = []
-    if not on:
-        return changed
-    for m in models:
-        if m is None:
-            continue
-        before = getattr(m.config, "_attn_implementation", None)
-        if before != "eager":
-            m.set_attn_implementation("eager")
-            changed.append((m, before))
-            logger.info(
-                "attention distillation: %s switched from %s to eager attention", type(m).__name__, before
-            )
-    return changed
-
-
-def restore_attention(changed: list[tuple[nn.Module, str]]) -> None:
-    for m, before in changed:
-        if before is not None:
-            m.set_attn_implementation(before)

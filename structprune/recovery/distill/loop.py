@@ -13,6 +13,7 @@ uninterrupted one computes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...arch import view
-from ...batches import model_inputs
+from ...batches import eager_attention, model_inputs
 from ...checkpoint.card import budget_text, dataset_of, note_card
 from ...mask import Mask
 from ...progress import bar as progress_bar
@@ -178,17 +179,21 @@ def _run(
 
             prune_(student, target & Mask.full(student))  # same shapes as the checkpoint before load_state
 
-    restore_attn = checks.use_eager_attention([student, teacher], cfg.uses_attention and teacher is not None)
+    attention = (
+        eager_attention(student, teacher, why="attention distillation")
+        if cfg.uses_attention and teacher is not None
+        else contextlib.nullcontext()
+    )
     teacher_state = None
     if teacher is not None:
         teacher_state = (teacher.training, [(p, p.requires_grad) for p in teacher.parameters()])
     try:
-        student, history = _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir, task_info,
-                                  resume, _callbacks(cfg, callbacks))  # fmt: skip
+        with attention:
+            student, history = _train(student, teacher, train_data, eval_data, cfg, accelerator, out_dir,
+                                      task_info, resume, _callbacks(cfg, callbacks))  # fmt: skip
         _note_card(student, teacher, cfg, history)
         return student, history
     finally:
-        checks.restore_attention(restore_attn)
         if teacher_state is not None:  # leave the teacher as we found it (mode and requires_grad)
             teacher.train(teacher_state[0])
             for p, flag in teacher_state[1]:
