@@ -155,6 +155,7 @@ def parse_args(argv=None):
     p.add_argument("--latency-batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--latency-seq", type=int, default=128)
     p.add_argument("--latency-repeats", type=int, default=10, help="timed passes per model (median)")
+    C.add_quiet_timing_flags(p)
     p.add_argument(
         "--train-teachers",
         action="store_true",
@@ -359,13 +360,14 @@ def speedups(teacher, model, args) -> dict:
         return {}
     out = {}
     for batch in args.latency_batches:
-        lat = sp.measure_latency(
-            {"dense": teacher, "model": model},
-            batch_size=batch,
-            seq_len=args.latency_seq,
-            warmup=2,
-            repeats=args.latency_repeats,
-        )
+        with C.quiet_timing(args):
+            lat = sp.measure_latency(
+                {"dense": teacher, "model": model},
+                batch_size=batch,
+                seq_len=args.latency_seq,
+                warmup=2,
+                repeats=args.latency_repeats,
+            )
         out[f"b{batch}"] = {
             "dense_ms": lat["dense"]["median_ms"],
             "ms": lat["model"]["median_ms"],
@@ -380,13 +382,14 @@ def dense_latency(teacher, args) -> dict:
         return {}
     out = {}
     for batch in args.latency_batches:
-        lat = sp.measure_latency(
-            {"dense": teacher},
-            batch_size=batch,
-            seq_len=args.latency_seq,
-            warmup=2,
-            repeats=args.latency_repeats,
-        )
+        with C.quiet_timing(args):
+            lat = sp.measure_latency(
+                {"dense": teacher},
+                batch_size=batch,
+                seq_len=args.latency_seq,
+                warmup=2,
+                repeats=args.latency_repeats,
+            )
         ms = lat["dense"]["median_ms"]
         out[f"b{batch}"] = {"dense_ms": ms, "ms": ms, "speedup": 1.0}
     return out
@@ -798,7 +801,12 @@ def write(state: dict, args) -> Path:
         if args.no_latency
         else f"`sp.measure_latency`, dense teacher and row model alternately, median of {args.latency_repeats} "
         f"passes after 2 warm-ups, batch {' and '.join(map(str, args.latency_batches))} x {args.latency_seq} "
-        f"tokens, PyTorch on CPU, {args.threads} threads"
+        f"tokens, PyTorch on CPU, {args.timing_threads or args.threads} threads"
+        + (
+            f"; other jobs on the machine (`{'`, `'.join(args.pause_while_timing)}`) paused while timing"
+            if args.pause_while_timing
+            else ""
+        )
     )
     text += (
         "\nSetup (see the docstring of `benchmarks/quality.py`): teachers are the task recipes' fine-tuned "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,3 +60,39 @@ def test_mpnet_base_from_the_environment_must_be_a_model_folder(common, tmp_path
     folder = _model(tmp_path / "m", "c")
     monkeypatch.setenv("STRUCTPRUNE_MPNET", str(folder))
     assert common.mpnet_base() == folder
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to read process states")
+def test_quiet_timing_pauses_other_jobs_and_always_resumes_them(common, tmp_path):
+    import argparse
+    import subprocess
+    import time
+
+    import torch
+
+    marker = f"structprune-quiet-timing-test-{tmp_path.name}"
+    job = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)", marker])
+    try:
+        p = argparse.ArgumentParser()
+        common.add_quiet_timing_flags(p)
+        args = p.parse_args(["--pause-while-timing", marker, "--timing-threads", "1"])
+        threads = torch.get_num_threads()
+        with pytest.raises(RuntimeError, match="inside"), common.quiet_timing(args) as paused:
+            assert paused == [job.pid]
+            assert _state(job.pid) == "T"  # stopped
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("a failure inside the timed block")
+        time.sleep(0.1)
+        assert _state(job.pid) != "T"  # resumed although the block failed
+        assert torch.get_num_threads() == threads
+        # never this process (nor its parents), even when the pattern matches its own command line
+        assert os.getpid() not in common._paused_candidates([sys.argv[0] or "python", "pytest", marker])
+        assert job.pid in common._paused_candidates([marker])
+    finally:
+        job.kill()
+        job.wait()
