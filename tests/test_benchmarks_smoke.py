@@ -67,6 +67,10 @@ def test_cost_smoke(tmp_path):
     text = _smoke("cost", tmp_path, "Cost of each stage")
     for stage in ("score: taylor", "allocate", "prune_", "Calibration-set size", "Model size"):
         assert stage in text
+    real = text.split("## Model size: real models", 1)[1]  # the MiniLM / MPNet table, on the tiny model here
+    for stage in ("score: fisher", "search (constrained)", "reconstruct", "compress", "distill"):
+        assert stage in real
+    assert "minilm: tiny random BERT" in real and "mpnet: tiny random BERT" in real
     assert (tmp_path / "cost.png").exists()
 
 
