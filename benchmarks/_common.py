@@ -395,8 +395,9 @@ def _paused_candidates(patterns: Sequence[str]) -> list[int]:
 def quiet_timing(args):
     """Time on a quiet machine: pause ``args.pause_while_timing`` processes, use ``args.timing_threads``.
 
-    The paused processes are resumed (SIGCONT) on the way out whatever happens inside; a process that ended
-    meanwhile is skipped. Yields the paused PIDs.
+    The paused processes are resumed (SIGCONT) on the way out whatever happens inside, a SIGTERM of this
+    process included (it is turned into ``SystemExit`` while the block runs; only SIGKILL leaves them
+    paused); a process that ended meanwhile is skipped. Yields the paused PIDs.
 
     Example::
 
@@ -408,6 +409,13 @@ def quiet_timing(args):
     patterns = getattr(args, "pause_while_timing", None) or []
     threads = torch.get_num_threads()
     paused: list[int] = []
+    previous = None
+    if patterns and threading.current_thread() is threading.main_thread():
+
+        def terminated(signum, frame):
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, terminated)
     try:
         for pid in _paused_candidates(patterns):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -422,6 +430,8 @@ def quiet_timing(args):
         for pid in paused:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGCONT)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def setup(args) -> None:

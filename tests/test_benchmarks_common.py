@@ -96,3 +96,35 @@ def test_quiet_timing_pauses_other_jobs_and_always_resumes_them(common, tmp_path
     finally:
         job.kill()
         job.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to read process states")
+def test_quiet_timing_resumes_other_jobs_when_terminated(tmp_path):
+    """A SIGTERM of the timing process (e.g. `kill` of a benchmark) still resumes the jobs it paused."""
+    import subprocess
+    import time
+
+    marker = f"structprune-quiet-timing-term-{tmp_path.name}"
+    job = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)", marker])
+    code = (
+        "import argparse, sys, time\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "import _common as C\n"
+        "p = argparse.ArgumentParser(); C.add_quiet_timing_flags(p)\n"
+        f"args = p.parse_args(['--pause-while-timing', {marker!r}])\n"
+        "with C.quiet_timing(args):\n"
+        "    print('paused', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    timer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert timer.stdout.readline().strip() == "paused"
+        assert _state(job.pid) == "T"
+        timer.terminate()
+        assert timer.wait(timeout=30) != 0
+        time.sleep(0.1)
+        assert _state(job.pid) != "T"
+    finally:
+        timer.kill()
+        job.kill()
+        job.wait()
