@@ -63,9 +63,15 @@ def parse_args(argv=None):
     )
     p.add_argument("--epochs", type=float, default=1.0, help="distillation epochs")
     p.add_argument("--lr", type=float, default=1e-4, help="distillation peak learning rate")
+    p.add_argument(
+        "--hidden-weight",
+        type=float,
+        default=0.0,
+        help="distillation: weight of the hidden-state MSE beside the embedding loss (0: embeddings only)",
+    )
     p.add_argument("--train-batch-size", type=int, default=32, help="distillation (and compress) batch size")
     p.add_argument("--batch-size", type=int, default=32, help="throughput batch size (st.encode)")
-    p.add_argument("--repeat", type=int, default=3, help="timed throughput passes per model (median)")
+    p.add_argument("--repeat", type=int, default=5, help="timed throughput passes per model (median)")
     p.add_argument(
         "--seq",
         type=int,
@@ -78,6 +84,7 @@ def parse_args(argv=None):
         default=None,
         help="also save the pruned models (sp.save_pretrained) in this folder",
     )
+    C.add_quiet_timing_flags(p)
     return p.parse_args(argv)
 
 
@@ -125,6 +132,11 @@ def unlabelled(args) -> tuple[list[str], list[str]]:
     return calib, pool[args.calib : args.calib + args.distill_sentences]
 
 
+def shapes(st) -> dict:
+    """Parameter shapes of a SentenceTransformer's transformer: equal shapes, equal architecture and speed."""
+    return {n: tuple(t.shape) for n, t in st[0].auto_model.named_parameters()}
+
+
 def describe(st, dense_flops: float) -> dict:
     model = st[0].auto_model
     return {
@@ -162,6 +174,7 @@ def main(argv=None) -> Path:
     cfg = sp.sentence.default_distill_config(
         num_epochs=args.epochs,
         learning_rate=args.lr,
+        hidden_weight=args.hidden_weight,
         seed=args.seed,
         progress=not args.smoke,
         report_to="none",
@@ -177,20 +190,27 @@ def main(argv=None) -> Path:
 
     scores = {k: 100 * sp.sentence.evaluate_stsb(m, data_dir=args.data_dir, limit=sts_limit)["spearman"]
               for k, m in models.items()}  # fmt: skip
-    # the distilled model has the reconstructed one's shapes: timed once, as the same architecture
-    speed = sp.sentence.throughput(
-        {k: models[k] for k in ("dense", "no recovery", "reconstruction")},
-        speed_texts,
-        batch_size=args.batch_size,
-        repeat=args.repeat,
-    )
-    speed["reconstruction + distillation"] = speed["reconstruction"]
-    # the transformer alone on full-length inputs (what benchmarks/latency.py measures): batch x --seq tokens
-    encoders = {k: models[k][0].auto_model for k in ("dense", "no recovery", "reconstruction")}
-    latency = sp.measure_latency(
-        encoders, batch_size=args.batch_size, seq_len=args.seq, repeats=args.repeat * 3
-    )
-    latency["reconstruction + distillation"] = latency["reconstruction"]
+    # one timing per architecture: the distilled model has the reconstructed one's shapes, and the two
+    # compress results often share theirs too (their speeds differ only by noise, so they are timed once)
+    timed = {"dense": "dense", "no recovery": "no recovery", "reconstruction": "reconstruction"}
+    timed["reconstruction + distillation"] = "reconstruction"
+    if shapes(models["no recovery"]) == shapes(models["reconstruction"]):
+        timed["reconstruction"] = timed["reconstruction + distillation"] = "no recovery"
+    distinct = sorted(set(timed.values()), key=list(timed.values()).index)
+    with C.quiet_timing(args):
+        speed = sp.sentence.throughput(
+            {k: models[k] for k in distinct}, speed_texts, batch_size=args.batch_size, repeat=args.repeat
+        )
+        # the transformer alone on full-length inputs (what benchmarks/latency.py measures): batch x --seq tokens
+        latency = sp.measure_latency(
+            {k: models[k][0].auto_model for k in distinct},
+            batch_size=args.batch_size,
+            seq_len=args.seq,
+            repeats=args.repeat * 3,
+        )
+        timing_threads = torch.get_num_threads()
+    speed = {k: speed[v] for k, v in timed.items()}
+    latency = {k: latency[v] for k, v in timed.items()}
     for key, st in models.items():
         rows.append({
             "model": name if key == "dense" else f"{name}, {args.flops:.0%} FLOPs",
@@ -214,12 +234,25 @@ def main(argv=None) -> Path:
         f"\n`sp.compress(st, sentences, flops={args.flops})` on {len(calib):,} unlabelled sentences (STS-B and "
         f"SST-2 train), without reconstruction (`reconstruct=False`) and with it (kept: {report.choice}); then "
         f"`sp.distill(student, dense, sentences)` of the reconstructed model on {len(distill_texts):,} other "
-        f"unlabelled sentences ({cfg.embedding_loss} of the sentence embeddings, {history[-1]['step'] if history else 0} "
+        f"unlabelled sentences ({cfg.embedding_loss} of the sentence embeddings"
+        + (f" + {cfg.hidden_weight:g} x hidden-state MSE" if cfg.hidden_weight else "")
+        + f", {cfg.num_epochs:g} epoch(s), {history[-1]['step'] if history else 0} "
         f"steps of batch {args.train_batch_size}, learning rate {cfg.learning_rate:g}). STS-B: Spearman x100 of the "
         f"cosine similarities on {len(val):,} validation pairs, no training on STS-B. Throughput: `st.encode` of "
         f"{len(speed_texts):,} STS-B validation sentences at batch {args.batch_size}, median of {args.repeat} "
-        f"passes, models taking turns, {torch.get_num_threads()} threads; the distilled model has the "
-        f"reconstructed one's shapes (timed once). Encoder: the transformer alone on a batch of {args.batch_size} "
+        f"passes, models taking turns, {timing_threads} threads"
+        + (
+            f", other jobs paused while timing (`{'`, `'.join(args.pause_while_timing)}`)"
+            if args.pause_while_timing
+            else ""
+        )
+        + "; one timing per architecture (the distilled model has the reconstructed one's shapes"
+        + (
+            ", and so has the model without reconstruction"
+            if timed["reconstruction"] == "no recovery"
+            else ""
+        )
+        + f"). Encoder: the transformer alone on a batch of {args.batch_size} "
         f"x {args.seq} tokens (`sp.measure_latency`, median of {args.repeat * 3}), as `benchmarks/latency.py` "
         "measures it. Seconds: compress or distill wall time.\n\n"
     )
