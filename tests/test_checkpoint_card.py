@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -13,7 +14,7 @@ from huggingface_hub import ModelCard
 from matplotlib.image import imread
 
 import structprune as sp
-from structprune.checkpoint.card import HEATMAP_FILE, kept_heads_matrix, layer_rows
+from structprune.checkpoint.card import CARD_FILE, HEATMAP_FILE, kept_heads_matrix, layer_rows, recorded_card
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -152,8 +153,40 @@ def test_default_card_says_what_compress_and_distill_did(tmp_path):
     folder = sp.save_pretrained(student, tmp_path / "b", tokenizer=None, card=sp.CardInfo(budget="half"))
     head = (folder / "README.md").read_text().split("## Size")[0]
     assert "| Budget | half |" in head and "| Teacher | org/teacher-sst2 |" in head
-    # notes live on the object only: config.json carries none of it
+    # config.json carries none of it; the card's information is saved as data beside the card ...
     assert "card" not in (folder / "config.json").read_text().lower()
+    record = json.loads((folder / CARD_FILE).read_text())
+    assert record["budget"] == "half" and record["teacher"] == "org/teacher-sst2"
+    # ... so a reloaded model saved (or pushed) again says the same, and later steps add to it
+    again = sp.save_pretrained(sp.from_pretrained(folder), tmp_path / "c", tokenizer=None)
+    assert (again / "README.md").read_text().split("## Size")[0] == head
+
+
+def test_saved_card_record_is_validated_when_loaded(tmp_path, caplog):
+    model = pruned("bert")
+    folder = sp.save_pretrained(model, tmp_path / "ckpt", tokenizer=None, card=sp.CardInfo(teacher="org/t"))
+    record = folder / CARD_FILE
+    good = record.read_text()
+    record.write_text("{not json")
+    with pytest.raises(ValueError, match=r"structprune_card.json is not valid JSON.*delete it"):
+        sp.from_pretrained(folder)
+    record.write_text(json.dumps({"teacher": 3}))
+    with pytest.raises(ValueError, match=r"teacher=3 is not a string"):
+        sp.from_pretrained(folder)
+    record.write_text(json.dumps({"metrics_after": {"accuracy": "high"}}))
+    with pytest.raises(ValueError, match=r"structprune_card.json: metrics_after="):
+        sp.from_pretrained(folder)
+    record.write_text(json.dumps(["teacher"]))
+    with pytest.raises(ValueError, match="not a mapping"):
+        sp.from_pretrained(folder)
+    # a field this structprune does not know (a newer one wrote it) is skipped, with a warning
+    record.write_text(json.dumps({**json.loads(good), "colour": "blue"}))
+    with caplog.at_level("WARNING"):
+        loaded = sp.from_pretrained(folder)
+    assert "colour" in caplog.text
+    assert recorded_card(loaded).teacher == "org/t"
+    record.unlink()  # no record (an older save): the model loads, with nothing noted
+    assert recorded_card(sp.from_pretrained(folder)) == sp.CardInfo()
 
 
 def test_note_card_checks_its_fields():

@@ -154,6 +154,10 @@ def test_cards_and_saved_files_name_no_local_path(tmp_path):
         if f.suffix in (".md", ".json", ".py"):
             assert str(tmp_path) not in f.read_text(), f.name
     assert "a local model (teacher)" in (out / "README.md").read_text()
+    # reloaded and saved again, the card still names it once, the same way
+    again = sp.save_pretrained(sp.from_pretrained(out), tmp_path / "again", tokenizer=None)
+    card = (again / "README.md").read_text()
+    assert "a local model (teacher)" in card and "a local model (a local" not in card
 
 
 def test_the_cli_refuses_to_write_over_its_input_before_any_work(tmp_path, capsys):

@@ -8,6 +8,7 @@ heatmap are drawn from the same :class:`LayerRow` list.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -127,6 +128,12 @@ class CardInfo:
 
 
 _NOTES = "_structprune_card_notes"
+CARD_FILE = "structprune_card.json"
+"""Beside the model card: the card's information as data (the fields that differ from the defaults), so a
+model loaded with :func:`structprune.from_pretrained` keeps what its card says when it is saved or pushed
+again, and later steps add to it."""
+_TEXT_FIELDS = ("base_model", "teacher", "method", "budget", "task", "eval_dataset", "license", "model_name",
+                "notes", "vocabulary", "library_name", "usage")  # fmt: skip
 _GLUE = "nyu-mll/glue"
 
 
@@ -155,6 +162,61 @@ def note_card(model: nn.Module, **fields) -> None:
         notes[name] = value
     CardInfo(**notes)  # checked now, not when the card is written
     model.__dict__[_NOTES] = notes  # a plain attribute: survives copy.deepcopy, never reaches config.json
+
+
+def card_record(info: CardInfo) -> dict:
+    """The fields of ``info`` that differ from :class:`CardInfo`'s defaults (what :data:`CARD_FILE` holds);
+    models named by a local path are named as the card names them (:func:`public_name`)."""
+    default = CardInfo()
+    record = {
+        f.name: getattr(info, f.name)
+        for f in dataclasses.fields(CardInfo)
+        if getattr(info, f.name) != getattr(default, f.name)
+    }
+    for name in ("base_model", "teacher"):
+        if record.get(name):
+            record[name] = public_name(record[name])
+    return record
+
+
+def read_card_record(folder: str | os.PathLike) -> dict | None:
+    """The card fields saved in ``folder``'s :data:`CARD_FILE`, validated; None when there is no such file.
+
+    Unknown fields (a newer structprune's) are skipped with a warning; anything else that is not a valid
+    :class:`CardInfo` is an error naming the file."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return None
+    fix = "fix it, or delete it (only what the model card says is lost) and save the model again"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds {type(record).__name__}, not a mapping of card fields; {fix}.")
+    names = {f.name for f in dataclasses.fields(CardInfo)}
+    unknown = sorted(set(record) - names)
+    if unknown:
+        logger.warning(
+            "%s: skipping unknown card field(s) %s (written by another structprune?)", path, unknown
+        )
+        record = {k: v for k, v in record.items() if k in names}
+    for name in _TEXT_FIELDS:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path}: {name}={value!r} is not a string; {fix}.")
+    try:
+        CardInfo(**record)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}; {fix}.") from None
+    return record
+
+
+def restore_card(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Put the card fields saved in ``folder`` back on ``model`` (:func:`note_card`'s memory), if any."""
+    record = read_card_record(folder)
+    if record:
+        model.__dict__[_NOTES] = record
 
 
 def recorded_card(model: nn.Module, explicit: CardInfo | None = None) -> CardInfo:
@@ -294,6 +356,9 @@ def _fmt(n: float) -> str:
     return f"{n:g}"
 
 
+_LOCAL = "a local model ("
+
+
 def _hub_id(name: str | None) -> str | None:
     return name if name and _HUB_ID.match(name) and not os.path.exists(name) else None
 
@@ -303,9 +368,9 @@ def public_name(name: str | None) -> str | None:
     card is published, an absolute path of the machine it was made on is not)."""
     if not name:
         return None
-    if _hub_id(name):
+    if _hub_id(name) or (name.startswith(_LOCAL) and name.endswith(")")):  # already public
         return name
-    return f"a local model ({Path(name).name or name})"
+    return f"{_LOCAL}{Path(name).name or name})"
 
 
 def card_data(model: nn.Module, info: CardInfo) -> ModelCardData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from ..arch.spec import spec_for
 from ..progress import hf_bars
 from . import registry
 from . import remote_modeling as rm
-from .card import CardInfo, recorded_card, write_model_card
+from .card import CARD_FILE, CardInfo, card_record, recorded_card, restore_card, write_model_card
 from .files import CONFIG_FILE, PICKLE_SUFFIXES, atomic_directory, check_weights, read_config, recover
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,10 @@ def write_folder(model: nn.Module, path: str | os.PathLike, write, card, then=No
         if then is not None:
             then(tmp)
         if card is not None:
-            write_model_card(model, tmp, card())
+            info = card()
+            write_model_card(model, tmp, info)
+            # the card's information as data too: a reloaded model keeps it (from_pretrained restores it)
+            (tmp / CARD_FILE).write_text(json.dumps(card_record(info), indent=1, sort_keys=True) + "\n")
         pickles = [p.name for p in tmp.rglob("*") if p.suffix in PICKLE_SUFFIXES]
         if pickles:
             raise RuntimeError(f"Refusing to write pickle files {pickles}; checkpoints are safetensors only.")
@@ -220,5 +224,7 @@ def from_pretrained(path: str | os.PathLike, *, auto_class=None, **kwargs) -> tr
     v = view(model)  # checks the recorded structure against the loaded shapes
     if getattr(model.config, rm.CONFIG_KEY, None):  # in memory the kept indices are lists (stock classes too)
         setattr(model.config, rm.CONFIG_KEY, v.structure.to_dict())
+    if os.path.isdir(path):
+        restore_card(model, path)  # what the card said stays with the model: a later save or push keeps it
     model.eval()
     return model
