@@ -388,7 +388,17 @@ def _paused_candidates(patterns: Sequence[str]) -> list[int]:
     for pattern in patterns:
         out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout
         found.update(int(x) for x in out.split() if x.isdigit())
-    return sorted(found - own)
+    # a process already stopped (by someone else) is not using the cores, and must not be resumed by us
+    return sorted(pid for pid in found - own if _process_state(pid) not in ("T", "t", None))
+
+
+def _process_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, T, ...), None when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 @contextlib.contextmanager

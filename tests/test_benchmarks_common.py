@@ -93,6 +93,13 @@ def test_quiet_timing_pauses_other_jobs_and_always_resumes_them(common, tmp_path
         # never this process (nor its parents), even when the pattern matches its own command line
         assert os.getpid() not in common._paused_candidates([sys.argv[0] or "python", "pytest", marker])
         assert job.pid in common._paused_candidates([marker])
+        # a job someone else stopped is left alone: neither counted nor resumed on the way out
+        job.send_signal(__import__("signal").SIGSTOP)
+        time.sleep(0.1)
+        with common.quiet_timing(args) as paused:
+            assert paused == []
+        time.sleep(0.1)
+        assert _state(job.pid) == "T"
     finally:
         job.kill()
         job.wait()
