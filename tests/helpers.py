@@ -68,7 +68,9 @@ def tokenizer(tmp_path: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(tiny.VOCAB - 5)]
     file = tmp_path / "vocab.txt"
     file.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(file))
+    tok = BertTokenizerFast(vocab=str(file))  # transformers 5: `vocab`; `vocab_file` is silently ignored
+    assert len(tok) == tiny.VOCAB and tok.convert_tokens_to_ids("w3") == 8, "the tiny vocabulary was not read"
+    return tok
 
 
 # The start of every script run without structprune: argv[1] is the site-packages path list; structprune
