@@ -143,6 +143,8 @@ def test_distill_variants_smoke(tmp_path):
 
 def test_vocab_smoke(tmp_path):
     text = _smoke("vocab", tmp_path, "Vocabulary pruning")
+    text, fallback = text.split("## Where the accuracy goes", 1)
+    assert [r[0] for r in _table_rows(fallback)[1:]] == ["[UNK]", "nearest kept token"]
     rows = _table_rows(text)
     assert [r[0] for r in rows[1:]] == [
         "teacher (dense)",
