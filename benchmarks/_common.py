@@ -285,9 +285,28 @@ def header(title: str, *, note: str = "", extra_packages: Sequence[str] = ()) ->
     return "\n".join(lines) + "\n"
 
 
+def portable(text: str) -> str:
+    """``text`` with this machine's folders written the way any machine can read them: the structprune cache
+    as ``$STRUCTPRUNE_CACHE``, the shared data beside the repository as ``../shared``, the repository as
+    ``.`` and the home folder as ``~`` (results files are committed; a path of one machine means nothing
+    on another)."""
+    for folder, name in (
+        (cache_root(), "$STRUCTPRUNE_CACHE"),
+        (REPO.parent / "shared", "../shared"),
+        (REPO, "."),
+        (Path.home(), "~"),
+    ):
+        for form in {str(folder), os.path.realpath(folder)}:
+            text = text.replace(form + os.sep, name + "/").replace(form, name)
+    return text
+
+
 def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; a Markdown results file's
+    text is :func:`portable` (no folder of this machine in it)."""
     path = Path(path)
+    if isinstance(data, str) and path.suffix == ".md":
+        data = portable(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -135,3 +135,16 @@ def test_quiet_timing_resumes_other_jobs_when_terminated(tmp_path):
         timer.kill()
         job.kill()
         job.wait()
+
+
+def test_results_files_name_no_folder_of_this_machine(common, tmp_path, monkeypatch):
+    monkeypatch.setenv("STRUCTPRUNE_CACHE", str(tmp_path / "cache"))
+    teacher = tmp_path / "cache" / "teachers" / "minilm-mrpc-1cc8b94c69c1"
+    shared = common.REPO.parent / "shared" / "models" / "minilm-l6-sst2"
+    text = f"- Teacher: `{teacher}`\n- Reference: {shared}\n- Script: {common.REPO / 'benchmarks' / 'x.py'}\n- {Path.home()}/out\n"
+    out = common.write_atomic(tmp_path / "r.md", text).read_text()
+    assert str(tmp_path) not in out and str(common.REPO) not in out and str(Path.home()) not in out
+    assert "$STRUCTPRUNE_CACHE/teachers/minilm-mrpc-1cc8b94c69c1" in out
+    assert "../shared/models/minilm-l6-sst2" in out and "./benchmarks/x.py" in out and "~/out" in out
+    # state files (JSON) keep the real paths a resumed run reads back
+    assert str(teacher) in common.write_atomic(tmp_path / "s.json", text).read_text()
