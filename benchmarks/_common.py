@@ -426,18 +426,23 @@ def quiet_timing(args):
 
     The paused processes are resumed (SIGCONT) on the way out whatever happens inside, a SIGTERM of this
     process included (it is turned into ``SystemExit`` while the block runs; only SIGKILL leaves them
-    paused); a process that ended meanwhile is skipped. Yields the paused PIDs.
+    paused); a process that ended meanwhile is skipped. Yields the paused PIDs, a :class:`Paused` list whose
+    ``other_cores`` is set on the way out: how many cores, on average, processes other than this one kept
+    busy during the block (from ``/proc``; None where it cannot be read). A timing with ``other_cores``
+    well above 0 was not taken on a quiet machine, whatever was paused (something the patterns did not name
+    ran): retry it, or say so.
 
     Example::
 
-        with C.quiet_timing(args):
+        with C.quiet_timing(args) as quiet:
             lat = sp.measure_latency({"dense": teacher, "pruned": model})
+        quiet.other_cores   # e.g. 0.02
     """
     import signal
 
     patterns = getattr(args, "pause_while_timing", None) or []
     threads = torch.get_num_threads()
-    paused: list[int] = []
+    paused = Paused()
     previous = None
     if patterns and threading.current_thread() is threading.main_thread():
 
@@ -453,7 +458,12 @@ def quiet_timing(args):
         if paused:
             time.sleep(1.0)  # let the paused processes' threads leave the cores
         torch.set_num_threads(getattr(args, "timing_threads", None) or threads)
+        start = _cpu_seconds()
         yield paused
+        end = _cpu_seconds()
+        if start is not None and end is not None and end[2] > start[2]:
+            others = (end[0] - start[0]) - (end[1] - start[1])
+            paused.other_cores = max(others, 0.0) / (end[2] - start[2])
     finally:
         torch.set_num_threads(threads)
         for pid in paused:
@@ -461,6 +471,26 @@ def quiet_timing(args):
                 os.kill(pid, signal.SIGCONT)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class Paused(list):
+    """The PIDs :func:`quiet_timing` paused, and ``other_cores``: the other processes' CPU use during it."""
+
+    other_cores: float | None = None
+
+
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(CPU seconds the whole machine has been busy, of them this process', wall seconds), from /proc."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
+    return busy / tick, (int(own[11]) + int(own[12])) / tick, time.perf_counter()
 
 
 def setup(args) -> None:

@@ -62,6 +62,12 @@ def test_mpnet_base_from_the_environment_must_be_a_model_folder(common, tmp_path
     assert common.mpnet_base() == folder
 
 
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -93,6 +99,20 @@ def test_quiet_timing_pauses_other_jobs_and_always_resumes_them(common, tmp_path
         # never this process (nor its parents), even when the pattern matches its own command line
         assert os.getpid() not in common._paused_candidates([sys.argv[0] or "python", "pytest", marker])
         assert job.pid in common._paused_candidates([marker])
+        # what else used the cores while timing is measured: a busy job not named by the patterns shows
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass", f"unnamed-{tmp_path.name}"])
+        try:
+            time.sleep(0.5)
+            with common.quiet_timing(args) as quiet:
+                before, t0 = _cpu_s(busy.pid), time.perf_counter()
+                time.sleep(1.0)
+                used = (_cpu_s(busy.pid) - before) / (time.perf_counter() - t0)  # its own count, in cores
+            assert used > 0.1  # it did run
+            # the busy job is among the others (tolerance: clock ticks); never more than the machine has
+            assert used - 0.05 <= quiet.other_cores <= os.cpu_count() + 0.05, (used, quiet.other_cores)
+        finally:
+            busy.kill()
+            busy.wait()
         # a job someone else stopped is left alone: neither counted nor resumed on the way out
         job.send_signal(__import__("signal").SIGSTOP)
         time.sleep(0.1)
