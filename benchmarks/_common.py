@@ -398,11 +398,10 @@ def _paused_candidates(patterns: Sequence[str]) -> list[int]:
     pid = os.getpid()
     while pid > 1:
         own.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        fields = _stat_fields(pid)
+        if not fields or not fields[1].isdigit():
             break
+        pid = int(fields[1])
     found: set[int] = set()
     for pattern in patterns:
         out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout
@@ -411,13 +410,19 @@ def _paused_candidates(patterns: Sequence[str]) -> list[int]:
     return sorted(pid for pid in found - own if _process_state(pid) not in ("T", "t", None))
 
 
-def _process_state(pid: int) -> str | None:
-    """The one-letter state of a process (R, S, T, ...), None when it is gone or unreadable."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, parent, ...); None if unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _process_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, T, ...), None when it is gone or unreadable."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
 
 
 @contextlib.contextmanager
@@ -481,12 +486,13 @@ class Paused(list):
 
 def _cpu_seconds() -> tuple[float, float, float] | None:
     """(CPU seconds the whole machine has been busy, of them this process', wall seconds), from /proc."""
+    own = _stat_fields("self")
     try:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            own = f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
+        return None
+    if own is None:
         return None
     tick = os.sysconf("SC_CLK_TCK")
     busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # all but idle and iowait
