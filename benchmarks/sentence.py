@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -123,13 +122,11 @@ def smoke_model():
 
 
 def unlabelled(args) -> tuple[list[str], list[str]]:
-    """Calibration and distillation sentences (disjoint): STS-B train (both sides) + SST-2 train, shuffled."""
-    stsb = C.load_examples("stsb", "train", args.data_dir)
-    sst2 = C.load_examples("sst2", "train", args.data_dir, limit=args.calib + args.distill_sentences)
-    pool = list(dict.fromkeys([*stsb["sentence1"], *stsb["sentence2"], *sst2["sentence"]]))
-    random.Random(args.seed).shuffle(pool)
-    calib = pool[: args.calib]
-    return calib, pool[args.calib : args.calib + args.distill_sentences]
+    """Calibration and distillation sentences (disjoint): STS-B train (both sides) + SST-2 train, shuffled
+    (``sp.sentence.unlabelled_sentences``, as the ``all-minilm-l6-v2`` recipe takes them)."""
+    n = args.calib + args.distill_sentences
+    pool = sp.sentence.unlabelled_sentences(["stsb", "sst2"], args.data_dir, seed=args.seed, limit=n)
+    return pool[: args.calib], pool[args.calib : n]
 
 
 def shapes(st) -> dict:

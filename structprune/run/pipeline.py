@@ -29,7 +29,7 @@ from ..evaluation import evaluate
 from ..recovery.distill import distill
 from ..report import markdown_table
 from .compress import compress
-from .recipe import Recipe
+from .recipe import Recipe, SentenceRecipe
 from .teachers import finetune_teacher
 
 logger = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class Pipeline:
         if done := self.state.done("distill"):
             return from_pretrained(done)
         run_dir = self.out / "distill"
-        resume = _has_checkpoints(run_dir)
+        resume = has_checkpoints(run_dir)
         cfg = dataclasses.replace(
             self.recipe.distill, output_dir=str(run_dir), task=self.task.name,
             resume_from="latest" if resume else None, overwrite=not resume,
@@ -347,8 +347,8 @@ class Pipeline:
             datasets=["nyu-mll/glue"],
             task="text-classification",
             eval_dataset=f"glue/{self.task.name} {first}",
-            metrics_before=_numbers(metrics.get("teacher", {}).get(first, {})),
-            metrics_after=_numbers(metrics.get("student", {}).get(first, {})),
+            metrics_before=numeric_metrics(metrics.get("teacher", {}).get(first, {})),
+            metrics_after=numeric_metrics(metrics.get("student", {}).get(first, {})),
         )
         path = save_pretrained(student, self.out / "student", tokenizer=tokenizer, card=card)
         o = self.recipe.output
@@ -372,7 +372,9 @@ class Pipeline:
                 "params": c.total_params,
                 "encoder_params": c.encoder_params,
                 "encoder_gflops": c.encoder_flops / 1e9,
-                "metrics": {s: _numbers(v) for s, v in metrics.get(name, {}).items() if isinstance(v, dict)},
+                "metrics": {
+                    s: numeric_metrics(v) for s, v in metrics.get(name, {}).items() if isinstance(v, dict)
+                },
                 "latency_ms": metrics.get(name, {}).get("latency_ms"),
             }
         result = {"task": self.task.name, "seq_len": seq, "models": rows, "timings_s": self.timings,
@@ -382,12 +384,15 @@ class Pipeline:
         return result
 
 
-def _numbers(d: dict) -> dict:
+def numeric_metrics(d: dict) -> dict:
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _has_checkpoints(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any(p.name.startswith("checkpoint") for p in run_dir.iterdir())
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether the distillation run in ``run_dir`` left a complete checkpoint to resume from."""
+    from ..recovery.distill.runstate import latest_checkpoint
+
+    return latest_checkpoint(run_dir) is not None
 
 
 def summary_markdown(summary: dict) -> str:
@@ -398,16 +403,21 @@ def summary_markdown(summary: dict) -> str:
         metric_cols += [(split, k) for k in values if k != "loss"]
     headers = ["model", "params", f"encoder GFLOPs (seq {summary['seq_len']})"]
     headers += [f"{k} ({split})" for split, k in metric_cols] + ["CPU latency ms (b32 x s128)"]
+    speed = any(r.get("sentences_per_s") for r in models.values())  # a sentence-transformers run
+    headers += ["sentences/s (st.encode)"] if speed else []
     rows = []
     for name, r in models.items():
         row = [name, r["params"], r["encoder_gflops"]]
         row += [r["metrics"].get(split, {}).get(k, float("nan")) for split, k in metric_cols]
         row.append(r["latency_ms"] if r["latency_ms"] is not None else "-")
+        row += [r.get("sentences_per_s") or "-"] if speed else []
         rows.append(row)
     t, s = models["teacher"], models["student"]
     ratio = ["student / teacher", s["params"] / t["params"], s["encoder_gflops"] / t["encoder_gflops"]]
     ratio += [""] * len(metric_cols)
     ratio.append(s["latency_ms"] / t["latency_ms"] if s["latency_ms"] and t["latency_ms"] else "-")
+    if speed:
+        ratio.append(s["sentences_per_s"] / t["sentences_per_s"] if s.get("sentences_per_s") else "-")
     rows.append(ratio)
     return markdown_table(headers, rows)
 
@@ -422,18 +432,27 @@ def prepare_teacher(recipe: Recipe) -> Path:
 
         path = prepare_teacher(load_recipe("recipes/glue/mrpc.yaml"))
     """
+    if isinstance(recipe, SentenceRecipe):
+        raise ValueError(
+            "A sentence-transformers recipe has no teacher stage: its model is the teacher of the distillation."
+        )
     torch.manual_seed(recipe.data.seed)
     return Pipeline(recipe, teacher_only=True).teacher()
 
 
-def run(recipe: Recipe) -> dict:
+def run(recipe: Recipe | SentenceRecipe) -> dict:
     """Run ``recipe`` end to end (resuming a previous run of the same recipe) and return the summary.
+    A :class:`SentenceRecipe` runs :func:`structprune.sentence.pipeline.run`.
 
     Example::
 
         from structprune.run.recipe import load_recipe
         summary = run(load_recipe("recipes/glue/mrpc.yaml", ["output.dir=runs/mrpc"]))
     """
+    if isinstance(recipe, SentenceRecipe):
+        from ..sentence.pipeline import run as run_sentence_recipe
+
+        return run_sentence_recipe(recipe)
     torch.manual_seed(recipe.data.seed)
     p = Pipeline(recipe)
     teacher_path = p.teacher()

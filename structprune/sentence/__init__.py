@@ -11,7 +11,9 @@ given one:
   Accelerate loop (:func:`.run.distill`);
 - ``sp.save_pretrained(st, path)`` / ``sp.push_to_hub(st, repo)`` write a folder ``SentenceTransformer(path)``
   loads, with structprune imported or, via ``trust_remote_code=True``, without it (:func:`.saving.save`);
-- :func:`evaluate_stsb` (STS-B Spearman of cosine similarities) and :func:`throughput` (sentences/s).
+- :func:`evaluate_stsb` (STS-B Spearman of cosine similarities) and :func:`throughput` (sentences/s);
+- :func:`unlabelled_sentences` (GLUE train text and the user's files, pooled) and the recipe pipeline
+  (:mod:`.pipeline`, ``structprune run all-minilm-l6-v2``).
 
 :class:`SentenceEncoder` is the SentenceTransformer seen as one model (transformer + pooling +
 normalisation, output ``sentence_embedding``), which is all the rest of structprune needs. Importing this
@@ -44,6 +46,7 @@ _WHERE = {
     "sentence_batches": "encoder",
     "evaluate_stsb": "evaluate",
     "throughput": "evaluate",
+    "unlabelled_sentences": "data",
     "DEFAULT_DISTILL": "run",
     "compress": "run",
     "default_distill_config": "run",
@@ -65,6 +68,7 @@ __all__ = [
     "sentence_batches",
     "sentence_loader",
     "throughput",
+    "unlabelled_sentences",
 ]  # the names of _WHERE (tests/test_sentence.py keeps them equal)
 
 
@@ -81,6 +85,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .data import unlabelled_sentences
     from .encoder import SentenceEncoder, SentenceEncoderOutput, is_sentence_transformer, sentence_batches
     from .evaluate import evaluate_stsb, throughput
     from .run import DEFAULT_DISTILL, compress, default_distill_config, distill, sentence_loader
