@@ -18,10 +18,13 @@ with ``structprune.evaluate`` at the recipe's ``data.max_length``:
 4. Torch-Pruning Taylor, the setup of its Hugging Face BERT example (``benchmarks/peers.py``'s code:
    uniform per-layer ratios, heads and FFN neurons only) at the same budgets;
 5. students at ``--student-budgets`` (50/25/10%): the teacher compressed once (``sp.compress``; at the
-   ``--shape-budget`` with a TinyBERT shape, ``layers=4, hidden=256``, see below), then either distilled
-   from the teacher with TinyBERT's two stages (``DistillConfig(stages=tinybert_stages(...))``: hidden
-   states + attention maps, then logits + the recipe's ``task_weight`` x task loss) or fine-tuned on the
-   task loss alone (``sp.finetune``), with the same examples, optimizer steps, learning rate and seed.
+   ``--shape-budget`` with a TinyBERT shape, ``layers=4, hidden=256``, see below), then distilled from the
+   teacher as the task recipe distils (``--distillation recipe``, the default: one stage of the recipe's
+   loss terms, logits + hidden states + attention maps + ``task_weight`` x task loss; the variant chosen by
+   ``benchmarks/distill_variants.py``) and/or with TinyBERT's two stages (``--distillation staged``:
+   ``DistillConfig(stages=tinybert_stages(...))``, hidden states + attention maps, then logits + task loss),
+   and fine-tuned on the task loss alone (``sp.finetune``), all with the same examples, optimizer steps,
+   learning rate and seed.
 
 Every row reports the task metric(s), the change of the teacher's main metric in points, the encoder FLOPs
 kept (``sp.cost`` / ``sp.dense_cost`` at 128 tokens; from the module shapes for Torch-Pruning, which does
@@ -74,9 +77,11 @@ DENSE = "dense teacher"
 RETRAINING_FREE = "retraining-free sp.compress"
 TAYLOR = "Taylor + sp.allocate (global)"
 TORCH_PRUNING = "Torch-Pruning Taylor (HF BERT example)"
-DISTILLED = "pruned + distilled (TinyBERT stages)"
+DISTILLED = "pruned + distilled (recipe: logits + hidden + attention)"
+STAGED = "pruned + distilled (TinyBERT stages)"
 FINETUNED = "pruned + fine-tuned, no teacher"
-METHOD_ORDER = (DENSE, RETRAINING_FREE, TAYLOR, TORCH_PRUNING, DISTILLED, FINETUNED)
+STUDENTS = (DISTILLED, STAGED, FINETUNED)
+METHOD_ORDER = (DENSE, RETRAINING_FREE, TAYLOR, TORCH_PRUNING, DISTILLED, STAGED, FINETUNED)
 METRIC_NAMES = {
     "accuracy": "acc",
     "matthews_correlation": "MCC",
@@ -144,6 +149,14 @@ def parse_args(argv=None):
         "The no-teacher students train for the sum of both",
     )
     p.add_argument("--lr", type=float, default=None, help="students: learning rate (default: the recipe's)")
+    p.add_argument(
+        "--distillation",
+        nargs="+",
+        choices=("recipe", "staged"),
+        default=["recipe"],
+        help="students: distil as the task recipe does (one stage of its loss terms) and/or with TinyBERT's two "
+        "stages; the fine-tuned students are always measured",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -480,10 +493,14 @@ class TaskContext:
             "temperature": dist.temperature,
             "shape": [args.shape_budget, args.shape_layers, args.shape_hidden],
         }
+        # the recipe's loss terms (only the recipe-distilled rows depend on them)
+        self.terms = {k: getattr(dist, k) for k in ("logit_weight", "hidden_weight", "attention_weight")}
         self._compressed: dict[float, tuple] = {}
 
     def settings(self, method: str) -> dict:
-        if method in (DISTILLED, FINETUNED):
+        if method == DISTILLED:
+            return {**self.base_settings, **self.train_settings, "terms": self.terms}
+        if method in STUDENTS:
             return {**self.base_settings, **self.train_settings}
         return dict(self.base_settings)
 
@@ -559,7 +576,8 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
         out.append((TAYLOR, budget, taylor_row(budget)))
     for budget in args.budgets:
         out.append((TORCH_PRUNING, budget, tp_row(budget)))
-    for method in (DISTILLED, FINETUNED):
+    distilled = [{"recipe": DISTILLED, "staged": STAGED}[d] for d in dict.fromkeys(args.distillation)]
+    for method in (*distilled, FINETUNED):
         for budget in args.student_budgets:
             out.append((method, budget, student_row(ctx, method, budget)))
     return out
@@ -576,14 +594,18 @@ def student_row(ctx: TaskContext, method: str, budget: float) -> Callable:
             load_best_at_end=False, progress=False, report_to="none",
         )  # fmt: skip
         t0 = time.perf_counter()
+        epochs = ctx.intermediate_epochs + ctx.prediction_epochs
         if method == DISTILLED:
+            d = ctx.recipe.distill
+            cfg = sp.DistillConfig(num_epochs=epochs, task_weight=d.task_weight, **ctx.terms, **common)
+            student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, config=cfg)
+        elif method == STAGED:
             stages = tinybert_stages(
                 ctx.intermediate_epochs, ctx.prediction_epochs, task_weight=ctx.recipe.distill.task_weight
             )
             cfg = sp.DistillConfig(stages=stages, **common)
             student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, config=cfg)
         else:
-            epochs = ctx.intermediate_epochs + ctx.prediction_epochs
             cfg = sp.DistillConfig(num_epochs=epochs, task_weight=1.0, logit_weight=0.0, **common)
             student, _history = sp.finetune(student, ctx.train_loader(), None, config=cfg)
         train_s = time.perf_counter() - t0
@@ -663,7 +685,8 @@ def run_task(task_name: str, args, state: dict, stamp: str) -> None:
         "max_length": ctx.max_length,
         **{k: v for k, v in ctx.train_settings.items() if k not in ("train_examples", "shape")},
     }
-    entry["current"] = {"rows": ctx.base_settings, "students": ctx.settings(DISTILLED)}
+    entry["current"] = {"rows": ctx.base_settings, "students": ctx.settings(FINETUNED),
+                        "distilled": ctx.settings(DISTILLED)}  # fmt: skip
     rows = entry["rows"]
 
     def store(row: dict) -> None:
@@ -703,7 +726,9 @@ def is_current(entry: dict, row: dict) -> bool:
     current = entry.get("current")
     if not current:
         return True
-    return row.get("settings") == current["students" if row["method"] in (DISTILLED, FINETUNED) else "rows"]
+    if row["method"] == DISTILLED:
+        return row.get("settings") == current.get("distilled")
+    return row.get("settings") == current["students" if row["method"] in STUDENTS else "rows"]
 
 
 def _order(row: dict) -> tuple:
@@ -832,10 +857,12 @@ def write(state: dict, args) -> Path:
         f"Calibration: {args.calibration_examples} random train examples (seed {args.seed}), the same for every "
         "row. Students: `sp.compress` to the budget (the "
         f"{args.shape_budget:.0%} student first cut to {args.shape_layers} layers x {args.shape_hidden} hidden "
-        "with `layers=`/`hidden=`, global allocation, no reconstruction), then `sp.distill` with "
-        "`DistillConfig(stages=tinybert_stages(intermediate, prediction, task_weight=<recipe>))` (stage 1: "
-        "hidden states incl. embeddings + attention maps; stage 2: logit KD at the recipe's temperature + task "
-        "loss), or `sp.finetune` (task loss only) for the same number of optimizer steps from the same "
+        "with `layers=`/`hidden=`, global allocation, no reconstruction), then `sp.distill` as the task recipe "
+        "distils (`recipe` rows: one stage of the recipe's terms, logit KD at its temperature + hidden-state MSE "
+        "+ attention KL on kept heads + `task_weight` x task loss, for intermediate + prediction epochs) or "
+        "with `DistillConfig(stages=tinybert_stages(intermediate, prediction, task_weight=<recipe>))` "
+        "(`TinyBERT stages` rows; stage 1: hidden states incl. embeddings + attention maps; stage 2: logit KD + "
+        "task loss), or `sp.finetune` (task loss only) for the same number of optimizer steps from the same "
         "compressed student, same examples, learning rate and seed; the final weights are evaluated "
         "(no checkpoint selection on the validation split).\n\n"
     )

@@ -101,13 +101,17 @@ def test_quantize_smoke(tmp_path):
 def test_quality_smoke(tmp_path):
     import json
 
-    text = _smoke("quality", tmp_path, "Quality against converged task teachers")
+    text = _smoke(
+        "quality", tmp_path, "Quality against converged task teachers", "--distillation", "recipe", "staged"
+    )
     assert "## Summary" in text and "## SST-2" in text
     assert text.count("|-") >= 2  # the summary table and the SST-2 table (structprune.report.markdown_table)
     assert "Kwon et al. 2022" in text and "CoFi" in text and "TinyBERT-4" in text  # the published anchors
     for method in ("dense teacher", "retraining-free sp.compress", "Taylor + sp.allocate (global)"):
         assert f"| {method} " in text
-    assert "| pruned + distilled (TinyBERT stages) " in text and "| pruned + fine-tuned, no teacher " in text
+    for method in ("recipe: logits + hidden + attention", "TinyBERT stages"):  # both distillations asked for
+        assert f"| pruned + distilled ({method}) " in text
+    assert "| pruned + fine-tuned, no teacher " in text
     assert "choice: " in text  # compress reports the candidate it kept
     rows = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
     assert all("metrics" in r for r in rows if not r["method"].startswith("Torch-Pruning"))
