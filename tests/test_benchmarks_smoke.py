@@ -208,3 +208,19 @@ def test_speed_smoke(tmp_path):
     for r in body:  # efficiency = speedup x FLOPs kept
         assert float(r[eff]) == pytest.approx(float(r[speedup]) * float(r[flops].rstrip("%")) / 100, rel=0.02)
     assert "ONNX Runtime fusion" in text and "Attention 2" in text  # the tiny BERT's two layers fused
+
+
+def test_breakdown_smoke(tmp_path):
+    text = _smoke(
+        "breakdown", tmp_path, "Where the time goes: dense vs pruned by part, kind of op and threads"
+    )
+    for section in ("## Parts of the forward", "## Kinds of op", "## Threads", "## Without Python"):
+        assert section in text
+    rows = _table_rows(text)
+    assert {"dense", "50%", "10%, 1 layer"} <= {r[0] for r in rows}
+    # every model's parts, at both smoke batch sizes; each kind-of-op row's shares add up to the whole pass
+    assert sum(1 for r in rows if r[0] == "50%" and r[1] in ("1", "2")) == 2
+    shares = [r for r in rows if r[0] == "dense" and all("%)" in c for c in r[1:])]
+    assert (
+        len(shares) == 1 and 95 <= sum(int(c.split("(")[1].rstrip("%)")) for c in shares[0][1:]) <= 105
+    )  # rounded
