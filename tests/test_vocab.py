@@ -261,6 +261,21 @@ def test_pruning_twice_composes():
     torch.testing.assert_close(out(model, encode(twice, text)), out(ref, encode(tok, text)), rtol=0, atol=0)
 
 
+def test_pruning_again_after_a_reload_counts_from_the_first_vocabulary(tmp_path):
+    """The card names the vocabulary before the first pruning, also when the second pruning follows a reload."""
+    from structprune.checkpoint.card import _NOTES
+
+    model, tok = setup("bert")
+    _, once = sp.prune_vocab(model, tok, TRAIN)
+    first = getattr(model, _NOTES)["vocabulary"]
+    assert first.startswith(f"{len(once):,} of {len(tok):,} tokens kept")
+    sp.save_pretrained(model, tmp_path, tokenizer=once)
+    reloaded = sp.from_pretrained(tmp_path)
+    assert getattr(reloaded, _NOTES)["vocabulary"] == first
+    _, twice = sp.prune_vocab(reloaded, once, TRAIN[:3])
+    assert getattr(reloaded, _NOTES)["vocabulary"].startswith(f"{len(twice):,} of {len(tok):,} tokens kept")
+
+
 def test_keep_adds_named_tokens():
     model, tok = setup("bert")
     _, new = sp.prune_vocab(model, tok, ["the movie"], keep=["awful", "##ly"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -334,7 +335,7 @@ def _note_vocabulary(model, kept: int, rows: int, dim: int, min_count: int, n_te
     kept of the original vocabulary (the one before the first pruning), min_count and the texts."""
     from ..checkpoint.card import note_card
 
-    original = model.__dict__.setdefault(_ORIGINAL, rows)  # a plain attribute: survives copy.deepcopy
+    original = model.__dict__.setdefault(_ORIGINAL, _noted_original(model) or rows)  # survives copy.deepcopy
     times = "once" if min_count == 1 else f"{min_count} times"
     texts = f"{n_texts:,} text{'' if n_texts == 1 else 's'}" + (f" ({source})" if source else "")
     note_card(
@@ -343,6 +344,17 @@ def _note_vocabulary(model, kept: int, rows: int, dim: int, min_count: int, n_te
         f"{min_count}) in {texts}, plus the special and required ones; word embeddings {(original - kept) * dim:,} "
         "parameters smaller",
     )
+
+
+def _noted_original(model) -> int | None:
+    """The original vocabulary size a reloaded model's card record names (``from_pretrained`` puts the record
+    back; the plain attribute does not survive a save), so that pruning again after a reload still counts
+    from the vocabulary before the first pruning."""
+    from ..checkpoint.card import _NOTES
+
+    text = (getattr(model, _NOTES, None) or {}).get("vocabulary") or ""
+    found = re.match(r"[\d,]+ of ([\d,]+) tokens kept", text)
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 @dataclass(frozen=True)
