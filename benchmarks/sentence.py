@@ -22,6 +22,13 @@ BERT-base size, several times longer, so give it fewer sentences on a CPU)::
     .venv/bin/python benchmarks/sentence.py                                  # results/sentence.md
     .venv/bin/python benchmarks/sentence.py --model mpnet --distill-sentences 5000   # results/sentence_mpnet.md
     .venv/bin/python benchmarks/sentence.py --smoke --out /tmp/bench          # tiny random model, seconds
+
+``--students DIR ...`` measures pruned SentenceTransformer folders made elsewhere (the ``student/`` of a
+``structprune run all-minilm-l6-v2`` recipe run, or ``--save``'s) against the dense model instead of building
+them: the same STS-B and throughput measurements, in ``sentence_saved.md`` (re-timing on a quiet machine
+needs no rebuilding)::
+
+    .venv/bin/python benchmarks/sentence.py --students outputs/all-minilm-l6-v2-50/student
 """
 
 from __future__ import annotations
@@ -83,6 +90,13 @@ def parse_args(argv=None):
         default=None,
         help="also save the pruned models (sp.save_pretrained) in this folder",
     )
+    p.add_argument(
+        "--students",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="measure these saved pruned SentenceTransformer folders against the dense model (no building)",
+    )
     C.add_quiet_timing_flags(p)
     return p.parse_args(argv)
 
@@ -142,9 +156,80 @@ def describe(st, dense_flops: float) -> dict:
     }
 
 
+def timed_models(models: dict, texts: list[str], args) -> tuple[dict, dict, int]:
+    """Sentences/s of ``st.encode`` and the encoder's latency for each model, other jobs paused; torch threads."""
+    with C.quiet_timing(args):
+        speed = sp.sentence.throughput(models, texts, batch_size=args.batch_size, repeat=args.repeat)
+        # the transformer alone on full-length inputs (what benchmarks/latency.py measures): batch x --seq tokens
+        latency = sp.measure_latency(
+            {k: m[0].auto_model for k, m in models.items()},
+            batch_size=args.batch_size,
+            seq_len=args.seq,
+            repeats=args.repeat * 3,
+        )
+        threads = torch.get_num_threads()
+    return speed, latency, threads
+
+
+def saved_students(args) -> Path:
+    """``--students``: the dense model against pruned SentenceTransformer folders made elsewhere."""
+    from sentence_transformers import SentenceTransformer
+
+    from structprune.checkpoint.card import read_card_record
+
+    dense, name, _ = dense_model(args)
+    dense.eval()
+    val = C.load_examples("stsb", "validation", args.data_dir, limit=60 if args.smoke else None)
+    texts = [*val["sentence1"], *val["sentence2"]][: 32 if args.smoke else None]
+    models, how = {"dense": dense}, {"dense": "-"}
+    for folder in args.students:
+        if not (folder / "modules.json").is_file():
+            raise SystemExit(f"--students {folder}: not a SentenceTransformer folder (no modules.json)")
+        key = (
+            folder.parent.name + "/" + folder.name
+            if folder.name in ("student", "distilled", "pruned")
+            else folder.name
+        )
+        models[key] = SentenceTransformer(str(folder), device="cpu").eval()
+        how[key] = (read_card_record(folder) or {}).get("method", "-")
+    limit = 60 if args.smoke else None
+    scores = {k: 100 * sp.sentence.evaluate_stsb(m, data_dir=args.data_dir, limit=limit)["spearman"]
+              for k, m in models.items()}  # fmt: skip
+    speed, latency, threads = timed_models(models, texts, args)
+    dense_flops = sp.dense_cost(dense[0].auto_model).encoder_flops
+    rows = [{
+        "model": k, **describe(m, dense_flops), "STS-B Spearman": f"{scores[k]:.2f}",
+        "vs dense": "-" if k == "dense" else f"{scores[k] - scores['dense']:+.2f}",
+        "sentences/s": f"{speed[k]:.1f}", "speedup": f"{speed[k] / speed['dense']:.2f}x",
+        f"encoder b{args.batch_size} x s{args.seq} ms": f"{latency[k]['median_ms']:.1f}",
+        "encoder speedup": f"{latency['dense']['median_ms'] / latency[k]['median_ms']:.2f}x",
+        "how it was made (its card)": how[k],
+    } for k, m in models.items()]  # fmt: skip
+    text = C.header(f"Saved pruned sentence-transformers models vs {name}", note=args.note,
+                    extra_packages=("sentence-transformers",))  # fmt: skip
+    text += (
+        f"\nSTS-B: Spearman x100 of the cosine similarities on {len(val):,} validation pairs (no training on STS-B). "
+        f"Throughput: `st.encode` of {len(texts):,} STS-B validation sentences at batch {args.batch_size}, median of "
+        f"{args.repeat} passes, models taking turns, {threads} threads"
+        + (f", other jobs paused while timing (`{'`, `'.join(args.pause_while_timing)}`)" if args.pause_while_timing else "")
+        + f". Encoder: the transformer alone on {args.batch_size} x {args.seq} tokens (`sp.measure_latency`, "
+        f"median of {args.repeat * 3}).\n\n"
+    )  # fmt: skip
+    text += C.md_table(rows) + "\n\n## Target (within 1.0 Spearman point, >= 1.8x the dense throughput)\n\n"
+    for k in list(models)[1:]:
+        drop, ratio = scores["dense"] - scores[k], speed[k] / speed["dense"]
+        text += (
+            f"- {k}: Spearman {-drop:+.2f} ({'met' if drop <= 1.0 else 'NOT met'}), throughput {ratio:.2f}x "
+            f"({'met' if ratio >= 1.8 else 'NOT met'})\n"
+        )
+    return C.write_atomic(Path(args.out) / "sentence_saved.md", text)
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     C.setup(args)
+    if args.students:
+        return saved_students(args)
     if args.smoke:
         args.calib, args.distill_sentences, args.repeat = 48, 64, 1
     dense, name, out_name = dense_model(args)
@@ -194,18 +279,7 @@ def main(argv=None) -> Path:
     if shapes(models["no recovery"]) == shapes(models["reconstruction"]):
         timed["reconstruction"] = timed["reconstruction + distillation"] = "no recovery"
     distinct = sorted(set(timed.values()), key=list(timed.values()).index)
-    with C.quiet_timing(args):
-        speed = sp.sentence.throughput(
-            {k: models[k] for k in distinct}, speed_texts, batch_size=args.batch_size, repeat=args.repeat
-        )
-        # the transformer alone on full-length inputs (what benchmarks/latency.py measures): batch x --seq tokens
-        latency = sp.measure_latency(
-            {k: models[k][0].auto_model for k in distinct},
-            batch_size=args.batch_size,
-            seq_len=args.seq,
-            repeats=args.repeat * 3,
-        )
-        timing_threads = torch.get_num_threads()
+    speed, latency, timing_threads = timed_models({k: models[k] for k in distinct}, speed_texts, args)
     speed = {k: speed[v] for k, v in timed.items()}
     latency = {k: latency[v] for k, v in timed.items()}
     for key, st in models.items():

@@ -175,15 +175,28 @@ def test_latency_budget_smoke(tmp_path):
 
 
 def test_sentence_smoke(tmp_path):
+    saved = tmp_path / "saved"
     text = _smoke(
-        "sentence", tmp_path, "Pruned sentence-transformers model: tiny random BERT (smoke)", "--threads", "1"
-    )
+        "sentence", tmp_path, "Pruned sentence-transformers model: tiny random BERT (smoke)", "--threads", "1",
+        "--save", str(saved),
+    )  # fmt: skip
     rows = _table_rows(text)
     assert [r[1] for r in rows[1:]] == ["-", "no recovery", "reconstruction", "reconstruction + distillation"]
     assert all(r[2].endswith("%") for r in rows[1:]) and rows[1][2] == "100.0%"
     assert all(float(r[2].rstrip("%")) <= 50.0 for r in rows[2:])  # 50% of the encoder FLOPs
     assert all(float(r[6]) > 0 and float(r[8]) > 0 for r in rows[1:])  # sentences/s; encoder ms at 32 x 128
     assert "## Target" in text and "within 1.0 Spearman point" in text and ">= 1.8x" in text
+    # the saved students measured again without rebuilding them (--students), with how each was made
+    students = [saved / "reconstruction", saved / "reconstruction+distillation"]
+    out = _script("sentence").main(
+        ["--smoke", "--out", str(tmp_path), "--threads", "1", "--students", *map(str, students)]
+    )
+    again = out.read_text()
+    _check_header(again, "Saved pruned sentence-transformers models vs tiny random BERT (smoke)")
+    rows = {r[0]: r for r in _table_rows(again)}
+    assert {"dense", "reconstruction", "reconstruction+distillation"} <= set(rows)
+    assert "embedding distillation" in rows["reconstruction+distillation"][-1]
+    assert again.count("Spearman") >= 2 and "throughput" in again
 
 
 def test_families_latency_smoke(tmp_path):
