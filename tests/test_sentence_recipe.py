@@ -52,6 +52,10 @@ def test_sentence_recipe_errors_name_what_is_valid(tmp_path):
         load_recipe("all-minilm-l6-v2", ["skip=[teacher]"])  # the model is the teacher: no teacher stage
     with pytest.raises(ValueError, match="calibration_sentences must be positive"):
         load_recipe("all-minilm-l6-v2", ["data.calibration_sentences=0"])
+    with pytest.raises(ValueError, match="prune.hidden would change the sentence embeddings"):
+        load_recipe("all-minilm-l6-v2", ["prune.hidden=256"])
+    with pytest.raises(ValueError, match="sentences carry no labels"):
+        load_recipe("all-minilm-l6-v2", ["prune.label_free=false"])
     with pytest.raises(ValueError, match="does not export ONNX"):
         load_recipe("all-minilm-l6-v2", ["output.onnx=true"])
     # the fields a file leaves out keep sentence-transformers' distillation recipe, not the GLUE defaults

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from ..allocation.cost import cost
 from ..allocation.latency import measure_latency
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, atomic_write_text
 from ..checkpoint import CardInfo, from_pretrained, save_pretrained
 from ..checkpoint.card import budget_text
 from ..data import default_data_dir, get_task, load_split, make_dataloader
@@ -380,7 +380,7 @@ class Pipeline:
         result = {"task": self.task.name, "seq_len": seq, "models": rows, "timings_s": self.timings,
                   "output_dir": str(self.out)}  # fmt: skip
         atomic_write_json(self.out / "summary.json", result)
-        (self.out / "summary.md").write_text(summary_markdown(result) + "\n")
+        atomic_write_text(self.out / "summary.md", summary_markdown(result) + "\n")
         return result
 
 

@@ -2,7 +2,7 @@
 
 A GLUE recipe (:class:`Recipe`) has the sections ``teacher``, ``data``, ``prune`` (a :class:`CompressConfig`:
 scoring, budget, search, reconstruction), ``distill`` (a :class:`DistillConfig`), ``output`` and an optional
-``skip`` list of stages. A recipe whose first key is ``pipeline: sentence-transformers`` is a
+``skip`` list of stages. A recipe whose top-level key ``pipeline`` is ``sentence-transformers`` is a
 :class:`SentenceRecipe` (a sentence-embedding model pruned and distilled on unlabelled sentences,
 :mod:`structprune.sentence.pipeline`). Unknown keys, and a key given twice, are errors that name the valid
 ones; ``key=value`` overrides (``prune.flops=0.4``) are applied before validation.
@@ -254,6 +254,12 @@ class SentenceRecipe:
 
     def __post_init__(self):
         _check_skip(self.skip, SENTENCE_STAGES)
+        if self.prune.hidden is not None:  # checked here, before a run opens its folder
+            raise ValueError(
+                "prune.hidden would change the sentence embeddings' dimension; prune heads, neurons and layers."
+            )
+        if self.prune.label_free is False:
+            raise ValueError("prune.label_free: sentences carry no labels; leave it null (or true).")
         if self.output.onnx:
             raise ValueError(
                 "output.onnx: a SentenceTransformer recipe does not export ONNX (export its transformer with "

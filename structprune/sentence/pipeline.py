@@ -20,7 +20,7 @@ import torch
 
 from ..allocation.cost import cost
 from ..allocation.latency import measure_latency
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, atomic_write_text
 from ..checkpoint import CardInfo
 from ..checkpoint.card import budget_text
 from ..run.pipeline import (
@@ -214,7 +214,7 @@ class SentencePipeline:
         result = {"task": "sentence-transformers", "seq_len": seq, "models": rows, "timings_s": self.timings,
                   "output_dir": str(self.out)}  # fmt: skip
         atomic_write_json(self.out / "summary.json", result)
-        (self.out / "summary.md").write_text(summary_markdown(result) + "\n")
+        atomic_write_text(self.out / "summary.md", summary_markdown(result) + "\n")
         return result
 
 
