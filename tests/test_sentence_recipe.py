@@ -171,7 +171,7 @@ def test_run_end_to_end_resumes_and_refuses_another_run(tmp_path, capsys, monkey
     card = (out / "student" / "README.md").read_text()
     assert (
         "sentence-similarity" in card
-        and "embedding distillation" in card
+        and "embedding distillation (mse of the sentence embeddings + hidden states)" in card
         and "library_name: sentence-transformers" in card
     )
 

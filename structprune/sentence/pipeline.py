@@ -174,8 +174,9 @@ class SentencePipeline:
             + (", reconstruction" if pr.reconstruct and "reconstruct" not in skip else "")
         )  # fmt: skip
         if "distill" not in skip:
-            method += f"{', ' if method else ''}embedding distillation ({r.distill.embedding_loss}) on " \
-                      f"{len(self.train):,} sentences"  # fmt: skip
+            from .run import distill_terms
+
+            method += f"{', ' if method else ''}{distill_terms(r.distill)} on {len(self.train):,} sentences"
         card = CardInfo(
             teacher=r.model if "distill" not in skip else None,
             method=method or None,

@@ -127,15 +127,21 @@ def distill(student, teacher, sentences, eval_data=None, config: DistillConfig |
     _, history = distill_model(s_enc, t_enc, loader, None, cfg, callbacks)
     s_enc.__dict__.pop(_NOTES, None)
     steps = max((r.get("step", 0) for r in history), default=0)
-    terms = [f"{cfg.embedding_loss} of the sentence embeddings"]
-    terms += [name for attr, name in (("hidden_weight", "hidden states"), ("attention_weight", "attention"))
-              if any(getattr(t, attr) > 0 for t in cfg.term_sets)]  # fmt: skip
     note_card(
         s_enc.encoder,
         teacher=getattr(t_enc.config, "_name_or_path", None) or None,
-        method=f"embedding distillation ({' + '.join(terms)}) on {len(texts):,} sentences, {steps} steps",
+        method=f"{distill_terms(cfg)} on {len(texts):,} sentences, {steps} steps",
     )
     return student, history
+
+
+def distill_terms(cfg: DistillConfig) -> str:
+    """What a model card says the embedding distillation matched, e.g. ``"embedding distillation (mse of the
+    sentence embeddings + hidden states)"``."""
+    terms = [f"{cfg.embedding_loss} of the sentence embeddings"]
+    terms += [name for attr, name in (("hidden_weight", "hidden states"), ("attention_weight", "attention"))
+              if any(getattr(t, attr) > 0 for t in cfg.term_sets)]  # fmt: skip
+    return f"embedding distillation ({' + '.join(terms)})"
 
 
 def default_distill_config(**overrides) -> DistillConfig:
