@@ -156,6 +156,18 @@ def describe(st, dense_flops: float) -> dict:
     }
 
 
+def measured(key: str, scores: dict, speed: dict, latency: dict, args) -> dict:
+    """The measured cells of a results row: STS-B, its change vs dense, throughput and encoder latency."""
+    return {
+        "STS-B Spearman": f"{scores[key]:.2f}",
+        "vs dense": "-" if key == "dense" else f"{scores[key] - scores['dense']:+.2f}",
+        "sentences/s": f"{speed[key]:.1f}",
+        "speedup": f"{speed[key] / speed['dense']:.2f}x",
+        f"encoder b{args.batch_size} x s{args.seq} ms": f"{latency[key]['median_ms']:.1f}",
+        "encoder speedup": f"{latency['dense']['median_ms'] / latency[key]['median_ms']:.2f}x",
+    }
+
+
 def timed_models(models: dict, texts: list[str], args) -> tuple[dict, dict, int]:
     """Sentences/s of ``st.encode`` and the encoder's latency for each model, other jobs paused; torch threads."""
     with C.quiet_timing(args):
@@ -197,14 +209,8 @@ def saved_students(args) -> Path:
               for k, m in models.items()}  # fmt: skip
     speed, latency, threads = timed_models(models, texts, args)
     dense_flops = sp.dense_cost(dense[0].auto_model).encoder_flops
-    rows = [{
-        "model": k, **describe(m, dense_flops), "STS-B Spearman": f"{scores[k]:.2f}",
-        "vs dense": "-" if k == "dense" else f"{scores[k] - scores['dense']:+.2f}",
-        "sentences/s": f"{speed[k]:.1f}", "speedup": f"{speed[k] / speed['dense']:.2f}x",
-        f"encoder b{args.batch_size} x s{args.seq} ms": f"{latency[k]['median_ms']:.1f}",
-        "encoder speedup": f"{latency['dense']['median_ms'] / latency[k]['median_ms']:.2f}x",
-        "how it was made (its card)": how[k],
-    } for k, m in models.items()]  # fmt: skip
+    rows = [{"model": k, **describe(m, dense_flops), **measured(k, scores, speed, latency, args),
+             "how it was made (its card)": how[k]} for k, m in models.items()]  # fmt: skip
     text = C.header(f"Saved pruned sentence-transformers models vs {name}", note=args.note,
                     extra_packages=("sentence-transformers",))  # fmt: skip
     text += (
@@ -287,12 +293,7 @@ def main(argv=None) -> Path:
             "model": name if key == "dense" else f"{name}, {args.flops:.0%} FLOPs",
             "recovery": "-" if key == "dense" else key,
             **describe(st, dense_flops),
-            "STS-B Spearman": f"{scores[key]:.2f}",
-            "vs dense": "-" if key == "dense" else f"{scores[key] - scores['dense']:+.2f}",
-            "sentences/s": f"{speed[key]:.1f}",
-            "speedup": f"{speed[key] / speed['dense']:.2f}x",
-            f"encoder b{args.batch_size} x s{args.seq} ms": f"{latency[key]['median_ms']:.1f}",
-            "encoder speedup": f"{latency['dense']['median_ms'] / latency[key]['median_ms']:.2f}x",
+            **measured(key, scores, speed, latency, args),
             "seconds": f"{seconds[key]:.1f}" if key in seconds else "-",
         })  # fmt: skip
     if args.save is not None:

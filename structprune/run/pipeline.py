@@ -26,9 +26,9 @@ from ..checkpoint import CardInfo, from_pretrained, save_pretrained
 from ..checkpoint.card import budget_text
 from ..data import default_data_dir, get_task, load_split, make_dataloader
 from ..evaluation import evaluate
-from ..recovery.distill import distill
+from ..recovery.distill import DistillConfig, distill
 from ..report import markdown_table
-from .compress import compress
+from .compress import CompressConfig, compress
 from .recipe import Recipe, SentenceRecipe
 from .teachers import finetune_teacher
 
@@ -251,11 +251,10 @@ class Pipeline:
             return copy.deepcopy(teacher)
         if done := self.state.done("prune"):
             return from_pretrained(done)
-        cfg = self.recipe.prune
-        if "reconstruct" in skip and cfg.reconstruct:
-            cfg = dataclasses.replace(cfg, reconstruct=False)
         t0 = time.perf_counter()
-        student, report = compress(copy.deepcopy(teacher), self.calibration(tokenizer), config=cfg)
+        student, report = compress(
+            copy.deepcopy(teacher), self.calibration(tokenizer), config=prune_config(self.recipe)
+        )
         self.timings["prune_s"] = time.perf_counter() - t0
         path = save_pretrained(student, self.out / "pruned", tokenizer=tokenizer, card=False)
         atomic_write_json(self.out / "prune_report.json", report.to_dict())
@@ -267,12 +266,7 @@ class Pipeline:
             return student
         if done := self.state.done("distill"):
             return from_pretrained(done)
-        run_dir = self.out / "distill"
-        resume = has_checkpoints(run_dir)
-        cfg = dataclasses.replace(
-            self.recipe.distill, output_dir=str(run_dir), task=self.task.name,
-            resume_from="latest" if resume else None, overwrite=not resume,
-        )  # fmt: skip
+        cfg = distill_run_config(self.recipe, self.out / "distill", task=self.task.name)
         train, evals = self.loaders(tokenizer, self.augmented(teacher, tokenizer))
         t0 = time.perf_counter()
         student, history = distill(student, teacher, train, next(iter(evals.values())), cfg)
@@ -388,11 +382,24 @@ def numeric_metrics(d: dict) -> dict:
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def has_checkpoints(run_dir: Path) -> bool:
-    """Whether the distillation run in ``run_dir`` left a complete checkpoint to resume from."""
+def prune_config(recipe) -> CompressConfig:
+    """The recipe's ``prune`` section, without reconstruction when ``skip`` names it (either pipeline)."""
+    cfg = recipe.prune
+    if "reconstruct" in recipe.skip and cfg.reconstruct:
+        cfg = dataclasses.replace(cfg, reconstruct=False)
+    return cfg
+
+
+def distill_run_config(recipe, run_dir: Path, **fields) -> DistillConfig:
+    """The recipe's ``distill`` section running in ``run_dir``: resumed from its last complete checkpoint when
+    there is one, else started afresh there (either pipeline); ``fields`` override more."""
     from ..recovery.distill.runstate import latest_checkpoint
 
-    return latest_checkpoint(run_dir) is not None
+    resume = latest_checkpoint(run_dir) is not None
+    return dataclasses.replace(
+        recipe.distill, output_dir=str(run_dir), resume_from="latest" if resume else None, overwrite=not resume,
+        **fields,
+    )  # fmt: skip
 
 
 def summary_markdown(summary: dict) -> str:

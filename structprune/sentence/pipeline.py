@@ -10,7 +10,6 @@ run did not write, is refused. ``structprune run all-minilm-l6-v2`` runs the bun
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 import time
@@ -25,8 +24,9 @@ from ..checkpoint import CardInfo
 from ..checkpoint.card import budget_text
 from ..run.pipeline import (
     RunRecord,
-    has_checkpoints,
+    distill_run_config,
     numeric_metrics,
+    prune_config,
     resolve_data_dir,
     resolve_model,
     summary_markdown,
@@ -95,13 +95,11 @@ class SentencePipeline:
             return copy.deepcopy(dense)
         if done := self.state.done("prune"):
             return _load(done)
-        cfg = self.recipe.prune
-        if "reconstruct" in skip and cfg.reconstruct:
-            cfg = dataclasses.replace(cfg, reconstruct=False)
         t0 = time.perf_counter()
         student, report = compress(
-            copy.deepcopy(dense), self.calibration, config=cfg, batch_size=self.recipe.data.batch_size
-        )
+            copy.deepcopy(dense), self.calibration, config=prune_config(self.recipe),
+            batch_size=self.recipe.data.batch_size,
+        )  # fmt: skip
         self.timings["prune_s"] = time.perf_counter() - t0
         path = save(student, self.out / "pruned", card=False)
         atomic_write_json(self.out / "prune_report.json", report.to_dict())
@@ -115,12 +113,7 @@ class SentencePipeline:
             return student
         if done := self.state.done("distill"):
             return _load(done)
-        run_dir = self.out / "distill"
-        resume = has_checkpoints(run_dir)
-        cfg = dataclasses.replace(
-            self.recipe.distill, output_dir=str(run_dir), resume_from="latest" if resume else None,
-            overwrite=not resume,
-        )  # fmt: skip
+        cfg = distill_run_config(self.recipe, self.out / "distill")
         t0 = time.perf_counter()
         student, _ = distill(student, dense, self.train, config=cfg, batch_size=self.recipe.data.batch_size)
         self.timings["distill_s"] = time.perf_counter() - t0
