@@ -35,6 +35,10 @@ wall time of the compression (pruning, plus training for the students).
 Results accumulate in ``<out>/quality.json`` beside ``<out>/quality.md``: a rerun skips every row already
 measured with the same settings (teacher content, data, budgets, training options), re-measures the dense
 teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
+``quality.json`` is committed beside ``quality.md`` (a scratch ``--out`` is copied back with both files): a run
+on a fresh machine resumes from it once its teachers are rebuilt with the same content (``structprune
+teacher <task>`` is deterministic on CPU for a given torch and thread count; the rows' key is the teacher's
+content hash, so a teacher that differs re-measures every row).
 
 Run (from the repository root)::
 
