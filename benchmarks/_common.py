@@ -437,15 +437,24 @@ def quiet_timing(args):
     well above 0 was not taken on a quiet machine, whatever was paused (something the patterns did not name
     ran): retry it, or say so.
 
+    Two scripts that pause each other take turns: the block holds an exclusive lock
+    (:data:`QUIET_TIMING_LOCK`, ``fcntl.flock``) while it pauses and times, so one can never be stopped while
+    it has the other stopped (which would leave both stopped for good).
+
     Example::
 
         with C.quiet_timing(args) as quiet:
             lat = sp.measure_latency({"dense": teacher, "pruned": model})
         quiet.other_cores   # e.g. 0.02
     """
+    patterns = getattr(args, "pause_while_timing", None) or []
+    with _turn_lock() if patterns else contextlib.nullcontext():
+        yield from _paused_block(patterns, args)
+
+
+def _paused_block(patterns, args):
     import signal
 
-    patterns = getattr(args, "pause_while_timing", None) or []
     threads = torch.get_num_threads()
     paused = Paused()
     previous = None
@@ -476,6 +485,22 @@ def quiet_timing(args):
                 os.kill(pid, signal.SIGCONT)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+QUIET_TIMING_LOCK = Path(tempfile.gettempdir()) / "structprune-benchmarks-quiet-timing.lock"
+"""The lock :func:`quiet_timing` holds while other processes are paused (one pausing script at a time)."""
+
+
+@contextlib.contextmanager
+def _turn_lock():
+    import fcntl
+
+    with open(QUIET_TIMING_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # waits while another script has the machine paused
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Paused(list):

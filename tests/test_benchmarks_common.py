@@ -157,6 +157,55 @@ def test_quiet_timing_resumes_other_jobs_when_terminated(tmp_path):
         job.wait()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to read process states")
+def test_two_scripts_that_pause_each_other_take_turns(tmp_path):
+    """Two benchmarks each pausing the other: the second waits until the first has resumed everything, so
+    neither can stop the other while it is stopped itself (both would stay stopped for good)."""
+    import subprocess
+
+    a, b = f"structprune-turn-a-{tmp_path.name}", f"structprune-turn-b-{tmp_path.name}"
+    ready = tmp_path / "second-is-ready"
+
+    def script(other: str, *, first: bool) -> str:
+        wait = f"    while not os.path.exists({str(ready)!r}): time.sleep(0.05)\n    time.sleep(1.0)\n"
+        return (
+            "import argparse, os, sys, time\n"
+            f"sys.path.insert(0, {str(BENCH)!r})\n"
+            "import _common as C\n"
+            "p = argparse.ArgumentParser(); C.add_quiet_timing_flags(p)\n"
+            f"args = p.parse_args(['--pause-while-timing', {other!r}])\n"
+            + ("" if first else f"open({str(ready)!r}, 'w').close()\n")
+            + "with C.quiet_timing(args) as paused:\n"
+            "    print('in', time.time(), len(paused), flush=True)\n"
+            + (wait if first else "")
+            + "print('out', time.time(), flush=True)\n"
+            + ("time.sleep(2.0)\n" if first else "")
+        )
+
+    first = subprocess.Popen(
+        [sys.executable, "-c", script(b, first=True), a], stdout=subprocess.PIPE, text=True
+    )
+    second = None
+    try:
+        assert first.stdout.readline().split()[0] == "in"
+        second = subprocess.Popen(
+            [sys.executable, "-c", script(a, first=False), b], stdout=subprocess.PIPE, text=True
+        )
+        out, _ = second.communicate(timeout=60)
+        (_, second_in, second_paused), _ = [line.split() for line in out.splitlines()]
+        word, first_out = first.stdout.readline().split()
+        assert word == "out"
+        # the second was ready while the first still had the machine paused, and waited for its turn
+        assert float(second_in) >= float(first_out)
+        assert second_paused == "1"  # then it paused the first one, which lingered after its block
+        assert first.wait(timeout=60) == 0 and second.returncode == 0  # both ran to the end
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
 def test_results_files_name_no_folder_of_this_machine(common, tmp_path, monkeypatch):
     monkeypatch.setenv("STRUCTPRUNE_CACHE", str(tmp_path / "cache"))
     teacher = tmp_path / "cache" / "teachers" / "minilm-mrpc-1cc8b94c69c1"
