@@ -38,7 +38,8 @@ teacher, and rewrites the tables after each row, so the run can be stopped and s
 ``quality.json`` is committed beside ``quality.md`` (a scratch ``--out`` is copied back with both files): a run
 on a fresh machine resumes from it once its teachers are rebuilt with the same content (``structprune
 teacher <task>`` is deterministic on CPU for a given torch and thread count; the rows' key is the teacher's
-content hash, so a teacher that differs re-measures every row).
+content hash, so a teacher that differs re-measures every row). Tasks measured by separate processes or
+machines (each with its own ``--out``) fold into one table with ``--merge <other>/quality.json --render``.
 
 Run (from the repository root)::
 
@@ -173,6 +174,20 @@ def parse_args(argv=None):
     p.add_argument("--latency-seq", type=int, default=128)
     p.add_argument("--latency-repeats", type=int, default=10, help="timed passes per model (median)")
     C.add_quiet_timing_flags(p)
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="fold the tasks of other runs' quality.json files (e.g. one task per machine or process, each with "
+        "its own --out) into <out>/quality.json first; a task measured in both is an error",
+    )
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite <out>/quality.md from quality.json; measure nothing",
+    )
     p.add_argument(
         "--train-teachers",
         action="store_true",
@@ -635,6 +650,26 @@ def load_state(args) -> dict:
     return state
 
 
+def merge_state(state: dict, path: Path) -> None:
+    """Fold the tasks of another run's ``quality.json`` into ``state``; its run stamps are prefixed with the
+    name of its folder so rows keep pointing at the command that measured them."""
+    try:
+        other = json.loads(Path(path).read_text())
+        runs, tasks = other["runs"], other["tasks"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--merge {path}: not a quality.json ({err})") from None
+    label = Path(path).resolve().parent.name
+    clash = sorted(t for t, e in tasks.items() if e.get("rows") and state["tasks"].get(t, {}).get("rows"))
+    if clash:
+        raise SystemExit(f"--merge {path}: {', '.join(clash)} measured in both; merge one run per task")
+    stamps = {r["run"]: f"{label}/{r['run']}" for r in runs}
+    state["runs"].extend({**r, "run": stamps[r["run"]]} for r in runs)
+    for task_name, entry in tasks.items():
+        for row in entry.get("rows", []):
+            row["measured"] = stamps.get(row.get("measured"), row.get("measured"))
+        state["tasks"][task_name] = entry
+
+
 def usable(row: dict | None, settings: dict, args) -> bool:
     """A stored row counts as measured when it has metrics for these settings (and speedups when asked)."""
     if not row or "metrics" not in row or row.get("settings") != settings:
@@ -647,6 +682,12 @@ def main(argv=None) -> Path:
     C.setup(args)
     args.out.mkdir(parents=True, exist_ok=True)
     state = load_state(args)
+    for other in args.merge:
+        merge_state(state, other)
+    if args.render:
+        out = write(state, args)
+        logger.info("wrote %s from %s", out, _state_path(args))
+        return out
     stamp = f"run {len(state['runs']) + 1}"
     state["runs"].append({"run": stamp, "command": C.command_line(), "date": time.strftime("%Y-%m-%d %H:%M")})
     start = time.perf_counter()

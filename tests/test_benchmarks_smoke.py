@@ -121,6 +121,22 @@ def test_quality_smoke(tmp_path):
     measured = {(r["method"], r["budget"]): r.get("measured") for r in again}
     assert measured[("dense teacher", None)] == "run 2"
     assert all(m == "run 1" for (method, _), m in measured.items() if method != "dense teacher" and m)
+    # another run's tasks (its own --out) fold in, keeping which of its runs measured each row; render only
+    state = json.loads((tmp_path / "quality.json").read_text())
+    other = tmp_path / "other" / "quality.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"runs": state["runs"], "tasks": {"rte": state["tasks"]["sst2"]}}))
+    text = (
+        _script("quality")
+        .main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
+        .read_text()
+    )
+    assert "## SST-2" in text and "## RTE" in text and "other/run 1 (" in text
+    merged = json.loads((tmp_path / "quality.json").read_text())
+    assert len(merged["runs"]) == 4 and merged["tasks"]["sst2"]["rows"] == again  # nothing measured
+    assert {r.get("measured") for r in merged["tasks"]["rte"]["rows"]} == {"other/run 1", "other/run 2"}
+    with pytest.raises(SystemExit, match="rte measured in both"):
+        _script("quality").main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
 
 
 def test_distill_variants_smoke(tmp_path):
