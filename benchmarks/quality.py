@@ -35,10 +35,10 @@ wall time of the compression (pruning, plus training for the students).
 Results accumulate in ``<out>/quality.json`` beside ``<out>/quality.md``: a rerun skips every row already
 measured with the same settings (teacher content, data, budgets, training options), re-measures the dense
 teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
-``quality.json`` is committed beside ``quality.md`` (a scratch ``--out`` is copied back with both files): a run
-on a fresh machine resumes from it once its teachers are rebuilt with the same content (``structprune
-teacher <task>`` is deterministic on CPU for a given torch and thread count; the rows' key is the teacher's
-content hash, so a teacher that differs re-measures every row). Tasks measured by separate processes or
+``quality.json`` is committed beside ``quality.md`` (a scratch ``--out`` is copied back with both files). Its
+rows are keyed by the teacher's content hash: on a fresh machine they are reused once a rebuilt teacher is
+bit-identical, and re-measured otherwise (the MRPC teacher rebuilt on 2026-12-06 matched the earlier one's
+curve for five epochs and then drifted). Tasks measured by separate processes or
 machines (each with its own ``--out``) fold into one table with ``--merge <other>/quality.json --render``.
 
 Run (from the repository root)::
