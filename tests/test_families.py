@@ -286,7 +286,13 @@ def test_multiple_choice_head_prunes_and_round_trips(family, tmp_path):
     _masked_then_pruned(m, mask, b)
     assert tiny.outputs(m, b).shape == (6,)
     folder = sp.save_pretrained(m, tmp_path / "mc", tokenizer=None, card=False)
-    assert torch.equal(tiny.outputs(sp.from_pretrained(folder), b), tiny.outputs(m, b))
+    reloaded = sp.from_pretrained(folder)
+    assert all(
+        torch.equal(v, reloaded.state_dict()[k]) for k, v in m.state_dict().items()
+    )  # the same weights
+    # and the same outputs up to float rounding: with transformers 5.25 the 1-output classifier of the
+    # reloaded model can take another matmul kernel than the pruned one (last-bit differences, ~1e-9)
+    torch.testing.assert_close(tiny.outputs(reloaded, b), tiny.outputs(m, b), rtol=0, atol=1e-6)
 
 
 # --- reconstruction ---------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def test_encoder_gives_what_encode_gives(family, tmp_path):
     (batch,) = sentence_batches(model, HELD[:8], batch_size=8)
     with torch.no_grad():
         out = enc(**batch)
-    assert torch.equal(out.sentence_embedding, encode(model, HELD[:8]))
+    # the same embeddings up to float rounding (sentence-transformers 6.3's encode differs in the last bits, ~6e-8)
+    torch.testing.assert_close(out.sentence_embedding, encode(model, HELD[:8]), rtol=0, atol=1e-6)
     assert enc.base_model is model[0].auto_model and enc.config is model[0].auto_model.config
     assert sp.cost(enc).encoder_flops == sp.dense_cost(model[0].auto_model).encoder_flops
 
