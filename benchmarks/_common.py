@@ -438,7 +438,7 @@ def quiet_timing(args):
     ran): retry it, or say so.
 
     Two scripts that pause each other take turns: the block holds an exclusive lock
-    (:data:`QUIET_TIMING_LOCK`, ``fcntl.flock``) while it pauses and times, so one can never be stopped while
+    (:func:`quiet_timing_lock`, ``fcntl.flock``) while it pauses and times, so one can never be stopped while
     it has the other stopped (which would leave both stopped for good).
 
     Example::
@@ -487,15 +487,25 @@ def _paused_block(patterns, args):
             signal.signal(signal.SIGTERM, previous)
 
 
-QUIET_TIMING_LOCK = Path(tempfile.gettempdir()) / "structprune-benchmarks-quiet-timing.lock"
-"""The lock :func:`quiet_timing` holds while other processes are paused (one pausing script at a time)."""
+TIMING_LOCK_ENV = "STRUCTPRUNE_TIMING_LOCK"
+
+
+def quiet_timing_lock() -> Path:
+    """The lock :func:`quiet_timing` holds while other processes are paused (one pausing script at a time):
+    ``$STRUCTPRUNE_TIMING_LOCK``, else ``structprune-benchmarks-quiet-timing.lock`` in the temporary folder.
+    Scripts that should take turns share it; the tests give theirs another, so a benchmark paused while it
+    holds the machine's lock cannot hold them up."""
+    return Path(
+        os.environ.get(TIMING_LOCK_ENV)
+        or Path(tempfile.gettempdir()) / "structprune-benchmarks-quiet-timing.lock"
+    )
 
 
 @contextlib.contextmanager
 def _turn_lock():
     import fcntl
 
-    with open(QUIET_TIMING_LOCK, "a") as fh:
+    with open(quiet_timing_lock(), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # waits while another script has the machine paused
         try:
             yield

@@ -42,6 +42,20 @@ if (SHARED / "data" / "glue").is_dir():
     os.environ.setdefault(GLUE_ENV, str((SHARED / "data" / "glue").resolve()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_timing_lock(tmp_path_factory):
+    """The benchmarks' quiet-timing lock (``$STRUCTPRUNE_TIMING_LOCK``) of this test session only, for its
+    subprocesses too: a benchmark running on the same machine, paused while it holds its lock, cannot hold
+    up the tests of ``benchmarks/_common.py`` (nor they it)."""
+    before = os.environ.get("STRUCTPRUNE_TIMING_LOCK")
+    os.environ["STRUCTPRUNE_TIMING_LOCK"] = str(tmp_path_factory.mktemp("timing") / "quiet-timing.lock")
+    yield
+    if before is None:
+        os.environ.pop("STRUCTPRUNE_TIMING_LOCK", None)
+    else:
+        os.environ["STRUCTPRUNE_TIMING_LOCK"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
