@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GLUE_ENV = "STRUCTPRUNE_GLUE_DIR"
 SST2_TEACHER_ENV = "STRUCTPRUNE_SST2_TEACHER"
+TIMING_LOCK_ENV = "STRUCTPRUNE_TIMING_LOCK"  # benchmarks/_common.py reads it
 
 # The package finds local GLUE data only through $STRUCTPRUNE_GLUE_DIR (else the Hub). The project's own
 # tests point it at the shared folder beside the checkout when there is one, so they stay offline here;
@@ -47,13 +48,9 @@ def _own_timing_lock(tmp_path_factory):
     """The benchmarks' quiet-timing lock (``$STRUCTPRUNE_TIMING_LOCK``) of this test session only, for its
     subprocesses too: a benchmark running on the same machine, paused while it holds its lock, cannot hold
     up the tests of ``benchmarks/_common.py`` (nor they it)."""
-    before = os.environ.get("STRUCTPRUNE_TIMING_LOCK")
-    os.environ["STRUCTPRUNE_TIMING_LOCK"] = str(tmp_path_factory.mktemp("timing") / "quiet-timing.lock")
-    yield
-    if before is None:
-        os.environ.pop("STRUCTPRUNE_TIMING_LOCK", None)
-    else:
-        os.environ["STRUCTPRUNE_TIMING_LOCK"] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(TIMING_LOCK_ENV, str(tmp_path_factory.mktemp("timing") / "quiet-timing.lock"))
+        yield
 
 
 @pytest.fixture(scope="session")
