@@ -114,6 +114,18 @@ and their speedups were measured on other hardware with other protocols.
 """
 
 
+# This round's targets (the strong-teachers and distillation issues), checked on the table by targets_table:
+# the largest drop of the main metric allowed for retraining-free compress at each budget; the slack within
+# which compress must reach the better simpler path (Taylor + allocate, Torch-Pruning); the largest drop of
+# the better distilled student (recipe terms or TinyBERT stages) per student budget (the 10% one per task);
+# the margin by which it must beat the same student fine-tuned without a teacher.
+RETRAINING_FREE_DROP = {0.6: 0.5, 0.5: 1.0, 0.4: 2.0}
+TIE_SLACK = 0.2
+STUDENT_DROP = {0.5: 0.3, 0.25: 1.0}
+SHAPE_DROP = {"sst2": 2.5, "mrpc": 3.5}
+DISTILL_MARGIN = {0.25: 1.0, 0.1: 1.0}
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -871,6 +883,54 @@ def summary_table(state: dict, args) -> str:
     return markdown_table(headers, table)
 
 
+def _check(value: float, bound: float) -> str:
+    return "met" if value >= bound - 1e-9 else f"MISSED by {bound - value:.2f}"
+
+
+def targets_table(state: dict, args) -> str:
+    """This round's targets checked on the current rows: one line per task, check and budget measured."""
+    table = []
+    for t, entry in state["tasks"].items():
+        name = get_task(t).dir_name
+
+        def value(method, budget, entry=entry, t=t):
+            row, dense = _main_value(entry, method, budget)
+            main = get_task(t).main_metric
+            if row is None or dense is None:
+                return None, None
+            return row["metrics"][main], row["metrics"][main] - dense["metrics"][main]
+
+        for budget, allowed in RETRAINING_FREE_DROP.items():
+            got, drop = value(RETRAINING_FREE, budget)
+            if got is None:
+                continue
+            table.append([name, "compress: drop vs teacher", f"{budget:.0%}", f"{drop:+.2f}", f">= {-allowed:+.2f}",
+                          _check(drop, -allowed)])  # fmt: skip
+            simpler = [v for v, _ in (value(TAYLOR, budget), value(TORCH_PRUNING, budget)) if v is not None]
+            if simpler:
+                margin = got - max(simpler)
+                table.append([name, "compress - best simpler path", f"{budget:.0%}", f"{margin:+.2f}",
+                              f">= {-TIE_SLACK:+.2f}", _check(margin, -TIE_SLACK)])  # fmt: skip
+        for budget in args.student_budgets:
+            distilled = [v for v in (value(DISTILLED, budget), value(STAGED, budget)) if v[0] is not None]
+            if not distilled:
+                continue
+            best, drop = max(distilled)
+            allowed = SHAPE_DROP.get(t) if _is_shape(budget, args) else STUDENT_DROP.get(budget)
+            label = _budget_label(budget, args)
+            if allowed is not None:
+                table.append([name, "distilled: drop vs teacher", label, f"{drop:+.2f}", f">= {-allowed:+.2f}",
+                              _check(drop, -allowed)])  # fmt: skip
+            tuned, _ = value(FINETUNED, budget)
+            if tuned is not None and budget in DISTILL_MARGIN:
+                margin = best - tuned
+                table.append([name, "distilled - fine-tuned (same student)", label, f"{margin:+.2f}",
+                              f">= {DISTILL_MARGIN[budget]:+.2f}", _check(margin, DISTILL_MARGIN[budget])])  # fmt: skip
+    if not table:
+        return "_(no target measurable yet)_\n"
+    return markdown_table(["task", "check", "budget", "value (pts)", "target", "result"], table)
+
+
 def write(state: dict, args) -> Path:
     text = C.header(TITLE, note=args.note, extra_packages=["torch-pruning"])
     if len(state["runs"]) > 1:
@@ -917,6 +977,14 @@ def write(state: dict, args) -> Path:
         "`@ Nx` = measured CPU speedup over the dense teacher at the largest latency batch; `Nx FLOPs` = "
         "encoder-FLOPs reduction where latency was not measured. `mean % of teacher` = mean over tasks of "
         "row / teacher main metric (as TinyBERT reports it).\n\n"
+    )
+    text += "## Targets of this round, checked on the rows above\n\n"
+    text += targets_table(state, args) + "\n\n"
+    text += (
+        "Main metric, points. compress: retraining-free drop and its margin over the better of Taylor + "
+        "`sp.allocate` and Torch-Pruning at the same budget (ties within "
+        f"{TIE_SLACK} allowed); distilled: the better of the distilled rows (recipe terms, TinyBERT stages); "
+        "fine-tuned: the same compressed student trained on the task loss alone for the same steps.\n\n"
     )
     text += ANCHORS + "\n"
     for task_name, entry in state["tasks"].items():

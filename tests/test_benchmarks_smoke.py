@@ -107,6 +107,7 @@ def test_quality_smoke(tmp_path):
     assert "## Summary" in text and "## SST-2" in text
     assert text.count("|-") >= 2  # the summary table and the SST-2 table (structprune.report.markdown_table)
     assert "Kwon et al. 2022" in text and "CoFi" in text and "TinyBERT-4" in text  # the published anchors
+    assert "## Targets of this round" in text and "compress: drop vs teacher" in text
     for method in ("dense teacher", "retraining-free sp.compress", "Taylor + sp.allocate (global)"):
         assert f"| {method} " in text
     for method in ("recipe: logits + hidden + attention", "TinyBERT stages"):  # both distillations asked for
@@ -137,6 +138,39 @@ def test_quality_smoke(tmp_path):
     assert {r.get("measured") for r in merged["tasks"]["rte"]["rows"]} == {"other/run 1", "other/run 2"}
     with pytest.raises(SystemExit, match="rte measured in both"):
         _script("quality").main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
+
+
+def test_quality_targets_are_checked_on_the_rows():
+    """The targets table of quality.md computes each check from the rows (no hand arithmetic in the notes)."""
+    q = _script("quality")
+    args = q.parse_args([])
+
+    def row(method, budget, f1):
+        return {"method": method, "budget": budget, "metrics": {"f1": f1}}
+
+    rows = [
+        row(q.DENSE, None, 86.0),
+        row(q.RETRAINING_FREE, 0.6, 85.7),  # -0.30: met (>= -0.5)
+        row(q.TAYLOR, 0.6, 85.8),  # compress 0.1 behind: a tie within 0.2, met
+        row(q.RETRAINING_FREE, 0.5, 84.5),  # -1.50: missed by 0.50
+        row(q.TORCH_PRUNING, 0.5, 85.0),  # compress 0.5 behind: missed by 0.30
+        row(q.DISTILLED, 0.25, 84.0),
+        row(q.STAGED, 0.25, 85.5),  # the better distilled row counts: -0.50, met
+        row(q.FINETUNED, 0.25, 84.8),  # 85.5 - 84.8 = +0.70: missed by 0.30
+        row(q.DISTILLED, 0.1, 82.0),  # the TinyBERT-shaped MRPC student: -4.00, missed by 0.50
+    ]
+    text = q.targets_table({"tasks": {"mrpc": {"rows": rows}}}, args)
+    got = {(r[1], r[2].split()[0]): (r[3], r[5]) for r in _table_rows(text)[1:]}
+    assert got == {
+        ("compress: drop vs teacher", "60%"): ("-0.30", "met"),
+        ("compress - best simpler path", "60%"): ("-0.10", "met"),
+        ("compress: drop vs teacher", "50%"): ("-1.50", "MISSED by 0.50"),
+        ("compress - best simpler path", "50%"): ("-0.50", "MISSED by 0.30"),
+        ("distilled: drop vs teacher", "25%"): ("-0.50", "met"),
+        ("distilled - fine-tuned (same student)", "25%"): ("+0.70", "MISSED by 0.30"),
+        ("distilled: drop vs teacher", "10%"): ("-4.00", "MISSED by 0.50"),
+    }
+    assert "no target" in q.targets_table({"tasks": {"mrpc": {"rows": rows[:1]}}}, args)
 
 
 def test_distill_variants_smoke(tmp_path):
