@@ -190,6 +190,7 @@ def parse_args(argv=None):
         "--merge",
         type=Path,
         nargs="+",
+        action="extend",  # --merge A --merge B: both (a plain nargs="+" would keep only B)
         default=[],
         metavar="JSON",
         help="fold the tasks of other runs' quality.json files (e.g. one task per machine or process, each with "

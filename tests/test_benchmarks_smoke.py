@@ -171,6 +171,8 @@ def test_quality_targets_are_checked_on_the_rows():
         ("distilled: drop vs teacher", "10%"): ("-4.00", "MISSED by 0.50"),
     }
     assert "no target" in q.targets_table({"tasks": {"mrpc": {"rows": rows[:1]}}}, args)
+    # every --merge is kept, however the files are given
+    assert q.parse_args(["--merge", "a", "--merge", "b", "c"]).merge == [Path("a"), Path("b"), Path("c")]
 
 
 def test_distill_variants_smoke(tmp_path):
