@@ -55,6 +55,7 @@ import copy
 import importlib.util
 import json
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -194,7 +195,8 @@ def parse_args(argv=None):
         default=[],
         metavar="JSON",
         help="fold the tasks of other runs' quality.json files (e.g. one task per machine or process, each with "
-        "its own --out) into <out>/quality.json first; a task measured in both is an error",
+        "its own --out) into <out>/quality.json first; a task in both is folded row by row (same settings and "
+        "teacher; a row measured in both is an error)",
     )
     p.add_argument(
         "--render",
@@ -665,22 +667,48 @@ def load_state(args) -> dict:
 
 def merge_state(state: dict, path: Path) -> None:
     """Fold the tasks of another run's ``quality.json`` into ``state``; its run stamps are prefixed with the
-    name of its folder so rows keep pointing at the command that measured them."""
+    name of its folder so rows keep pointing at the command that measured them.
+
+    A task both hold is folded row by row (e.g. its retraining-free rows measured by one process and its
+    students by another): allowed when both measured it with the same settings and the same dense teacher
+    metrics, and no row other than the dense teacher is in both (``state``'s dense row is kept)."""
     try:
         other = json.loads(Path(path).read_text())
         runs, tasks = other["runs"], other["tasks"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"--merge {path}: not a quality.json ({err})") from None
     label = Path(path).resolve().parent.name
-    clash = sorted(t for t, e in tasks.items() if e.get("rows") and state["tasks"].get(t, {}).get("rows"))
-    if clash:
-        raise SystemExit(f"--merge {path}: {', '.join(clash)} measured in both; merge one run per task")
+    shared = [t for t, e in tasks.items() if e.get("rows") and state["tasks"].get(t, {}).get("rows")]
+    for task_name in shared:  # every check before anything is folded in
+        _check_foldable(task_name, state["tasks"][task_name], tasks[task_name], path)
     stamps = {r["run"]: f"{label}/{r['run']}" for r in runs}
     state["runs"].extend({**r, "run": stamps[r["run"]]} for r in runs)
     for task_name, entry in tasks.items():
         for row in entry.get("rows", []):
             row["measured"] = stamps.get(row.get("measured"), row.get("measured"))
-        state["tasks"][task_name] = entry
+        if task_name in shared:
+            state["tasks"][task_name]["rows"].extend(r for r in entry["rows"] if r["method"] != DENSE)
+        elif entry.get("rows") or task_name not in state["tasks"]:
+            state["tasks"][task_name] = entry
+
+
+def _check_foldable(task_name: str, mine: dict, theirs: dict, path: Path) -> None:
+    def dense(entry):
+        return next((r.get("metrics") for r in entry["rows"] if r["method"] == DENSE), None)
+
+    if mine.get("current") != theirs.get("current"):
+        raise SystemExit(
+            f"--merge {path}: {task_name} was measured with other settings; merge one run per task"
+        )
+    if dense(mine) != dense(theirs):
+        raise SystemExit(
+            f"--merge {path}: {task_name}'s dense teacher scores {dense(theirs)} there and {dense(mine)} here "
+            "(another teacher?)"
+        )
+    keys = {(r["method"], r["budget"]) for r in mine["rows"] if r["method"] != DENSE}
+    both = sorted(f"{m} at {b:.0%}" for m, b in keys & {(r["method"], r["budget"]) for r in theirs["rows"]})
+    if both:
+        raise SystemExit(f"--merge {path}: {task_name} rows measured in both: {'; '.join(both)}")
 
 
 def usable(row: dict | None, settings: dict, args) -> bool:
@@ -832,11 +860,16 @@ def task_table(task_name: str, entry: dict, args) -> str:
     return markdown_table(headers, table)
 
 
-def _main_value(entry: dict, method: str, budget) -> tuple[dict | None, dict | None]:
+def _main_change(entry: dict, task_name: str, method: str, budget) -> tuple[dict | None, float, float]:
+    """The current row of ``method`` at ``budget``, its main metric and that metric's change vs the dense
+    teacher of the same task (``(None, nan, nan)`` while either is not measured)."""
     rows = [r for r in entry["rows"] if "metrics" in r and is_current(entry, r)]
     dense = next((r for r in rows if r["method"] == DENSE), None)
     row = next((r for r in rows if r["method"] == method and r["budget"] == budget), None)
-    return row, dense
+    if row is None or dense is None:
+        return None, math.nan, math.nan
+    main = get_task(task_name).main_metric
+    return row, row["metrics"][main], row["metrics"][main] - dense["metrics"][main]
 
 
 def summary_table(state: dict, args) -> str:
@@ -862,19 +895,18 @@ def summary_table(state: dict, args) -> str:
     for method, budget in keys:
         cells, ratios, speeds = [], [], []
         for t in tasks:
-            row, dense = _main_value(state["tasks"][t], method, budget)
-            main = get_task(t).main_metric
-            if row is None or dense is None:
+            row, value, change = _main_change(state["tasks"][t], t, method, budget)
+            if row is None:
                 cells.append("-")
                 continue
-            value, ref = row["metrics"][main], dense["metrics"][main]
+            ref = value - change
             lat = (row.get("latency") or {}).get(f"b{batch}")
             if lat:
                 at = f"{lat['speedup']:.1f}x"
                 speeds.append(lat["speedup"])
             else:
                 at = f"{1 / row['flops']:.1f}x FLOPs"
-            cells.append(f"{value:.1f} ({value - ref:+.1f}) @ {at}")
+            cells.append(f"{value:.1f} ({change:+.1f}) @ {at}")
             if ref > 0:
                 ratios.append(100 * value / ref)
         line = [method, "-" if budget is None else _budget_label(budget, args), *cells]
@@ -895,11 +927,8 @@ def targets_table(state: dict, args) -> str:
         name = get_task(t).dir_name
 
         def value(method, budget, entry=entry, t=t):
-            row, dense = _main_value(entry, method, budget)
-            main = get_task(t).main_metric
-            if row is None or dense is None:
-                return None, None
-            return row["metrics"][main], row["metrics"][main] - dense["metrics"][main]
+            row, got, change = _main_change(entry, t, method, budget)
+            return (None, None) if row is None else (got, change)
 
         for budget, allowed in RETRAINING_FREE_DROP.items():
             got, drop = value(RETRAINING_FREE, budget)

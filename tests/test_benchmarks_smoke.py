@@ -136,8 +136,56 @@ def test_quality_smoke(tmp_path):
     merged = json.loads((tmp_path / "quality.json").read_text())
     assert len(merged["runs"]) == 4 and merged["tasks"]["sst2"]["rows"] == again  # nothing measured
     assert {r.get("measured") for r in merged["tasks"]["rte"]["rows"]} == {"other/run 1", "other/run 2"}
-    with pytest.raises(SystemExit, match="rte measured in both"):
+    with pytest.raises(SystemExit, match="rte rows measured in both: .*retraining-free sp.compress at 50%"):
         _script("quality").main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
+
+
+def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
+    """One task's rows measured by two processes (e.g. retraining-free rows and students at once) fold into
+    one table; a clash of rows, settings or teachers is an error that leaves the state as it was."""
+    import copy
+    import json
+
+    q = _script("quality")
+
+    def row(method, budget, f1, run):
+        return {"method": method, "budget": budget, "metrics": {"f1": f1}, "measured": run}
+
+    current = {"rows": {"seed": 0}, "students": {"seed": 0}, "distilled": {"seed": 0}}
+    mine = {"runs": [{"run": "run 1"}], "tasks": {"mrpc": {"current": current, "rows": [
+        row(q.DENSE, None, 86.9, "run 1"), row(q.RETRAINING_FREE, 0.5, 86.0, "run 1")]}}}  # fmt: skip
+    theirs = {"runs": [{"run": "run 1"}], "tasks": {"mrpc": {"current": current, "rows": [
+        row(q.DENSE, None, 86.9, "run 1"), row(q.DISTILLED, 0.25, 85.6, "run 1")]}}}  # fmt: skip
+
+    def merge(state, other):
+        path = tmp_path / "students" / "quality.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(other))
+        q.merge_state(state, path)
+
+    state = copy.deepcopy(mine)
+    merge(state, theirs)
+    got = [(r["method"], r["budget"], r["measured"]) for r in state["tasks"]["mrpc"]["rows"]]
+    assert got == [
+        (q.DENSE, None, "run 1"),
+        (q.RETRAINING_FREE, 0.5, "run 1"),
+        (q.DISTILLED, 0.25, "students/run 1"),
+    ]
+    assert [r["run"] for r in state["runs"]] == ["run 1", "students/run 1"]
+    for change, error in (
+        (
+            lambda t: t["rows"].append(row(q.RETRAINING_FREE, 0.5, 85.0, "run 1")),
+            "rows measured in both: retr",
+        ),
+        (lambda t: t.update(current={**current, "rows": {"seed": 1}}), "measured with other settings"),
+        (lambda t: t["rows"][0]["metrics"].update(f1=80.0), "dense teacher scores"),
+    ):
+        other = copy.deepcopy(theirs)
+        change(other["tasks"]["mrpc"])
+        state = copy.deepcopy(mine)
+        with pytest.raises(SystemExit, match=error):
+            merge(state, other)
+        assert state == mine
 
 
 def test_quality_targets_are_checked_on_the_rows():
