@@ -37,9 +37,12 @@ measured with the same settings (teacher content, data, budgets, training option
 teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
 ``quality.json`` is committed beside ``quality.md`` (a scratch ``--out`` is copied back with both files). Its
 rows are keyed by the teacher's content hash: on a fresh machine they are reused once a rebuilt teacher is
-bit-identical, and re-measured otherwise (the MRPC teacher rebuilt on 2026-12-06 matched the earlier one's
-curve for five epochs and then drifted). Tasks measured by separate processes or
-machines (each with its own ``--out``) fold into one table with ``--merge <other>/quality.json --render``.
+bit-identical (the MRPC teacher rebuilt on 2026-12-06 matched the earlier one's curve for five epochs and
+then drifted). A run that would replace rows measured with other settings (another teacher, seed or
+protocol) stops before measuring anything unless given ``--replace``: a probe belongs in its own ``--out``.
+Tasks measured by separate processes or machines (each with its own ``--out``) fold into one table with
+``--merge <other>/quality.json --render``; so do one task's rows measured by two processes (say its
+retraining-free rows and its students), as long as both used the same settings and teacher.
 
 Run (from the repository root)::
 
@@ -197,6 +200,12 @@ def parse_args(argv=None):
         help="fold the tasks of other runs' quality.json files (e.g. one task per machine or process, each with "
         "its own --out) into <out>/quality.json first; a task in both is folded row by row (same settings and "
         "teacher; a row measured in both is an error)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="re-measure stored rows whose settings differ from this run's (another teacher, seed, protocol); "
+        "without it such a run stops before measuring anything",
     )
     p.add_argument(
         "--render",
@@ -732,7 +741,7 @@ def main(argv=None) -> Path:
     stamp = f"run {len(state['runs']) + 1}"
     state["runs"].append({"run": stamp, "command": C.command_line(), "date": time.strftime("%Y-%m-%d %H:%M")})
     start = time.perf_counter()
-    out = write(state, args)
+    # nothing is written before the first row is measured: a refused run (refuse_replacing) leaves no trace
     for task_name in args.tasks:
         t0 = time.perf_counter()
         run_task(task_name, args, state, stamp)
@@ -742,6 +751,24 @@ def main(argv=None) -> Path:
     out = write(state, args)
     logger.info("wrote %s in %.0f s", out, state["runs"][-1]["seconds"])
     return out
+
+
+def refuse_replacing(
+    task_name: str, rows: list[dict], planned: list[tuple[str, float | None, dict]], args
+) -> None:
+    """A run re-measures a stored row only when asked to: rows measured with other settings (another teacher,
+    seed, protocol) are results someone may rely on, and a probe without its own ``--out`` would overwrite
+    them. ``planned``: (method, budget, the settings this run measures it with)."""
+    if args.replace:
+        return
+    stored = {(r["method"], r["budget"]): r for r in rows if "metrics" in r}
+    other = [f"{m}" + (f" at {b:.0%}" if b is not None else "") for m, b, settings in planned
+             if (m, b) in stored and stored[(m, b)].get("settings") != settings]  # fmt: skip
+    if other:
+        raise SystemExit(
+            f"{task_name}: {_state_path(args)} holds rows measured with other settings that this run would "
+            f"replace ({'; '.join(other)}); give a probe its own --out, or pass --replace to re-measure them"
+        )
 
 
 def run_task(task_name: str, args, state: dict, stamp: str) -> None:
@@ -780,11 +807,12 @@ def run_task(task_name: str, args, state: dict, stamp: str) -> None:
         rows.append(row)
         write(state, args)
 
+    todo = [(m, b, build) for m, b, build in jobs(ctx) if _selected(args, m)]
+    refuse_replacing(task_name, rows, [(DENSE, None, ctx.base_settings)] + [(m, b, ctx.settings(m)) for m, b, _ in todo],
+                     args)  # fmt: skip
     # 1. the dense teacher, re-measured in every run (the drops and speedups are against this measurement)
     store(measure_row(ctx, DENSE, None, lambda: (teacher, "", None)))
-    for method, budget, build in jobs(ctx):
-        if not _selected(args, method):
-            continue
+    for method, budget, build in todo:
         old = next((r for r in rows if (r["method"], r["budget"]) == (method, budget)), None)
         if usable(old, ctx.settings(method), args):
             logger.info("%s | %s | %s: measured in %s, kept", task_name, method, budget, old.get("measured"))

@@ -122,6 +122,25 @@ def test_quality_smoke(tmp_path):
     measured = {(r["method"], r["budget"]): r.get("measured") for r in again}
     assert measured[("dense teacher", None)] == "run 2"
     assert all(m == "run 1" for (method, _), m in measured.items() if method != "dense teacher" and m)
+    # a run with other settings stops before measuring (the stored rows stay), unless told to --replace them
+    before = (tmp_path / "quality.json").read_bytes()
+    with pytest.raises(
+        SystemExit, match=r"sst2: .* other settings .*\(dense teacher; retraining-free sp.compress at 50%\)"
+    ):
+        _script("quality").main(["--smoke", "--out", str(tmp_path), "--seed", "1", "--methods", "compress"])
+    assert (tmp_path / "quality.json").read_bytes() == before
+    _script("quality").main(
+        ["--smoke", "--out", str(tmp_path), "--seed", "1", "--methods", "compress", "--replace"]
+    )
+    replaced = json.loads((tmp_path / "quality.json").read_text())
+    seeds = {
+        (r["method"], r["budget"]): r["settings"]["seed"]
+        for r in replaced["tasks"]["sst2"]["rows"]
+        if "settings" in r
+    }
+    assert seeds[("dense teacher", None)] == seeds[("retraining-free sp.compress", 0.5)] == 1
+    assert seeds[("Taylor + sp.allocate (global)", 0.5)] == 0  # not re-measured: shown as stale
+    (tmp_path / "quality.json").write_bytes(before)
     # another run's tasks (its own --out) fold in, keeping which of its runs measured each row; render only
     state = json.loads((tmp_path / "quality.json").read_text())
     other = tmp_path / "other" / "quality.json"
