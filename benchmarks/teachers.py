@@ -97,7 +97,9 @@ def write_results(out: Path, runs: list[dict], note: str, model: str = "all-Mini
         target = f"; target >= {targets[task]}" if task in targets else ""
         lines += [f"## {info.name} ({info.main_metric}{target})", ""]
         lines.append(
-            markdown_table(["learning rate", "epochs", "best", "at epoch", "last epoch", "train s"], rows)
+            markdown_table(
+                ["learning rate", "epochs", "best", "at epoch", "last epoch", "train s (last process)"], rows
+            )
         )
         for r in sorted(rs, key=lambda r: r["lr"]):
             curve = r["record"]["curve"]
