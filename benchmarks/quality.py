@@ -990,6 +990,8 @@ def targets_table(state: dict, args) -> str:
 
 
 def write(state: dict, args) -> Path:
+    order = {t: i for i, t in enumerate(TASKS)}  # tables in GLUE's order, however the runs were merged
+    state["tasks"] = dict(sorted(state["tasks"].items(), key=lambda kv: order.get(kv[0], len(order))))
     text = C.header(TITLE, note=args.note, extra_packages=["torch-pruning"])
     if len(state["runs"]) > 1:
         text += "- Rows accumulated over these runs (a rerun skips rows already measured with the same settings):\n"
