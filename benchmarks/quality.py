@@ -5,7 +5,9 @@ For each task of ``--tasks`` (default SST-2, MRPC, STS-B, CoLA, RTE) the teacher
 ``prepare_teacher(load_recipe(recipe))`` finds it in the teachers' cache (``$STRUCTPRUNE_CACHE/teachers``).
 This script never fine-tunes a teacher unless ``--train-teachers`` is given: a task whose teacher is not
 cached is skipped with a message saying how to make it (``structprune teacher <task>``).
-``--teacher-<task> DIR`` uses a fine-tuned folder instead.
+``--teacher-<task> DIR`` uses a fine-tuned folder instead. ``--model mpnet`` (or a model folder) measures
+another base model's teachers: each task's best cached fine-tune of it (``benchmarks/teachers.py --model
+mpnet --tasks mrpc`` makes one), in a results folder of its own (``--out``).
 
 Rows of each task, all on the same calibration examples (``--calibration-examples`` random train
 examples, seed ``--seed``), the same training examples and seeds, evaluated on the full validation split
@@ -48,6 +50,8 @@ Run (from the repository root)::
 
     .venv/bin/python benchmarks/quality.py                              # all five tasks (hours, see README)
     .venv/bin/python benchmarks/quality.py --tasks rte mrpc --no-latency
+    .venv/bin/python benchmarks/quality.py --model mpnet --tasks mrpc --budgets 0.5 --student-budgets 0.25 \
+        --out benchmarks/results/quality_mpnet                          # all-mpnet-base-v2 (BERT-base size)
     .venv/bin/python benchmarks/quality.py --smoke --out /tmp/quality   # tiny random BERT, seconds
 """
 
@@ -117,6 +121,11 @@ and their speedups were measured on other hardware with other protocols.
   10% (4 layers x 256) students.
 """
 
+
+ANCHORS_MODEL = (
+    "the recipes'\nall-MiniLM-L6-v2 (22.7M, 6 layers x 384, itself already distilled from a larger model)"
+)
+assert ANCHORS_MODEL in ANCHORS
 
 # This round's targets (the strong-teachers and distillation issues), checked on the table by targets_table:
 # the largest drop of the main metric allowed for retraining-free compress at each budget; the slack within
@@ -213,6 +222,14 @@ def parse_args(argv=None):
         help="only rewrite <out>/quality.md from quality.json; measure nothing",
     )
     p.add_argument(
+        "--model",
+        default=None,
+        help="the model the teachers were fine-tuned from, instead of the recipes' all-MiniLM-L6-v2: 'mpnet' "
+        "(all-mpnet-base-v2, BERT-base size; _common.mpnet_base()) or a model folder. Each task's teacher is then "
+        "the best cached teacher fine-tuned from it (benchmarks/teachers.py --model ... makes one); give this "
+        "run its own --out",
+    )
+    p.add_argument(
         "--train-teachers",
         action="store_true",
         help="fine-tune a task's recipe teacher when it is not cached (hours per task on 2 CPU cores); "
@@ -242,7 +259,23 @@ def parse_args(argv=None):
             args.out = Path(tempfile.gettempdir()) / "structprune-quality-smoke"
             args.smoke_out = True
     args.tasks = [get_task(t).name for t in (args.tasks or TASKS)]
+    args.base_model = None
+    if args.model and not args.smoke:
+        args.base_model = C.mpnet_base() if args.model == "mpnet" else Path(args.model).expanduser()
+        if not (args.base_model / "config.json").is_file():
+            p.error(
+                f"--model {args.model}: {args.base_model} is not a Hugging Face model folder (no config.json)"
+            )
     return args
+
+
+def model_description(args) -> str:
+    """The ``--model`` the teachers were fine-tuned from, as the results header names it."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.base_model)
+    size = f"{config.num_hidden_layers} layers x {config.hidden_size}"
+    return f"{args.base_model.name} ({config.model_type}, {size})"
 
 
 def _selected(args, method: str) -> bool:
@@ -349,6 +382,9 @@ def find_teacher(task: str, recipe, args) -> tuple[Path | None, str]:
         return Path(flag), f"`--teacher-{task} {flag}`"
     from structprune.run.pipeline import prepare_teacher
 
+    if args.base_model is not None:
+        return _teacher_of_model(task, recipe, args)
+
     path = recipe_path(task)
     shown = path.relative_to(C.REPO) if path.is_relative_to(C.REPO) else path
     where = f"`prepare_teacher(load_recipe({str(shown)!r}))`"
@@ -364,6 +400,32 @@ def find_teacher(task: str, recipe, args) -> tuple[Path | None, str]:
             f"CPU cores). Make it with `structprune teacher {task}`, or run this script with --train-teachers, "
             f"or give --teacher-{task} DIR."
         )
+
+
+def _teacher_of_model(task: str, recipe, args) -> tuple[Path | None, str]:
+    """``--model``: the best cached ``task`` teacher fine-tuned from it (a sweep of ``benchmarks/teachers.py
+    --model`` may have left several), or with ``--train-teachers`` the task recipe's fine-tune of it."""
+    from structprune.run.pipeline import prepare_teacher
+    from structprune.run.recipe import load_recipe
+
+    path, record = C.best_cached_teacher(task, base=args.base_model)
+    if path is not None:
+        lr = (record.get("train") or {}).get("learning_rate")
+        return path, f"the best cached {task} teacher fine-tuned from `--model {args.model}`" + (
+            f" (learning rate {lr:g})" if lr is not None else ""
+        )
+    if args.train_teachers:
+        overrides = [f"teacher.model={args.base_model}"] + (
+            [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+        )
+        recipe = load_recipe(recipe_path(task), overrides)
+        return Path(
+            prepare_teacher(recipe)
+        ), f"`structprune teacher {task} teacher.model=<--model {args.model}>`"
+    return None, (
+        f"no cached {task} teacher fine-tuned from {args.base_model} in the teachers' cache; make it with "
+        f"`python benchmarks/teachers.py --model {args.model} --tasks {task}`, or pass --train-teachers"
+    )
 
 
 def teacher_summary(path: Path | None) -> str:
@@ -1011,8 +1073,13 @@ def write(state: dict, args) -> Path:
         "marked `(busy)` if they still did"
     )
     text += (
-        "\nSetup (see the docstring of `benchmarks/quality.py`): teachers are the task recipes' fine-tuned "
-        "all-MiniLM-L6-v2 unless a `--teacher-<task>` flag names another; metrics in % (MCC x 100 for CoLA, "
+        "\nSetup (see the docstring of `benchmarks/quality.py`): teachers are "
+        + (
+            "the task recipes' fine-tuned all-MiniLM-L6-v2"
+            if args.base_model is None
+            else f"the best cached fine-tunes of {model_description(args)} (`--model`)"
+        )
+        + " unless a `--teacher-<task>` flag names another; metrics in % (MCC x 100 for CoLA, "
         "Pearson / Spearman x 100 for STS-B) on the whole validation split at the recipe's max length; "
         "vs teacher = the row's main metric minus the dense teacher's measured in the same run, in points; FLOPs kept = "
         "encoder FLOPs at 128 tokens vs the dense teacher (`sp.cost` / `sp.dense_cost`; from the module shapes "
@@ -1046,7 +1113,10 @@ def write(state: dict, args) -> Path:
         f"{TIE_SLACK} allowed); distilled: the better of the distilled rows (recipe terms, TinyBERT stages); "
         "fine-tuned: the same compressed student trained on the task loss alone for the same steps.\n\n"
     )
-    text += ANCHORS + "\n"
+    anchors = ANCHORS
+    if args.base_model is not None:
+        anchors = anchors.replace(ANCHORS_MODEL, model_description(args))
+    text += anchors + "\n"
     for task_name, entry in state["tasks"].items():
         task = get_task(task_name)
         text += f"## {task.dir_name}\n\n"

@@ -8,6 +8,7 @@ library does by default, ``$STRUCTPRUNE_GLUE_DIR`` (see ``conftest.py``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -99,7 +100,6 @@ def test_quantize_smoke(tmp_path):
 
 
 def test_quality_smoke(tmp_path):
-    import json
 
     text = _smoke(
         "quality", tmp_path, "Quality against converged task teachers", "--distillation", "recipe", "staged"
@@ -163,7 +163,6 @@ def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
     """One task's rows measured by two processes (e.g. retraining-free rows and students at once) fold into
     one table; a clash of rows, settings or teachers is an error that leaves the state as it was."""
     import copy
-    import json
 
     q = _script("quality")
 
@@ -207,6 +206,39 @@ def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
         assert state == mine
 
 
+def test_quality_model_takes_the_teachers_fine_tuned_from_it(tmp_path, monkeypatch):
+    """``--model`` (e.g. all-mpnet-base-v2): each task's teacher is the best cached fine-tune of that model, the
+    header names it, and a task with none is skipped saying how to make one."""
+    from structprune.run.pipeline import prepare_teacher
+    from structprune.run.recipe import load_recipe
+
+    q = _script("quality")
+    monkeypatch.setenv("STRUCTPRUNE_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "tiny-base"
+    q.C.tiny_bert(layers=2).bert.save_pretrained(base)  # no task head: the recipe fine-tunes one
+    q.C.tokenizer_for().save_pretrained(base)
+    args = ["--model", str(base), "--tasks", "sst2", "--budgets", "0.5", "--methods", "compress",
+            "--calibration-examples", "16", "--no-latency", "--threads", "1"]  # fmt: skip
+
+    out = tmp_path / "none"
+    q.main([*args, "--out", str(out)])
+    state = json.loads((out / "quality.json").read_text())
+    assert "benchmarks/teachers.py --model" in state["tasks"]["sst2"]["skipped"]
+
+    overrides = [f"teacher.model={base}", "data.train_examples=32", "teacher.train.num_epochs=1",
+                 "data.max_length=16"]  # fmt: skip
+    teacher = Path(prepare_teacher(load_recipe(q.recipe_path("sst2"), overrides)))
+    assert teacher.is_relative_to(tmp_path / "cache")
+    text = q.main([*args, "--out", str(tmp_path / "q")]).read_text()
+    state = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert state["tasks"]["sst2"]["teacher"]["path"] == str(teacher)
+    assert f"fine-tunes of {base.name} (bert, 2 layers x 32) (`--model`)" in text
+    assert "where ours is tiny-base (bert, 2 layers x 32)" in " ".join(text.split())
+    assert [r["method"] for r in state["tasks"]["sst2"]["rows"]] == [q.DENSE, q.RETRAINING_FREE]
+    with pytest.raises(SystemExit):
+        q.parse_args(["--model", str(tmp_path / "missing")])
+
+
 def test_quality_targets_are_checked_on_the_rows():
     """The targets table of quality.md computes each check from the rows (no hand arithmetic in the notes)."""
     q = _script("quality")
@@ -243,7 +275,6 @@ def test_quality_targets_are_checked_on_the_rows():
 
 
 def test_distill_variants_smoke(tmp_path):
-    import json
 
     variants = ("finetune", "logit", "+hidden", "+attention", "staged", "staged+aug", "gradual")
     title = "Distillation variants vs no-teacher fine-tuning of the same pruned student"
@@ -282,7 +313,6 @@ def test_vocab_smoke(tmp_path):
 
 
 def test_latency_budget_smoke(tmp_path):
-    import json
 
     text = _smoke("latency_budget", tmp_path, "Latency as a budget")
     methods = {row[2] for row in _table_rows(text) if len(row) > 2}
