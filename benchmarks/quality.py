@@ -156,6 +156,13 @@ def parse_args(argv=None):
     p.add_argument("--shape-layers", type=int, default=4)
     p.add_argument("--shape-hidden", type=int, default=256)
     p.add_argument(
+        "--shape-reconstruct",
+        action="store_true",
+        help="let sp.compress reconstruct the --shape-budget student after its width cut (fitted to the model at "
+        "its depth and full width) and choose with or without it on held-back examples; default: no "
+        "reconstruction, as the committed rows were measured",
+    )
+    p.add_argument(
         "--calibration-examples", type=int, default=1000, help="random train examples (seed --seed)"
     )
     p.add_argument(
@@ -596,7 +603,8 @@ class TaskContext:
             "warmup_ratio": dist.warmup_ratio,
             "task_weight": dist.task_weight,
             "temperature": dist.temperature,
-            "shape": [args.shape_budget, args.shape_layers, args.shape_hidden],
+            "shape": [args.shape_budget, args.shape_layers, args.shape_hidden]
+            + (["reconstruct"] if args.shape_reconstruct else []),
         }
         # the recipe's loss terms (only the recipe-distilled rows depend on them)
         self.terms = {k: getattr(dist, k) for k in ("logit_weight", "hidden_weight", "attention_weight")}
@@ -625,10 +633,11 @@ class TaskContext:
         if budget not in self._compressed:
             opts = {}
             if _is_shape(budget, self.args):
-                # search and reconstruction price heads and neurons at the full hidden size, so a
-                # hidden-pruned model gets the global allocation of the Fisher / Taylor candidates
+                # the search prices heads and neurons at the full hidden size, so a hidden-pruned model gets
+                # the global allocation of the Fisher / Taylor candidates; reconstructed (fitted to the wide
+                # model's kept dimensions) only with --shape-reconstruct, as the committed rows were not
                 opts = dict(layers=self.args.shape_layers, hidden=self.args.shape_hidden, search=False,
-                            reconstruct=False)  # fmt: skip
+                            reconstruct=self.args.shape_reconstruct)  # fmt: skip
             torch.manual_seed(self.args.seed)
             t0 = time.perf_counter()
             model, report = sp.compress(self.fresh(), self.calib, flops=budget, progress=False, **opts)
@@ -1089,7 +1098,9 @@ def write(state: dict, args) -> Path:
         f"Calibration: {args.calibration_examples} random train examples (seed {args.seed}), the same for every "
         "row. Students: `sp.compress` to the budget (the "
         f"{args.shape_budget:.0%} student first cut to {args.shape_layers} layers x {args.shape_hidden} hidden "
-        "with `layers=`/`hidden=`, global allocation, no reconstruction), then `sp.distill` as the task recipe "
+        "with `layers=`/`hidden=`, global allocation, "
+        + ("reconstruction chosen on held-back examples" if args.shape_reconstruct else "no reconstruction")
+        + "), then `sp.distill` as the task recipe "
         "distils (`recipe` rows: one stage of the recipe's terms, logit KD at its temperature + hidden-state MSE "
         "+ attention KL on kept heads + `task_weight` x task loss, for intermediate + prediction epochs) or "
         "with `DistillConfig(stages=tinybert_stages(intermediate, prediction, task_weight=<recipe>))` "

@@ -1,5 +1,7 @@
 """Depth pruning: layer scores, allocate(layers=...), surgery == the skipped-layers reference, target shapes."""
 
+import copy
+
 import pytest
 import tiny
 import torch
@@ -105,3 +107,22 @@ def test_compress_with_a_target_shape():
     s = sp.arch.view(student).structure
     assert len(s.layers) == 2 and s.hidden_width == 24
     assert report.flops_kept <= 0.2 + 1e-9
+
+
+def test_compress_reconstructs_after_a_width_cut():
+    """With ``hidden=`` the heads and neurons are fitted to the model at the target depth and full width (at the
+    kept dimensions); the held-back selection weighs the fitted candidates against the plain ones."""
+    m = tiny.model("bert", intermediate_size=64, num_attention_heads=8, num_hidden_layers=4)
+    calib = tiny.batches(8, batch_size=8, seq_len=12)
+    student, report = sp.compress(
+        copy.deepcopy(m), calib, flops=0.2, layers=2, hidden=24, select=False, progress=False
+    )
+    assert report.choice.endswith(", reconstructed") and report.reconstruction is not None
+    assert len(report.reconstruction.blocks) == 4  # the two kept layers, attention and FFN
+    assert report.reconstruction.error_after < report.reconstruction.error_before
+    s = sp.arch.view(student).structure
+    assert len(s.layers) == 2 and s.hidden_width == 24 and report.flops_kept <= 0.2 + 1e-9
+    _, selected = sp.compress(copy.deepcopy(m), calib, flops=0.2, layers=2, hidden=24, progress=False)
+    assert any(c.endswith(", reconstructed") for c in selected.candidates)
+    assert any(c.endswith(", not reconstructed") for c in selected.candidates)
+    assert selected.choice in selected.candidates

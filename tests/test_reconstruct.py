@@ -122,6 +122,63 @@ def test_reconstruction_reduces_and_never_increases_layer_output_error(family, s
     ).pow(2).sum()
 
 
+def _narrowed(model, layers: int, hidden: int, seed: int = 0):
+    """``(wide, student)``: ``model`` cut to ``layers`` random layers, and a copy of that also cut to ``hidden``
+    random residual dimensions and in heads / neurons (what ``sp.compress(..., layers=, hidden=)`` fits)."""
+    g = torch.Generator().manual_seed(seed)
+    s = sp.arch.view(model).structure
+    drop = torch.randperm(s.num_layers, generator=g)[: s.num_layers - layers]
+    depth = sp.Mask.full(model)
+    depth.head[drop], depth.ffn[drop] = False, False
+    wide = copy.deepcopy(model)
+    sp.prune_(wide, depth)
+    mask = _random_mask(model, seed, flops=0.6)
+    mask.head &= depth.head
+    mask.ffn &= depth.ffn
+    mask.hidden = torch.zeros(s.hidden_size, dtype=torch.bool)
+    mask.hidden[torch.randperm(s.hidden_size, generator=g)[:hidden]] = True
+    student = copy.deepcopy(wide)
+    sp.prune_(student, mask)
+    return wide, student
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet", "modernbert", "deberta-v2"])
+@pytest.mark.parametrize("seed", range(2))
+def test_a_student_narrower_than_its_reference_is_fitted_to_the_kept_dimensions(family, seed):
+    """After a width cut the student's residual stream is the reference's kept dimensions (up to a per-token
+    shift and scale, as its LayerNorms normalize over them only): each block is fitted there, and the
+    student's normalized outputs come closer to the reference's."""
+    wide, plain = _narrowed(
+        tiny.model(family, num_hidden_layers=3, seed=seed), layers=2, hidden=24, seed=seed
+    )
+    kept = sp.arch.view(plain).structure.hidden
+    assert len(kept) == 24 and len(sp.arch.view(plain).layers) == 2
+    calib = tiny.batches(6, batch_size=8, seq_len=12)
+    fitted = copy.deepcopy(plain)
+    report = reconstruct(fitted, wide, calib, progress=False)
+    assert len(report.blocks) == 4  # two kept layers x (attention, FFN)
+    assert all(b.error_after <= b.error_before * (1 + 1e-9) for b in report.blocks)
+    assert report.error_after < report.error_before
+    for batches in (calib, [tiny.batch(seed=100 + i, batch_size=8, seq_len=12) for i in range(2)]):
+        # the reference's last output at the kept dimensions, normalized over them as the student's LayerNorm
+        # normalizes (the tiny models' LayerNorms are the identity affine map, untrained)
+        target = torch.nn.functional.layer_norm(_last_hidden(wide, batches)[:, kept], (len(kept),))
+        err_plain = (_last_hidden(plain, batches) - target).pow(2).sum()
+        assert (_last_hidden(fitted, batches) - target).pow(2).sum() < err_plain
+    # the reference must be the full-width model (a Mask works on full-width models only)
+    narrow = copy.deepcopy(wide)
+    width_only = sp.Mask.full(wide)
+    width_only.hidden = torch.ones(32, dtype=torch.bool)
+    width_only.hidden[next(d for d in range(32) if d not in kept)] = (
+        False  # wider than the student, not whole
+    )
+    sp.prune_(narrow, width_only)
+    with pytest.raises(ValueError, match="reference model has pruned hidden dimensions"):
+        reconstruct(copy.deepcopy(plain), narrow, calib, progress=False)
+    with pytest.raises(ValueError, match="Prune first"):
+        reconstruct(copy.deepcopy(plain), sp.Mask.full(plain), calib, progress=False)
+
+
 @pytest.mark.parametrize("fit", ["weights", "scales"])
 def test_mask_mode_equals_pruned_mode(fit):
     dense = tiny.model("bert")

@@ -223,14 +223,21 @@ def compress(
     else:
         budget = {"flops": cfg.flops} if cfg.flops is not None else {"params": cfg.params}
     # A target shape (depth / width) is cut first; the FLOPs/params budget then goes to heads and neurons.
+    # After a width cut, reconstruction (and the label-free held-back loss) compare with the model at the
+    # target depth but its full width (``wide``): the narrow student is fitted to its kept dimensions.
+    wide = None
     if cfg.layers is not None or cfg.hidden is not None:
         shape = score_shape(model, batches, label_free=label_free, progress=cfg.progress)
-        prune_(model, allocate(shape, model, layers=cfg.layers, hidden=cfg.hidden))
-        if cfg.hidden is not None and (cfg.search or cfg.reconstruct is not None):
-            # the search prices and reconstruction fits at the full hidden size: after a width cut, the
-            # heads and neurons are allocated globally and not reconstructed (distillation recovers)
-            logger.info("hidden size cut to %d: global allocation, no reconstruction", cfg.hidden)
-            cfg = dataclasses.replace(cfg, search=False, reconstruct=False)
+        cut = allocate(shape, model, layers=cfg.layers, hidden=cfg.hidden)
+        if cfg.hidden is not None and (cfg.reconstruct is not None or cfg.select):
+            prune_(model, Mask(cut.head.clone(), cut.ffn.clone()))  # the depth cut alone
+            wide = copy.deepcopy(model)
+        prune_(model, cut)
+        if cfg.hidden is not None and cfg.search:
+            # the search prices at the full hidden size: after a width cut, heads and neurons are allocated
+            # globally (reconstruction still fits them, to the wide model's kept dimensions)
+            logger.info("hidden size cut to %d: global allocation", cfg.hidden)
+            cfg = dataclasses.replace(cfg, search=False)
 
     fit, held = split_holdout(batches, cfg.holdout) if cfg.select else (batches, [])
     t = time.perf_counter()
@@ -282,12 +289,19 @@ def compress(
     dense_flops = dense_cost(model, cfg.seq_len).encoder_flops
     recon_cfg = dataclasses.replace(cfg.reconstruct, progress=cfg.progress) if cfg.reconstruct else None
     # Reconstruct the pruned model against a copy of the unpruned one: the student's passes then run at
-    # the pruned size, about half the work of fitting on the gated full-size model.
-    reference = copy.deepcopy(model) if (recon_cfg is not None or held) else None
-    # a mask that removes nothing needs no reconstruction (fitting would only add rounding)
-    full = Mask.full(model)
+    # the pruned size, about half the work of fitting on the gated full-size model. ``base``: the model the
+    # candidates are pruned from; ``reference``: what they are fitted to (``wide`` after a width cut).
+    base = copy.deepcopy(model) if (recon_cfg is not None or held) else None
+    reference = wide if wide is not None else base
+    # a mask that removes nothing needs no reconstruction (fitting would only add rounding), unless a width
+    # cut already changed the model
+    full, narrowed = Mask.full(model), wide is not None
+
+    def fits(m: Mask) -> bool:
+        return recon_cfg is not None and (m != full or narrowed)
+
     candidates: dict[str, float] = {}
-    choice, recon = (name, recon_cfg is not None and mask != full), None
+    choice, recon = (name, fits(mask)), None
     if held:
         t = time.perf_counter()
         ref_logits = reference_logits(reference, held) if label_free else None
@@ -297,8 +311,8 @@ def compress(
             if any(m == other for other in seen):
                 continue
             seen.append(m)
-            for fitted in (True, False) if recon_cfg is not None and m != full else (False,):
-                cand = copy.deepcopy(reference)
+            for fitted in (True, False) if fits(m) else (False,):
+                cand = copy.deepcopy(base)
                 prune_(cand, m)
                 report_c = reconstruct(cand, reference, fit, recon_cfg) if fitted else None
                 label = f"{mname}, {'reconstructed' if fitted else 'not reconstructed'}"
@@ -314,11 +328,11 @@ def compress(
         t = time.perf_counter()
         prune_(model, mask)
         seconds["prune"] = time.perf_counter() - t
-        if recon_cfg is not None and mask != full:
+        if fits(mask):
             t = time.perf_counter()
             recon = reconstruct(model, reference, batches, recon_cfg)
             seconds["reconstruct"] = time.perf_counter() - t
-    del reference
+    del reference, base, wide
     seconds["total"] = time.perf_counter() - start
     total_importance = float(scores.head.double().sum() + scores.ffn.double().sum())
     report = CompressReport(
