@@ -107,8 +107,7 @@ ANCHORS = """\
 ## Published anchors (quoted from the papers, not measured here)
 
 These are the numbers the literature reports, written the way each paper writes them, for orientation
-only: their teacher is BERT-base (110M parameters, 12 layers x 768) where ours is the recipes'
-all-MiniLM-L6-v2 (22.7M, 6 layers x 384, itself already distilled from a larger model),
+only: their teacher is BERT-base (110M parameters, 12 layers x 768) where ours is {model},
 and their speedups were measured on other hardware with other protocols.
 
 - **Kwon et al. 2022** (A Fast Post-Training Pruning Framework for Transformers; retraining-free: Fisher
@@ -122,10 +121,9 @@ and their speedups were measured on other hardware with other protocols.
 """
 
 
-ANCHORS_MODEL = (
+RECIPES_MODEL = (
     "the recipes'\nall-MiniLM-L6-v2 (22.7M, 6 layers x 384, itself already distilled from a larger model)"
 )
-assert ANCHORS_MODEL in ANCHORS
 
 # This round's targets (the strong-teachers and distillation issues), checked on the table by targets_table:
 # the largest drop of the main metric allowed for retraining-free compress at each budget; the slack within
@@ -266,23 +264,23 @@ def parse_args(argv=None):
             args.out = Path(tempfile.gettempdir()) / "structprune-quality-smoke"
             args.smoke_out = True
     args.tasks = [get_task(t).name for t in (args.tasks or TASKS)]
-    args.base_model = None
+    args.base_model = args.model_description = None
     if args.model and not args.smoke:
         args.base_model = C.mpnet_base() if args.model == "mpnet" else Path(args.model).expanduser()
         if not (args.base_model / "config.json").is_file():
             p.error(
                 f"--model {args.model}: {args.base_model} is not a Hugging Face model folder (no config.json)"
             )
+        args.model_description = model_description(args.base_model)
     return args
 
 
-def model_description(args) -> str:
+def model_description(folder: Path) -> str:
     """The ``--model`` the teachers were fine-tuned from, as the results header names it."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(args.base_model)
-    size = f"{config.num_hidden_layers} layers x {config.hidden_size}"
-    return f"{args.base_model.name} ({config.model_type}, {size})"
+    config = AutoConfig.from_pretrained(folder)
+    return f"{folder.name} ({config.model_type}, {config.num_hidden_layers} layers x {config.hidden_size})"
 
 
 def _selected(args, method: str) -> bool:
@@ -320,11 +318,11 @@ def recipe_path(task: str) -> Path:
     )
 
 
-def task_recipe(task: str, args):
+def task_recipe(task: str, args, overrides: list[str] = ()):
     from structprune.run.recipe import load_recipe
 
-    overrides = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
-    return load_recipe(recipe_path(task), overrides)
+    data_dir = [f"data.data_dir={args.data_dir}"] if args.data_dir else []
+    return load_recipe(recipe_path(task), [*data_dir, *overrides])
 
 
 class _TeacherNotCached(RuntimeError):
@@ -387,10 +385,9 @@ def find_teacher(task: str, recipe, args) -> tuple[Path | None, str]:
         if not (Path(flag) / "config.json").is_file():
             return None, f"--teacher-{task} {flag} is not a model folder"
         return Path(flag), f"`--teacher-{task} {flag}`"
-    from structprune.run.pipeline import prepare_teacher
-
     if args.base_model is not None:
-        return _teacher_of_model(task, recipe, args)
+        return _teacher_of_model(task, args)
+    from structprune.run.pipeline import prepare_teacher
 
     path = recipe_path(task)
     shown = path.relative_to(C.REPO) if path.is_relative_to(C.REPO) else path
@@ -409,11 +406,10 @@ def find_teacher(task: str, recipe, args) -> tuple[Path | None, str]:
         )
 
 
-def _teacher_of_model(task: str, recipe, args) -> tuple[Path | None, str]:
+def _teacher_of_model(task: str, args) -> tuple[Path | None, str]:
     """``--model``: the best cached ``task`` teacher fine-tuned from it (a sweep of ``benchmarks/teachers.py
     --model`` may have left several), or with ``--train-teachers`` the task recipe's fine-tune of it."""
     from structprune.run.pipeline import prepare_teacher
-    from structprune.run.recipe import load_recipe
 
     path, record = C.best_cached_teacher(task, base=args.base_model)
     if path is not None:
@@ -422,13 +418,9 @@ def _teacher_of_model(task: str, recipe, args) -> tuple[Path | None, str]:
             f" (learning rate {lr:g})" if lr is not None else ""
         )
     if args.train_teachers:
-        overrides = [f"teacher.model={args.base_model}"] + (
-            [f"data.data_dir={args.data_dir}"] if args.data_dir else []
-        )
-        recipe = load_recipe(recipe_path(task), overrides)
-        return Path(
-            prepare_teacher(recipe)
-        ), f"`structprune teacher {task} teacher.model=<--model {args.model}>`"
+        recipe = task_recipe(task, args, [f"teacher.model={args.base_model}"])
+        how = f"`structprune teacher {task} teacher.model=<--model {args.model}>`"
+        return Path(prepare_teacher(recipe)), how
     return None, (
         f"no cached {task} teacher fine-tuned from {args.base_model} in the teachers' cache; make it with "
         f"`python benchmarks/teachers.py --model {args.model} --tasks {task}`, or pass --train-teachers"
@@ -1086,7 +1078,7 @@ def write(state: dict, args) -> Path:
         + (
             "the task recipes' fine-tuned all-MiniLM-L6-v2"
             if args.base_model is None
-            else f"the best cached fine-tunes of {model_description(args)} (`--model`)"
+            else f"the best cached fine-tunes of {args.model_description} (`--model`)"
         )
         + " unless a `--teacher-<task>` flag names another; metrics in % (MCC x 100 for CoLA, "
         "Pearson / Spearman x 100 for STS-B) on the whole validation split at the recipe's max length; "
@@ -1124,10 +1116,7 @@ def write(state: dict, args) -> Path:
         f"{TIE_SLACK} allowed); distilled: the better of the distilled rows (recipe terms, TinyBERT stages); "
         "fine-tuned: the same compressed student trained on the task loss alone for the same steps.\n\n"
     )
-    anchors = ANCHORS
-    if args.base_model is not None:
-        anchors = anchors.replace(ANCHORS_MODEL, model_description(args))
-    text += anchors + "\n"
+    text += ANCHORS.format(model=args.model_description or RECIPES_MODEL) + "\n"
     for task_name, entry in state["tasks"].items():
         task = get_task(task_name)
         text += f"## {task.dir_name}\n\n"

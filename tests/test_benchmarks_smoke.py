@@ -100,7 +100,6 @@ def test_quantize_smoke(tmp_path):
 
 
 def test_quality_smoke(tmp_path):
-
     text = _smoke(
         "quality", tmp_path, "Quality against converged task teachers", "--distillation", "recipe", "staged"
     )
@@ -275,7 +274,6 @@ def test_quality_targets_are_checked_on_the_rows():
 
 
 def test_distill_variants_smoke(tmp_path):
-
     variants = ("finetune", "logit", "+hidden", "+attention", "staged", "staged+aug", "gradual")
     title = "Distillation variants vs no-teacher fine-tuning of the same pruned student"
     text = _smoke("distill_variants", tmp_path, title, "--threads", "1")
@@ -313,7 +311,6 @@ def test_vocab_smoke(tmp_path):
 
 
 def test_latency_budget_smoke(tmp_path):
-
     text = _smoke("latency_budget", tmp_path, "Latency as a budget")
     methods = {row[2] for row in _table_rows(text) if len(row) > 2}
     assert {"search, latency", "search, latency, min_heads=0", "allocate, latency"} <= methods

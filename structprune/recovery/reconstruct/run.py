@@ -310,19 +310,8 @@ def reconstruct(
             lin = slv.o if kind == "o" else slv.down
             keep = None if mask is None else (mask.head[orig] if kind == "o" else mask.ffn[orig])
             cols = _columns(slv, keep, group)
-            stats = _student_stats(
-                stu,
-                slv,
-                orig,
-                kind,
-                cols,
-                lin,
-                h_stu,
-                real,
-                targets[kind],
-                device,
-                targets[kind + "_res"] if dims is not None else None,
-            )
+            stats = _student_stats(stu, slv, orig, kind, cols, lin, h_stu, real, targets[kind], device,
+                                   ref_res=targets.get(f"{kind}_res"))  # fmt: skip
             block = "attn" if kind == "o" else "ffn"
             fits.append(_fit_block(cfg, lin, cols, stats, orig, block, group, few))
         for b in range(len(inputs)):
@@ -369,11 +358,8 @@ def _reference(model: nn.Module, reference) -> tuple[Mask | None, nn.Module, Gat
             "reconstruct with a Mask re-fits heads and FFN neurons at the full hidden size; this model or mask "
             "prunes hidden dimensions. Prune first (sp.prune_) and pass the unpruned model as the reference."
         )
-    if (
-        mask is None
-        and view(ref_model).structure.hidden is not None
-        and st.hidden != view(ref_model).structure.hidden
-    ):
+    ref_hidden = view(ref_model).structure.hidden
+    if mask is None and ref_hidden is not None and st.hidden != ref_hidden:
         raise ValueError(
             "The reference model has pruned hidden dimensions; pass the model before its hidden size was cut "
             "(a student narrower than its reference is fitted to the reference's kept dimensions)."
