@@ -37,6 +37,12 @@ wall time of the compression (pruning, plus training for the students).
 Results accumulate in ``<out>/quality.json`` beside ``<out>/quality.md``: a rerun skips every row already
 measured with the same settings (teacher content, data, budgets, training options), re-measures the dense
 teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
+A student row is resumable within itself too (an MPNet student trains for an hour or more on 2 CPU cores):
+its compressed start is saved once per budget and settings, and its training checkpoints a few times per
+epoch, under ``--work-dir`` (default ``$STRUCTPRUNE_CACHE/quality-work``, never the repository), so a
+killed run picks the row up at its last checkpoint; a row's wall time counts the compression and the
+training steps it kept, not those replayed. A row's training folder is deleted once the row is stored;
+the compressed starts stay for the next run (delete the folder to free the disk).
 ``quality.json`` is committed beside ``quality.md`` (a scratch ``--out`` is copied back with both files). Its
 rows are keyed by the teacher's content hash: on a fresh machine they are reused once a rebuilt teacher is
 bit-identical (the MRPC teacher rebuilt on 2026-12-06 matched the earlier one's curve for five epochs and
@@ -59,10 +65,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import json
 import logging
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -77,14 +85,16 @@ import _common as C  # noqa: E402
 import peers  # noqa: E402  (Torch-Pruning and the Taylor + allocate rows: the code of benchmarks/peers.py)
 
 import structprune as sp  # noqa: E402
+from structprune.cache import cache_root  # noqa: E402
 from structprune.data import get_task, glue_task_names, load_split, make_dataloader, subset  # noqa: E402
 from structprune.data.batching import tokenize  # noqa: E402
-from structprune.recovery.distill import tinybert_stages  # noqa: E402
+from structprune.recovery.distill import LoopCallback, tinybert_stages  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
 
 logger = logging.getLogger("quality")
 
 TASKS = ("sst2", "mrpc", "stsb", "cola", "rte")
+START_FILE = "start.json"  # beside a compressed student kept under --work-dir: its seconds and report.choice
 TITLE = "Quality against converged task teachers"
 DENSE = "dense teacher"
 RETRAINING_FREE = "retraining-free sp.compress"
@@ -185,6 +195,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--lr", type=float, default=None, help="students: learning rate (default: the recipe's)")
     p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="students: where their compressed starts and training checkpoints are kept, so a killed run resumes "
+        "each row where it stopped (default: $STRUCTPRUNE_CACHE/quality-work; <out>/work for --smoke)",
+    )
+    p.add_argument(
         "--distillation",
         nargs="+",
         choices=("recipe", "staged"),
@@ -263,6 +280,8 @@ def parse_args(argv=None):
         if args.out == C.RESULTS:  # never overwrite the real results with meaningless numbers
             args.out = Path(tempfile.gettempdir()) / "structprune-quality-smoke"
             args.smoke_out = True
+    if args.work_dir is None:
+        args.work_dir = args.out / "work" if args.smoke else cache_root() / "quality-work"
     args.tasks = [get_task(t).name for t in (args.tasks or TASKS)]
     args.base_model = args.model_description = None
     if args.model and not args.smoke:
@@ -601,6 +620,7 @@ class TaskContext:
         # the recipe's loss terms (only the recipe-distilled rows depend on them)
         self.terms = {k: getattr(dist, k) for k in ("logit_weight", "hidden_weight", "attention_weight")}
         self._compressed: dict[float, tuple] = {}
+        self.steps_per_epoch = math.ceil(self.train_size / recipe.data.batch_size)
 
     def settings(self, method: str) -> dict:
         if method == DISTILLED:
@@ -620,21 +640,71 @@ class TaskContext:
         model.eval()
         return model
 
+    def work_dir(self, kind: str, budget: float, settings: dict) -> Path:
+        """A row's folder under ``--work-dir``, named by everything its content depends on."""
+        key = json.dumps({"kind": kind, "task": self.task.name, "budget": budget, **settings}, sort_keys=True)
+        slug = "".join(c if c.isalnum() else "-" for c in kind.lower()).strip("-")[:40]
+        return (
+            self.args.work_dir
+            / self.task.name
+            / f"{slug}-{budget:g}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        )
+
+    def _start_dir(self, budget: float) -> Path:
+        settings = dict(self.base_settings)
+        if _is_shape(budget, self.args):
+            settings["shape"] = self.train_settings["shape"]
+        return self.work_dir("start", budget, settings)
+
     def compressed(self, budget: float):
-        """The student before training (compressed once per run and budget), its seconds and report."""
-        if budget not in self._compressed:
-            opts = {}
-            if _is_shape(budget, self.args):
-                # the search prices heads and neurons at the full hidden size, so a hidden-pruned model gets
-                # the global allocation of the Fisher / Taylor candidates; reconstructed (fitted to the wide
-                # model's kept dimensions) only with --shape-reconstruct, as the committed rows were not
-                opts = dict(layers=self.args.shape_layers, hidden=self.args.shape_hidden, search=False,
-                            reconstruct=self.args.shape_reconstruct)  # fmt: skip
-            torch.manual_seed(self.args.seed)
-            t0 = time.perf_counter()
-            model, report = sp.compress(self.fresh(), self.calib, flops=budget, progress=False, **opts)
-            self._compressed[budget] = (model, time.perf_counter() - t0, report)
+        """The student before training, its compression seconds and ``report.choice``: compressed once per
+        budget and settings and kept under ``--work-dir`` (a rerun loads it instead of compressing again)."""
+        if budget in self._compressed:
+            return self._compressed[budget]
+        folder = self._start_dir(budget)
+        info = _read_record(folder / START_FILE, lambda d: isinstance(d.get("seconds"), (int, float))
+                            and isinstance(d.get("choice"), str))  # fmt: skip
+        if info is not None:
+            model = sp.from_pretrained(folder / "model")
+            model.eval()
+            logger.info("%s: the student at %s starts from %s (compressed by an earlier run)", self.task.name,
+                        _budget_label(budget, self.args), folder)  # fmt: skip
+            self._compressed[budget] = (model, float(info["seconds"]), str(info["choice"]))
+            return self._compressed[budget]
+        opts = {}
+        if _is_shape(budget, self.args):
+            # the search prices heads and neurons at the full hidden size, so a hidden-pruned model gets
+            # the global allocation of the Fisher / Taylor candidates; reconstructed (fitted to the wide
+            # model's kept dimensions) only with --shape-reconstruct, as the committed rows were not
+            opts = dict(layers=self.args.shape_layers, hidden=self.args.shape_hidden, search=False,
+                        reconstruct=self.args.shape_reconstruct)  # fmt: skip
+        torch.manual_seed(self.args.seed)
+        t0 = time.perf_counter()
+        model, report = sp.compress(self.fresh(), self.calib, flops=budget, progress=False, **opts)
+        self.keep_start(budget, model, time.perf_counter() - t0, report.choice)
         return self._compressed[budget]
+
+    def keep_start(self, budget: float, model, seconds: float, choice: str) -> None:
+        """Remember a compressed student (a copy) in memory and under ``--work-dir``."""
+        folder = self._start_dir(budget)
+        model = copy.deepcopy(model)
+        self._compressed[budget] = (model, seconds, choice)
+        if (folder / START_FILE).is_file():
+            return
+        if (folder / "model").exists():  # a save of ours killed before its record: redo it
+            shutil.rmtree(folder / "model")
+        folder.mkdir(parents=True, exist_ok=True)
+        sp.save_pretrained(model, folder / "model", tokenizer=None, card=False)
+        C.write_atomic(folder / START_FILE, json.dumps({"seconds": seconds, "choice": choice}) + "\n")
+
+    def forget_run(self, method: str, budget: float) -> None:
+        """Delete a stored row's training folder (its checkpoints are large; the row no longer needs them)."""
+        folder = self.run_dir(method, budget)
+        if folder.is_dir():
+            shutil.rmtree(folder)
+
+    def run_dir(self, method: str, budget: float) -> Path:
+        return self.work_dir(method, budget, self.settings(method))
 
 
 # --------------------------------------------------------------------------- the rows
@@ -650,8 +720,12 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
             t0 = time.perf_counter()
             model, report = sp.compress(ctx.fresh(), ctx.calib, flops=budget, progress=False)
             seconds = time.perf_counter() - t0
-            if not _is_shape(budget, args):  # the students at this budget start from this very model
-                ctx._compressed.setdefault(budget, (copy.deepcopy(model), seconds, report))
+            if (
+                not _is_shape(budget, args)
+                and budget in args.student_budgets
+                and any(_selected(args, m) for m in STUDENTS)
+            ):  # the students at this budget start from this very model
+                ctx.keep_start(budget, model, seconds, report.choice)
             return model, f"choice: {report.choice}", seconds
 
         return build
@@ -689,34 +763,87 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
     return out
 
 
-def student_row(ctx: TaskContext, method: str, budget: float) -> Callable:
+def _read_record(path: Path, valid: Callable[[dict], bool]) -> dict | None:
+    """A small JSON record this script wrote under ``--work-dir``, or None (with a warning) when it is missing
+    or not what this script writes (then the row redoes that part)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and valid(data):
+            return data
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    logger.warning("ignoring %s: not a record this script wrote", path)
+    return None
+
+
+class TrainingClock(LoopCallback):
+    """The training seconds a row has spent, across the processes that trained it: ``<run>/wall.json`` maps
+    each checkpointed optimizer step to the seconds spent up to it, so a resumed run starts from the seconds
+    at the step its checkpoint holds (the steps it replays are not counted twice)."""
+
+    def __init__(self, path: Path):
+        self.path, self.marks, self.before, self.t0 = path, {}, 0.0, time.perf_counter()
+        self.resumed_at = 0
+
+    def on_train_begin(self, loop) -> None:
+        self.resumed_at = step = loop.rs.step
+        record = _read_record(self.path, lambda d: all(k.isdigit() and isinstance(v, (int, float))
+                                                       for k, v in d.items()))  # fmt: skip
+        if step and record:
+            self.marks = {int(k): float(v) for k, v in record.items() if int(k) <= step}
+            self.before = self.marks[max(self.marks)] if self.marks else 0.0
+        self.t0 = time.perf_counter()
+
+    def on_step_begin(self, loop) -> None:  # after the previous step's checkpoint, if it made one
+        step, every = loop.rs.step, loop.cfg.save_every
+        if every and step > self.resumed_at and step % every == 0:
+            self.marks[step] = self.seconds()
+            C.write_atomic(self.path, json.dumps({str(k): v for k, v in sorted(self.marks.items())}) + "\n")
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+
+def student_row(ctx: TaskContext, method: str, budget: float, callbacks: tuple = ()) -> Callable:
+    """A student row: trains in ``ctx.run_dir`` with checkpoints a few times per epoch, resuming the newest
+    one a killed run left (``callbacks`` go to the training loop)."""
+
     def build():
-        start, compress_s, report = ctx.compressed(budget)
+        start, compress_s, choice = ctx.compressed(budget)
         student = copy.deepcopy(start)
         student.train()
+        out = ctx.run_dir(method, budget)
+        resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
         common = dict(
-            output_dir=None, task=ctx.task.name, learning_rate=ctx.lr, warmup_ratio=ctx.recipe.distill.warmup_ratio,
+            output_dir=str(out), overwrite=not resume, resume_from="latest" if resume else None,
+            save_every=max(1, ctx.steps_per_epoch // 4),
+            task=ctx.task.name, learning_rate=ctx.lr, warmup_ratio=ctx.recipe.distill.warmup_ratio,
             weight_decay=ctx.recipe.distill.weight_decay, seed=ctx.args.seed, temperature=ctx.recipe.distill.temperature,
             load_best_at_end=False, progress=False, report_to="none",
         )  # fmt: skip
-        t0 = time.perf_counter()
+        clock = TrainingClock(out / "wall.json")
+        hooks = [clock, *callbacks]
         epochs = ctx.intermediate_epochs + ctx.prediction_epochs
         if method == DISTILLED:
             d = ctx.recipe.distill
             cfg = sp.DistillConfig(num_epochs=epochs, task_weight=d.task_weight, **ctx.terms, **common)
-            student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, config=cfg)
+            student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, cfg, hooks)
         elif method == STAGED:
             stages = tinybert_stages(
                 ctx.intermediate_epochs, ctx.prediction_epochs, task_weight=ctx.recipe.distill.task_weight
             )
             cfg = sp.DistillConfig(stages=stages, **common)
-            student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, config=cfg)
+            student, _history = sp.distill(student, ctx.teacher, ctx.train_loader(), None, cfg, hooks)
         else:
             cfg = sp.DistillConfig(num_epochs=epochs, task_weight=1.0, logit_weight=0.0, **common)
-            student, _history = sp.finetune(student, ctx.train_loader(), None, config=cfg)
-        train_s = time.perf_counter() - t0
+            student, _history = sp.finetune(student, ctx.train_loader(), None, cfg, hooks)
+        train_s = clock.seconds()
         # the row's wall time counts the compression it started from as well
-        note = f"from {report.choice}; compress {compress_s:.0f} s + training {train_s:.0f} s"
+        note = f"from {choice}; compress {compress_s:.0f} s + training {train_s:.0f} s"
+        if clock.resumed_at:
+            note += f" (resumed at step {clock.resumed_at})"
         return student, note, compress_s + train_s
 
     return build
@@ -881,6 +1008,8 @@ def run_task(task_name: str, args, state: dict, stamp: str) -> None:
             logger.info("%s | %s | %s: measured in %s, kept", task_name, method, budget, old.get("measured"))
             continue
         store(measure_row(ctx, method, budget, build))
+        if method in STUDENTS:
+            ctx.forget_run(method, budget)
 
 
 # --------------------------------------------------------------------------- Markdown

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -383,3 +384,64 @@ def test_breakdown_smoke(tmp_path):
     assert (
         len(shares) == 1 and 95 <= sum(int(c.split("(")[1].rstrip("%)")) for c in shares[0][1:]) <= 105
     )  # rounded
+
+
+def test_quality_student_row_resumes_where_a_killed_run_stopped(tmp_path):
+    """A student row killed mid-training picks up at its last checkpoint (the compressed start is loaded, not
+    compressed again) and ends with the weights of an uninterrupted run; its wall time counts the kept
+    steps once. Stored rows delete their training folder."""
+    from structprune.data import get_task
+    from structprune.recovery.distill import LoopCallback
+
+    q = _script("quality")
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAt(LoopCallback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_begin(self, loop):
+            if loop.rs.step == self.step:
+                raise Killed(f"killed before step {self.step + 1}")
+
+    teacher, tok = q.C.tiny_bert(num_labels=2), q.C.tokenizer_for()
+
+    def context(work):
+        args = q.parse_args(["--smoke", "--out", str(tmp_path / "out"), "--work-dir", str(work)])
+        args.train_examples = 128  # 4 optimizer steps per epoch, a checkpoint after each
+        task = get_task("sst2")
+        return q.TaskContext(task, q.task_recipe("sst2", args), teacher, tok, "tiny", args, "run 1")
+
+    def weights(model):
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    ctx = context(tmp_path / "once")
+    whole, _, _ = q.student_row(ctx, q.DISTILLED, 0.5)()
+
+    ctx = context(tmp_path / "killed")
+    with pytest.raises(Killed):
+        q.student_row(ctx, q.DISTILLED, 0.5, callbacks=(KillAt(6),))()
+    run = ctx.run_dir(q.DISTILLED, 0.5)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-5", "step-6"]
+    spent = json.loads((run / "wall.json").read_text())
+    ctx = context(tmp_path / "killed")  # a new process: nothing in memory
+    resumed, note, seconds = q.student_row(ctx, q.DISTILLED, 0.5)()
+    assert "(resumed at step 6)" in note and "from " in note
+    assert seconds >= max(spent.values())
+    start = json.loads(next((tmp_path / "killed" / "sst2").glob("start-*/start.json")).read_text())
+    assert note.startswith(f"from {start['choice']}; compress {start['seconds']:.0f} s")
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # bad records are data: a damaged start record means compressing again, not a crash
+    (next((tmp_path / "killed" / "sst2").glob("start-*")) / "start.json").write_text('{"seconds": "x"}')
+    ctx = context(tmp_path / "killed")
+    _, seconds, choice = ctx.compressed(0.5)
+    assert isinstance(seconds, float) and choice
+    # a stored row's training folder goes; its compressed start stays for the next run
+    q.main(["--smoke", "--out", str(tmp_path / "q"), "--methods", "fine-tuned", "--no-latency"])
+    work = tmp_path / "q" / "work" / "sst2"
+    assert [p.name.split("-")[0] for p in work.iterdir()] == ["start", "start"]
