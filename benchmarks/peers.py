@@ -137,61 +137,96 @@ def compress_method(model, calib, budget):
     return pruned, seconds
 
 
-def torch_pruning_method(importance: str, global_pruning: bool) -> Callable:
-    def run(model, calib, budget):
-        import torch_pruning as tp
+def torch_pruning_method(importance: str, global_pruning: bool, match_flops: bool = False) -> Callable:
+    """Torch-Pruning as its Hugging Face BERT example prunes: ``pruning_ratio = head_pruning_ratio = 1 - budget``.
 
+    Where that ratio keeps more encoder FLOPs than the budget (on all-mpnet-base-v2 its dependency graph ties
+    every layer's query channels to the relative-position-bias table all layers share, so it prunes no head
+    and keeps 68% of the FLOPs at a 0.5 ratio), ``match_flops=True`` raises the ratio by bisection on copies
+    of the scored model until the pruned model keeps at most the budget (+0.5 points), or to 0.98 where no
+    ratio gets there (its FLOPs then show the miss). Returns ``(model, seconds, ratio used)``.
+    """
+
+    def run(model, calib, budget):
         t0 = time.perf_counter()
-        spec = get_spec(model)
-        layers = resolve(model.base_model, spec.layers)
-        num_heads, prunable = {}, set()
-        for layer in layers:
-            attn = resolve(layer, spec.attn)
-            for name in ("q", "k", "v"):
-                num_heads[resolve(layer, getattr(spec, name))] = getattr(attn, spec.attn_head_count_attrs[0])
-            prunable.add(resolve(layer, spec.up))
-        prunable.update(num_heads)
-        # Only heads (q/k/v rows) and FFN neurons (up rows) may be pruned: every other Linear (attention
-        # output, FFN down, pooler, classifier) is ignored, so the residual width stays as it is.
-        ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m not in prunable]
-        imp = (
-            tp.importance.TaylorImportance()
-            if importance == "taylor"
-            else tp.importance.MagnitudeImportance(p=2)
-        )
-        example = {k: v[:2] for k, v in calib[0].items() if k != "labels"}
-        ratio = 1.0 - budget
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example,
-            global_pruning=global_pruning,
-            importance=imp,
-            iterative_steps=1,
-            pruning_ratio=ratio,
-            num_heads=num_heads,
-            prune_head_dims=False,
-            prune_num_heads=True,
-            head_pruning_ratio=ratio,
-            output_transform=lambda out: out.logits.sum(),
-            ignored_layers=ignored,
-        )
-        if importance == "taylor":
+        if (
+            importance == "taylor"
+        ):  # the example's Taylor scores: gradients of the task loss on the calibration set
             model.zero_grad()
             for b in calib:
                 model(**b).loss.backward()
-        for group in pruner.step(interactive=True):
-            group.prune()
-        # as the example does: tell the attention modules their new head count
-        for layer in layers:
-            attn, q = resolve(layer, spec.attn), resolve(layer, spec.q)
-            for attr in spec.attn_head_count_attrs:
-                setattr(attn, attr, pruner.num_heads[q])
-            for attr in spec.attn_all_head_size_attrs:
-                setattr(attn, attr, q.out_features)
+        example = {k: v[:2] for k, v in calib[0].items() if k != "labels"}
+
+        def pruned(ratio: float):
+            copy_ = copy.deepcopy(model)  # deepcopy drops .grad: carry the scores' gradients over
+            for mine, theirs in zip(copy_.parameters(), model.parameters(), strict=True):
+                mine.grad = None if theirs.grad is None else theirs.grad.clone()
+            _tp_prune(copy_, example, importance, global_pruning, ratio)
+            copy_.zero_grad(set_to_none=True)
+            return copy_
+
+        ratio = 1.0 - budget
+        best = pruned(ratio)
+        if match_flops and kept_flops(best)[0] > budget + 0.005:
+            lo, hi = ratio, 0.98  # lo keeps too much; the ratio that meets the budget lies above it
+            found = None
+            for _ in range(10):
+                mid = (lo + hi) / 2
+                candidate = pruned(mid)
+                if kept_flops(candidate)[0] <= budget + 0.005:
+                    hi, found = mid, (mid, candidate)
+                else:
+                    lo = mid
+            # out of reach (e.g. the FFN alone is too small a share): the highest ratio, its FLOPs say so
+            ratio, best = found or (hi, pruned(hi))
         model.zero_grad(set_to_none=True)
-        return model, time.perf_counter() - t0
+        return best, time.perf_counter() - t0, ratio
 
     return run
+
+
+def _tp_prune(model, example: dict, importance: str, global_pruning: bool, ratio: float) -> None:
+    """One ``MetaPruner`` step at ``ratio`` (heads and FFN neurons), in place, as the example does it."""
+    import torch_pruning as tp
+
+    spec = get_spec(model)
+    layers = resolve(model.base_model, spec.layers)
+    num_heads, prunable = {}, set()
+    for layer in layers:
+        attn = resolve(layer, spec.attn)
+        for name in ("q", "k", "v"):
+            num_heads[resolve(layer, getattr(spec, name))] = getattr(attn, spec.attn_head_count_attrs[0])
+        prunable.add(resolve(layer, spec.up))
+    prunable.update(num_heads)
+    # Only heads (q/k/v rows) and FFN neurons (up rows) may be pruned: every other Linear (attention
+    # output, FFN down, pooler, classifier) is ignored, so the residual width stays as it is.
+    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m not in prunable]
+    imp = (
+        tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=2)
+    )
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        global_pruning=global_pruning,
+        importance=imp,
+        iterative_steps=1,
+        pruning_ratio=ratio,
+        num_heads=num_heads,
+        prune_head_dims=False,
+        prune_num_heads=True,
+        head_pruning_ratio=ratio,
+        output_transform=lambda out: out.logits.sum(),
+        ignored_layers=ignored,
+    )
+    for group in pruner.step(interactive=True):
+        group.prune()
+    # as the example does: tell the attention modules their new head count
+    for layer in layers:
+        attn, q = resolve(layer, spec.attn), resolve(layer, spec.q)
+        for attr in spec.attn_head_count_attrs:
+            setattr(attn, attr, pruner.num_heads[q])
+        for attr in spec.attn_all_head_size_attrs:
+            setattr(attn, attr, q.out_features)
 
 
 def methods(args) -> dict[str, Callable]:
@@ -348,7 +383,7 @@ def _measure(name, method, dense, calib, val, budget, teacher_acc, args, reloads
     model = copy.deepcopy(dense)
     model.eval()
     try:
-        pruned, seconds = method(model, calib, budget)
+        pruned, seconds, *_ = method(model, calib, budget)  # Torch-Pruning adds its ratio
     except Exception as err:  # noqa: BLE001 - a peer failing is a result, not a crash
         logger.exception("%s at %s failed", name, budget)
         return {"method": name, "budget": f"{budget:.0%}", "note": describe(err)}

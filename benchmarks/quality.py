@@ -18,7 +18,9 @@ with ``structprune.evaluate`` at the recipe's ``data.max_length``:
    ``report.choice``) at ``--budgets`` (60/50/40% of the encoder FLOPs);
 3. Taylor scores + ``sp.allocate`` (global ranking) + ``sp.prune_`` at the same budgets;
 4. Torch-Pruning Taylor, the setup of its Hugging Face BERT example (``benchmarks/peers.py``'s code:
-   uniform per-layer ratios, heads and FFN neurons only) at the same budgets;
+   uniform per-layer ratios, heads and FFN neurons only) at the same budgets, i.e. ``pruning_ratio = 1 -
+   budget``; where that keeps more FLOPs than the budget (all-mpnet-base-v2: it prunes no head there),
+   ``--methods raised`` adds the opt-in row "ratio raised to the budget" (bisection on the ratio);
 5. students at ``--student-budgets`` (50/25/10%): the teacher compressed once (``sp.compress``; at the
    ``--shape-budget`` with a TinyBERT shape, ``layers=4, hidden=256``, see below), then distilled from the
    teacher as the task recipe distils (``--distillation recipe``, the default: one stage of the recipe's
@@ -100,11 +102,22 @@ DENSE = "dense teacher"
 RETRAINING_FREE = "retraining-free sp.compress"
 TAYLOR = "Taylor + sp.allocate (global)"
 TORCH_PRUNING = "Torch-Pruning Taylor (HF BERT example)"
+TORCH_PRUNING_MATCHED = "Torch-Pruning Taylor, ratio raised to the budget"
+OPT_IN = (TORCH_PRUNING_MATCHED,)  # measured only when --methods names them
 DISTILLED = "pruned + distilled (recipe: logits + hidden + attention)"
 STAGED = "pruned + distilled (TinyBERT stages)"
 FINETUNED = "pruned + fine-tuned, no teacher"
 STUDENTS = (DISTILLED, STAGED, FINETUNED)
-METHOD_ORDER = (DENSE, RETRAINING_FREE, TAYLOR, TORCH_PRUNING, DISTILLED, STAGED, FINETUNED)
+METHOD_ORDER = (
+    DENSE,
+    RETRAINING_FREE,
+    TAYLOR,
+    TORCH_PRUNING,
+    TORCH_PRUNING_MATCHED,
+    DISTILLED,
+    STAGED,
+    FINETUNED,
+)
 METRIC_NAMES = {
     "accuracy": "acc",
     "matthews_correlation": "MCC",
@@ -303,7 +316,11 @@ def model_description(folder: Path) -> str:
 
 
 def _selected(args, method: str) -> bool:
-    return method == DENSE or not args.methods or any(m.lower() in method.lower() for m in args.methods)
+    if method == DENSE:
+        return True
+    if not args.methods:
+        return method not in OPT_IN
+    return any(m.lower() in method.lower() for m in args.methods)
 
 
 def _budget_label(budget: float, args) -> str:
@@ -733,6 +750,9 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
     taylor = peers.structprune_method("taylor")  # scores once (timed in the first row), then per budget
     have_tp = importlib.util.find_spec("torch_pruning") is not None
     torch_pruning = peers.torch_pruning_method("taylor", global_pruning=False) if have_tp else None
+    tp_matched = (
+        peers.torch_pruning_method("taylor", global_pruning=False, match_flops=True) if have_tp else None
+    )
 
     def taylor_row(budget):
         def build():
@@ -741,12 +761,12 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
 
         return build
 
-    def tp_row(budget):
+    def tp_row(budget, method):
         def build():
-            if torch_pruning is None:
+            if method is None:
                 raise ModuleNotFoundError("torch_pruning is not installed (pip install torch-pruning==1.6.1)")
-            model, seconds = torch_pruning(ctx.fresh(), ctx.calib, budget)
-            return model, "", seconds
+            model, seconds, ratio = method(ctx.fresh(), ctx.calib, budget)
+            return model, f"pruning ratio {ratio:.3f}", seconds
 
         return build
 
@@ -755,7 +775,9 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
     for budget in args.budgets:
         out.append((TAYLOR, budget, taylor_row(budget)))
     for budget in args.budgets:
-        out.append((TORCH_PRUNING, budget, tp_row(budget)))
+        out.append((TORCH_PRUNING, budget, tp_row(budget, torch_pruning)))
+    for budget in args.budgets:
+        out.append((TORCH_PRUNING_MATCHED, budget, tp_row(budget, tp_matched)))
     distilled = [{"recipe": DISTILLED, "staged": STAGED}[d] for d in dict.fromkeys(args.distillation)]
     for method in (*distilled, FINETUNED):
         for budget in args.student_budgets:
@@ -1156,7 +1178,8 @@ def targets_table(state: dict, args) -> str:
                 continue
             table.append([name, "compress: drop vs teacher", f"{budget:.0%}", f"{drop:+.2f}", f">= {-allowed:+.2f}",
                           _check(drop, -allowed)])  # fmt: skip
-            simpler = [v for v, _ in (value(TAYLOR, budget), value(TORCH_PRUNING, budget)) if v is not None]
+            simpler = [value(m, budget)[0] for m in (TAYLOR, TORCH_PRUNING, TORCH_PRUNING_MATCHED)]
+            simpler = [v for v in simpler if v is not None]
             if simpler:
                 margin = got - max(simpler)
                 table.append([name, "compress - best simpler path", f"{budget:.0%}", f"{margin:+.2f}",

@@ -85,6 +85,43 @@ def test_peers_smoke(tmp_path):
     assert "50.0%" in row
 
 
+def test_torch_pruning_ratio_raised_to_the_budget_on_mpnet():
+    """Torch-Pruning's BERT-example setup prunes no MPNet head (its graph ties the query channels to the relative
+    position bias all layers share), so a 0.5 ratio keeps more than half the FLOPs; the matched variant raises
+    the ratio until the budget is met, and leaves BERT's exact ratio alone."""
+    pytest.importorskip("torch_pruning")
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        MPNetConfig,
+        MPNetForSequenceClassification,
+    )
+
+    peers = _script("peers")
+    sizes = dict(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024
+    )
+    calib = [{"input_ids": torch.randint(5, 100, (4, 16), generator=torch.Generator().manual_seed(0)),
+              "attention_mask": torch.ones(4, 16, dtype=torch.long), "labels": torch.tensor([0, 1, 0, 1])}]  # fmt: skip
+    for cls, config in (
+        (MPNetForSequenceClassification, MPNetConfig),
+        (BertForSequenceClassification, BertConfig),
+    ):
+        torch.manual_seed(0)
+        dense = cls(config(**sizes)).eval()
+        plain, _, plain_ratio = peers.torch_pruning_method("taylor", False)(dense, calib, 0.5)
+        matched, _, ratio = peers.torch_pruning_method("taylor", False, match_flops=True)(dense, calib, 0.5)
+        kept, heads, _ = peers.kept_flops(matched)
+        assert plain_ratio == 0.5 and kept <= 0.505
+        assert matched(**calib[0]).logits.shape == (4, 2)
+        if cls is MPNetForSequenceClassification:
+            assert peers.kept_flops(plain)[0] > 0.55 and heads == 8  # no head pruned
+            assert 0.55 < ratio < 0.7
+        else:
+            assert ratio == 0.5 and heads == 4
+        assert all(p.grad is None for p in dense.parameters())  # the caller's model is left as it was
+
+
 def test_pareto_smoke(tmp_path):
     text = _smoke("pareto", tmp_path, "Accuracy vs encoder FLOPs kept: SST2", "--scorers", "taylor")
     assert ["taylor", "none", "50%"] in [row[:3] for row in _table_rows(text)]
@@ -445,3 +482,12 @@ def test_quality_student_row_resumes_where_a_killed_run_stopped(tmp_path):
     q.main(["--smoke", "--out", str(tmp_path / "q"), "--methods", "fine-tuned", "--no-latency"])
     work = tmp_path / "q" / "work" / "sst2"
     assert [p.name.split("-")[0] for p in work.iterdir()] == ["start", "start"]
+
+
+def test_quality_matched_torch_pruning_row_is_opt_in():
+    q = _script("quality")
+    args = q.parse_args([])
+    assert q._selected(args, q.TORCH_PRUNING) and not q._selected(args, q.TORCH_PRUNING_MATCHED)
+    args = q.parse_args(["--methods", "raised"])
+    assert q._selected(args, q.TORCH_PRUNING_MATCHED) and not q._selected(args, q.TORCH_PRUNING)
+    assert q._selected(args, q.DENSE)
