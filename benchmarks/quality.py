@@ -558,18 +558,21 @@ def dense_latency(teacher, args) -> dict:
 def measure_row(ctx, method: str, budget: float | None, build: Callable) -> dict:
     """Build the row's model (timed), evaluate it, count it, time it against the dense teacher.
 
-    ``build()`` returns ``(model, note, seconds)``; ``seconds=None`` means the wall time of ``build()``.
+    ``build()`` returns ``(model, note, seconds)`` or ``(model, note, seconds, extra)``; ``seconds=None``
+    means the wall time of ``build()``; ``extra``, a dict, is stored in the row (e.g. compress's candidates).
     """
     row = {"method": method, "budget": budget, "settings": ctx.settings(method)}
     torch.manual_seed(ctx.args.seed)  # the same seed for every row, whatever ran before it
     t0 = time.perf_counter()
     try:
-        model, note, seconds = build()
+        model, note, seconds, *extra = build()
     except Exception as err:  # noqa: BLE001 - a failing method is a result; the table says why
         logger.exception("%s %s at %s failed", ctx.task.name, method, budget)
         row["note"] = peers.describe(err)
         return row
     row["seconds"] = time.perf_counter() - t0 if seconds is None else seconds
+    if extra:
+        row.update(extra[0])
     model.eval()
     row["metrics"] = C.metrics(model, ctx.val, ctx.task.name)
     row["flops"], row["params"] = flops_and_params(model, ctx.teacher)
@@ -743,7 +746,8 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
                 and any(_selected(args, m) for m in STUDENTS)
             ):  # the students at this budget start from this very model
                 ctx.keep_start(budget, model, seconds, report.choice)
-            return model, f"choice: {report.choice}", seconds
+            # the held-back loss of every candidate compress weighed (what the choice rests on)
+            return model, f"choice: {report.choice}", seconds, {"candidates": dict(report.candidates)}
 
         return build
 
@@ -1102,6 +1106,24 @@ def task_table(task_name: str, entry: dict, args) -> str:
     return markdown_table(headers, table)
 
 
+def candidates_text(entry: dict, args) -> str:
+    """What ``sp.compress`` chose from, per retraining-free row: each candidate's loss on the held-back
+    calibration examples (the lowest is kept)."""
+    lines = []
+    for r in sorted(entry["rows"], key=_order):
+        if r["method"] != RETRAINING_FREE or not r.get("candidates"):
+            continue
+        ranked = sorted(r["candidates"].items(), key=lambda kv: kv[1])
+        lines.append(
+            f"- at {_budget_label(r['budget'], args)}: " + "; ".join(f"{k} {v:.4f}" for k, v in ranked)
+        )
+    if not lines:
+        return ""
+    return "\nHeld-back loss of `sp.compress`'s candidates (lowest first; the first is the one kept):\n\n" + (
+        "\n".join(lines) + "\n"
+    )
+
+
 def _main_change(entry: dict, task_name: str, method: str, budget) -> tuple[dict | None, float, float]:
     """The current row of ``method`` at ``budget``, its main metric and that metric's change vs the dense
     teacher of the same task (``(None, nan, nan)`` while either is not measured)."""
@@ -1288,6 +1310,7 @@ def write(state: dict, args) -> Path:
             text += f"- Last run of this task: {entry['elapsed_s']:.0f} s\n"
         if entry.get("rows"):
             text += "\n" + task_table(task_name, entry, args) + "\n"
+            text += candidates_text(entry, args)
         text += "\n"
     if args.smoke_out:
         logger.info("--smoke without --out: results go to %s, not benchmarks/results", args.out)

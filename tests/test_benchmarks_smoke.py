@@ -491,3 +491,15 @@ def test_quality_matched_torch_pruning_row_is_opt_in():
     args = q.parse_args(["--methods", "raised"])
     assert q._selected(args, q.TORCH_PRUNING_MATCHED) and not q._selected(args, q.TORCH_PRUNING)
     assert q._selected(args, q.DENSE)
+
+
+def test_quality_lists_what_compress_chose_from():
+    """The held-back losses of compress's candidates (stored in its row) are listed under the task, lowest first."""
+    q = _script("quality")
+    args = q.parse_args([])
+    cands = {"search+rearrange, reconstructed": 0.52, "allocate (taylor), reconstructed": 0.41}
+    entry = {"rows": [{"method": q.RETRAINING_FREE, "budget": 0.5, "candidates": cands},
+                      {"method": q.TAYLOR, "budget": 0.5}]}  # fmt: skip
+    text = q.candidates_text(entry, args)
+    assert "- at 50%: allocate (taylor), reconstructed 0.4100; search+rearrange, reconstructed 0.5200" in text
+    assert q.candidates_text({"rows": [{"method": q.RETRAINING_FREE, "budget": 0.5}]}, args) == ""
