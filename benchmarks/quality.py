@@ -91,6 +91,7 @@ from structprune.cache import cache_root  # noqa: E402
 from structprune.data import get_task, glue_task_names, load_split, make_dataloader, subset  # noqa: E402
 from structprune.data.batching import tokenize  # noqa: E402
 from structprune.recovery.distill import LoopCallback, tinybert_stages  # noqa: E402
+from structprune.recovery.distill.runstate import load_trainer_state  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
 
 logger = logging.getLogger("quality")
@@ -832,6 +833,18 @@ class TrainingClock(LoopCallback):
         return self.before + time.perf_counter() - self.t0
 
 
+def _resumable(out: Path) -> bool:
+    """Whether ``out`` holds an intact checkpoint of a killed training run (a damaged one is started over)."""
+    if not (out / "checkpoints").is_dir():
+        return False
+    try:
+        load_trainer_state(sp.DistillConfig(output_dir=str(out), resume_from="latest", report_to="none"))
+    except ValueError as err:
+        logger.warning("%s: starting the row's training over: %s", out, err)
+        return False
+    return True
+
+
 def student_row(ctx: TaskContext, method: str, budget: float, callbacks: tuple = ()) -> Callable:
     """A student row: trains in ``ctx.run_dir`` with checkpoints a few times per epoch, resuming the newest
     one a killed run left (``callbacks`` go to the training loop)."""
@@ -841,7 +854,7 @@ def student_row(ctx: TaskContext, method: str, budget: float, callbacks: tuple =
         student = copy.deepcopy(start)
         student.train()
         out = ctx.run_dir(method, budget)
-        resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+        resume = _resumable(out)
         common = dict(
             output_dir=str(out), overwrite=not resume, resume_from="latest" if resume else None,
             save_every=max(1, ctx.steps_per_epoch // 4),

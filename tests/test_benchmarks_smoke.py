@@ -473,6 +473,16 @@ def test_quality_student_row_resumes_where_a_killed_run_stopped(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # a run killed while writing its only checkpoint starts the row over
+    ctx = context(tmp_path / "damaged")
+    with pytest.raises(Killed):
+        q.student_row(ctx, q.FINETUNED, 0.5, callbacks=(KillAt(2),))()
+    run = ctx.run_dir(q.FINETUNED, 0.5)
+    for checkpoint in (run / "checkpoints").iterdir():
+        for f in checkpoint.rglob("*.safetensors"):
+            f.write_bytes(b"torn")
+    _, note, _ = q.student_row(context(tmp_path / "damaged"), q.FINETUNED, 0.5)()
+    assert "resumed" not in note
     # bad records are data: a damaged start record means compressing again, not a crash
     (next((tmp_path / "killed" / "sst2").glob("start-*")) / "start.json").write_text('{"seconds": "x"}')
     ctx = context(tmp_path / "killed")
