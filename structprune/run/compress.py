@@ -321,6 +321,8 @@ def compress(
                     best = (candidates[label], (mname, fitted), m, cand.state_dict(), report_c)
                 del cand
         _, choice, mask, state, recon = best
+        logger.info("compress: held-back loss of the candidates: %s",
+                    "; ".join(f"{k} {v:.4g}" for k, v in sorted(candidates.items(), key=lambda kv: kv[1])))  # fmt: skip
         prune_(model, mask)
         model.load_state_dict(state)
         seconds["select"] = time.perf_counter() - t
