@@ -584,17 +584,20 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 def ort_session(path: Path, threads: int):
     """A CPU onnxruntime session with ``threads`` intra-op threads and all graph optimizations.
 
-    Its idle threads block instead of spinning (``session.intra_op.allow_spinning=0``): the benchmarks time
-    several sessions (and PyTorch) round robin on a few cores, and a session whose threads keep spinning
-    after its run takes those cores from the next one (on 2 pinned cores, with 24 spinning sessions PyTorch
-    at batch 1 ran 7x slower)."""
+    Its threads spin while a run is under way (ONNX Runtime's default, as PyTorch's OpenMP threads do) and stop
+    spinning the moment the run returns (``session.force_spinning_stop=1``): the benchmarks time several sessions
+    (and PyTorch) round robin on a few cores, and a session whose threads kept spinning after its run would take
+    those cores from the next one (on 2 pinned cores, 24 spinning sessions made PyTorch at batch 1 7x slower).
+    Blocking instead of spinning (``allow_spinning=0``, the setting of the results before 2026-12-07) makes
+    every op of a small batch wait for its threads to wake up: it slowed ONNX Runtime at batch 1."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

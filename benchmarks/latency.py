@@ -205,7 +205,7 @@ def main(argv=None) -> Path:
         f"flops=f)` (global) + `sp.prune_`. Inputs: random token ids, full length {args.seq}, no padding. "
         f"Timing (PyTorch: `sp.measure_latency`; ONNX Runtime: the same protocol): {args.warmup} warm-up rounds, then the median of {args.repeat} (batch < 8) / "
         f"{args.repeat_large} (batch >= 8) runs, dense and pruned alternating; {args.threads} threads "
-        "(torch.set_num_threads; ORT intra_op_num_threads, idle threads not spinning). ONNX: "
+        "(torch.set_num_threads; ORT intra_op_num_threads, threads spinning only during a run: `_common.ort_session`). ONNX: "
         + (
             "`sp.export_onnx(model, path, optimize=True)` (ONNX Runtime's fused Attention, SkipLayerNormalization, "
             "BiasGelu)"

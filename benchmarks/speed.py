@@ -10,8 +10,10 @@ Each model then runs in three runtimes: PyTorch fp32; ONNX Runtime fp32 (``sp.ex
 fused Attention / SkipLayerNormalization / BiasGelu, parity-checked); ONNX Runtime int8
 (``sp.quantize_onnx`` of that graph). Accuracy: the SST-2 validation set in each runtime (int8 changes
 it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin
-in one loop (warm-up, then the median), ``--threads`` threads in both runtimes; ONNX Runtime's idle
-threads do not spin (``_common.ort_session``), so one session cannot steal the next one's cores.
+in one loop (warm-up, then the median), ``--timing-threads`` (default ``--threads``) threads in both runtimes;
+ONNX Runtime's threads spin during a run and stop when it returns (``_common.ort_session``), so one session cannot
+steal the next one's cores. On a shared machine ``--pause-while-timing PATTERN ...`` pauses the other jobs while
+the models are timed (the compression and distillation still share the machine).
 
 Columns: speedup = dense PyTorch fp32 ms / this ms. Efficiency = speedup x FLOPs kept, i.e. speedup /
 FLOPs reduction (1.0: the FLOPs cut all turned into speed); "efficiency, same runtime" measures the pruned
@@ -65,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     C.add_timing_flags(p, repeat_help="timed rounds at batch < 8")
     p.add_argument("--repeat-large", type=int, default=7, help="timed rounds at batch >= 8")
+    C.add_quiet_timing_flags(p)
     p.add_argument("--calib", type=int, default=1000, help="SST-2 train examples for sp.compress")
     p.add_argument(
         "--multiple-of",
@@ -168,7 +171,7 @@ def runtimes(model, tag: str, tmp: Path, threads: int):
     int8 = sp.quantize_onnx(fused, tmp / f"{tag}-int8.onnx")
     out = {RUNTIMES[0]: _torch_runner(model)}
     for runtime, path in zip(RUNTIMES[1:], (fused.path, int8), strict=True):
-        out[runtime] = _ort_runner(C.ort_session(path, threads))
+        out[runtime] = _ort_runner(C.ort_session(path, threads))  # the timing threads
     return out, fused.fusion
 
 
@@ -185,6 +188,10 @@ def _ort_runner(session):
         return torch.from_numpy(session.run(["logits"], C.ort_feed(session, batch))[0])
 
     return run
+
+
+def _busy_text(busy: dict[int, float | None]) -> str:
+    return ", ".join(f"batch {b}: " + ("unknown" if v is None else f"{v:.2f}") for b, v in busy.items())
 
 
 def accuracy(run, batches: list[dict]) -> float:
@@ -214,7 +221,7 @@ def main(argv=None) -> Path:
 
     runs, rows = {}, []
     for i, (name, _, model) in enumerate(models):
-        per_runtime, fusion = runtimes(model, f"m{i}", tmp, args.threads)
+        per_runtime, fusion = runtimes(model, f"m{i}", tmp, args.timing_threads or args.threads)
         st = sp.arch.view(model).structure
         kept = flops_fraction(model, args.seq)
         for runtime, run in per_runtime.items():
@@ -231,11 +238,14 @@ def main(argv=None) -> Path:
             )
             logger.info("%s / %s: accuracy %.2f", name, runtime, rows[-1]["SST-2 acc %"])
 
+    busy: dict[int, float | None] = {}
     for b in args.batch_sizes:
         x = synthetic_batch(teacher, b, args.seq)
         calls = {key: (lambda run=run, x=x: run(x)) for key, run in runs.items()}
         repeat = args.repeat if b < 8 else args.repeat_large
-        times = C.time_alternating(calls, warmup=args.warmup, repeat=repeat)
+        with C.quiet_timing(args) as quiet:
+            times = C.time_alternating(calls, warmup=args.warmup, repeat=repeat)
+        busy[b] = quiet.other_cores
         ms = {key: 1e3 * C.median(t) for key, t in times.items()}
         base = ms[("dense", RUNTIMES[0])]
         for row in rows:
@@ -267,8 +277,9 @@ def main(argv=None) -> Path:
         f"multiple_of={args.multiple_of}[, layers=k])`, {distilled}. Accuracy: {len(val_rows)} SST-2 validation sentences in each runtime. "
         f"Latency: batch {' and '.join(map(str, args.batch_sizes))} x {args.seq} random tokens, {args.warmup} "
         f"warm-up rounds, then the median of {args.repeat} (batch < 8) / {args.repeat_large} (batch >= 8) "
-        f"rounds, every model x runtime in one round robin; {args.threads} threads (torch.set_num_threads; ONNX "
-        "Runtime intra-op threads, no spinning). ONNX Runtime fp32: `sp.export_onnx(model, path, "
+        f"rounds, every model x runtime in one round robin; {args.timing_threads or args.threads} threads "
+        "(torch.set_num_threads; ONNX Runtime intra-op threads, spinning only during a run). Other processes' "
+        f"load while timing (cores): {_busy_text(busy)}. ONNX Runtime fp32: `sp.export_onnx(model, path, "
         "optimize=True)`; int8: `sp.quantize_onnx` of that graph (dynamic quantization).\n\n"
         "Speedup: dense PyTorch fp32 ms / this ms. Efficiency: speedup x FLOPs kept (= speedup / FLOPs "
         "reduction). Efficiency, same runtime: the same against the dense model in this row's runtime.\n\n"
