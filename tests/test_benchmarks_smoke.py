@@ -513,3 +513,11 @@ def test_quality_lists_what_compress_chose_from():
     text = q.candidates_text(entry, args)
     assert "- at 50%: allocate (taylor), reconstructed 0.4100; search+rearrange, reconstructed 0.5200" in text
     assert q.candidates_text({"rows": [{"method": q.RETRAINING_FREE, "budget": 0.5}]}, args) == ""
+
+
+def test_rearrange_smoke(tmp_path):
+    text = _smoke("rearrange", tmp_path, "Search masks with and without Kwon et al.'s rearrangement")
+    rows = {r[0]: r for r in _table_rows(text)}
+    assert {"search", "search + rearranged heads", "search + rearranged neurons", "allocate (Taylor)"} <= set(rows)
+    # a rearrangement moves structures within layers: the counts per layer stay the search's
+    assert rows["search + rearranged heads and neurons (Kwon et al.)"][1:4] == rows["search"][1:4]
