@@ -269,10 +269,11 @@ def compress(
         mask, name = search(scores, model, **shape), "search"
         if grads is not None and cfg.rearrange:
             # Kwon et al.'s rearrangement rests on a second-order expansion of the loss, which can fail where a layer
-            # loses most of its heads (all-mpnet-base-v2 at 50%: the search keeps 1 head of 12 in its last layers;
-            # rearranging its heads cost held-back loss and accuracy, rearranging its neurons helped). With
-            # held-back examples the search with each rearrangement (heads, neurons, both: they are independent)
-            # is a candidate; without them both are rearranged, as the paper does.
+            # loses most of its heads or neurons (all-mpnet-base-v2 on SST-2 at 50%: the search keeps 1 head of 12
+            # and 3-53 neurons of 3072 in its last layers, and rearranging its heads, its neurons or both dropped it
+            # to chance; benchmarks/results/rearrange_mpnet_sst2.md). With held-back examples the search with each
+            # rearrangement (heads, neurons, both: they are independent) is a candidate; without them both are
+            # rearranged, as the paper does.
             heads_r = rearrange(mask, grads, neurons=False)
             ffn_r = rearrange(mask, grads, heads=False)
             if held:
