@@ -826,8 +826,16 @@ class TrainingClock(LoopCallback):
     def on_step_begin(self, loop) -> None:  # after the previous step's checkpoint, if it made one
         step, every = loop.rs.step, loop.cfg.save_every
         if every and step > self.resumed_at and step % every == 0:
-            self.marks[step] = self.seconds()
-            C.write_atomic(self.path, json.dumps({str(k): v for k, v in sorted(self.marks.items())}) + "\n")
+            self._mark(step)
+
+    def on_train_end(
+        self, loop
+    ) -> None:  # the last checkpoint (a kill before the row is stored resumes there)
+        self._mark(loop.rs.step)
+
+    def _mark(self, step: int) -> None:
+        self.marks[step] = self.seconds()
+        C.write_atomic(self.path, json.dumps({str(k): v for k, v in sorted(self.marks.items())}) + "\n")
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.t0

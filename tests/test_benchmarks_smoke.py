@@ -456,6 +456,10 @@ def test_quality_student_row_resumes_where_a_killed_run_stopped(tmp_path):
 
     ctx = context(tmp_path / "once")
     whole, _, _ = q.student_row(ctx, q.DISTILLED, 0.5)()
+    marks = json.loads((ctx.run_dir(q.DISTILLED, 0.5) / "wall.json").read_text())
+    assert (
+        max(int(k) for k in marks) == 8
+    )  # the last step too: a kill while the row is evaluated loses no time
 
     ctx = context(tmp_path / "killed")
     with pytest.raises(Killed):
@@ -518,6 +522,8 @@ def test_quality_lists_what_compress_chose_from():
 def test_rearrange_smoke(tmp_path):
     text = _smoke("rearrange", tmp_path, "Search masks with and without Kwon et al.'s rearrangement")
     rows = {r[0]: r for r in _table_rows(text)}
-    assert {"search", "search + rearranged heads", "search + rearranged neurons", "allocate (Taylor)"} <= set(rows)
+    assert {"search", "search + rearranged heads", "search + rearranged neurons", "allocate (Taylor)"} <= set(
+        rows
+    )
     # a rearrangement moves structures within layers: the counts per layer stay the search's
     assert rows["search + rearranged heads and neurons (Kwon et al.)"][1:4] == rows["search"][1:4]
