@@ -828,9 +828,8 @@ class TrainingClock(LoopCallback):
         if every and step > self.resumed_at and step % every == 0:
             self._mark(step)
 
-    def on_train_end(
-        self, loop
-    ) -> None:  # the last checkpoint (a kill before the row is stored resumes there)
+    def on_train_end(self, loop) -> None:
+        """The last checkpoint: a kill before the row is stored resumes there."""
         self._mark(loop.rs.step)
 
     def _mark(self, step: int) -> None:

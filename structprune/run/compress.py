@@ -270,8 +270,8 @@ def compress(
         if grads is not None and cfg.rearrange:
             # Kwon et al.'s rearrangement rests on a second-order expansion of the loss, which can fail where a layer
             # loses most of its heads or neurons (all-mpnet-base-v2 on SST-2 at 50%: the search keeps 1 head of 12
-            # and 3-53 neurons of 3072 in its last layers, and rearranging its heads, its neurons or both dropped it
-            # to chance; benchmarks/results/rearrange_mpnet_sst2.md). With held-back examples the search with each
+            # in its last three layers, and rearranging its heads, its neurons or both dropped it to chance;
+            # benchmarks/results/rearrange_mpnet_sst2.md). With held-back examples the search with each
             # rearrangement (heads, neurons, both: they are independent) is a candidate; without them both are
             # rearranged, as the paper does.
             heads_r = rearrange(mask, grads, neurons=False)
@@ -318,19 +318,25 @@ def compress(
         t = time.perf_counter()
         ref_logits = reference_logits(reference, held) if label_free else None
 
-        def loss_of(m: Mask, fitted: bool, base: nn.Module, reference: nn.Module):
+        plain: dict[str, float] = {}  # held-back loss of a candidate not reconstructed, measured once
+
+        def loss_of(mname: str, m: Mask, fitted: bool, base: nn.Module, reference: nn.Module):
             cand = copy.deepcopy(base)
             prune_(cand, m)
             report_c = reconstruct(cand, reference, fit, recon_cfg) if fitted else None
-            return heldout_loss(cand, held, label_free=label_free, reference=ref_logits), cand, report_c
+            if fitted:
+                return heldout_loss(cand, held, label_free=label_free, reference=ref_logits), cand, report_c
+            if mname not in plain:
+                plain[mname] = heldout_loss(cand, held, label_free=label_free, reference=ref_logits)
+            return plain[mname], cand, None
 
         # the search with and without each rearrangement: only the one with the lowest held-back loss as it stands
         # is worth a reconstruction (they refine one another; reconstructing each would multiply the cost)
         family = {k: m for k, m in masks.items() if k.startswith("search")}
         skip_fit = set()
         if any(m != next(iter(family.values())) for m in family.values()):
-            plain = {k: loss_of(m, False, base, reference)[0] for k, m in family.items()}
-            skip_fit = set(plain) - {min(plain, key=plain.get)}
+            losses = {k: loss_of(k, m, False, base, reference)[0] for k, m in family.items()}
+            skip_fit = set(losses) - {min(losses, key=losses.get)}
         seen: list = []
         best = None
         for mname, m in masks.items():
@@ -339,7 +345,7 @@ def compress(
             seen.append(m)
             for fitted in (True, False) if fits(m) and mname not in skip_fit else (False,):
                 label = f"{mname}, {'reconstructed' if fitted else 'not reconstructed'}"
-                candidates[label], cand, report_c = loss_of(m, fitted, base, reference)
+                candidates[label], cand, report_c = loss_of(mname, m, fitted, base, reference)
                 if best is None or candidates[label] < best[0]:
                     best = (candidates[label], (mname, fitted), m, cand.state_dict(), report_c)
                 del cand
