@@ -37,7 +37,8 @@ x 128 tokens (``sp.measure_latency``, teacher and row model alternately; ``--no-
 wall time of the compression (pruning, plus training for the students).
 
 Results accumulate in ``<out>/quality.json`` beside ``<out>/quality.md``: a rerun skips every row already
-measured with the same settings (teacher content, data, budgets, training options), re-measures the dense
+measured with the same settings (teacher content, data, budgets, training options, for compress its
+``COMPRESS_PROTOCOL``), re-measures the dense
 teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
 A student row is resumable within itself too (an MPNet student trains for an hour or more on 2 CPU cores):
 its compressed start is saved once per budget and settings, and its training checkpoints a few times per
@@ -159,6 +160,12 @@ TIE_SLACK = 0.2
 STUDENT_DROP = {0.5: 0.3, 0.25: 1.0}
 SHAPE_DROP = {"sst2": 2.5, "mrpc": 3.5}
 DISTILL_MARGIN = {0.25: 1.0, 0.1: 1.0}
+
+# What sp.compress weighs before it picks, stored in the retraining-free rows' settings: a row measured under
+# an older protocol is shown as stale, and a rerun with ``--replace`` re-measures it. Bump it when compress
+# changes what it picks. 2: the search with and without each of Kwon et al.'s rearrangements (heads, neurons,
+# both) is a candidate, beside the global allocations (1: only the rearranged search was).
+COMPRESS_PROTOCOL = 2
 
 
 # --------------------------------------------------------------------------- flags
@@ -644,6 +651,8 @@ class TaskContext:
         self.steps_per_epoch = math.ceil(self.train_size / recipe.data.batch_size)
 
     def settings(self, method: str) -> dict:
+        if method == RETRAINING_FREE:
+            return {**self.base_settings, "compress_protocol": COMPRESS_PROTOCOL}
         if method == DISTILLED:
             return {**self.base_settings, **self.train_settings, "terms": self.terms}
         if method in STUDENTS:
@@ -1034,8 +1043,8 @@ def run_task(task_name: str, args, state: dict, stamp: str) -> None:
         "max_length": ctx.max_length,
         **{k: v for k, v in ctx.train_settings.items() if k not in ("train_examples", "shape")},
     }
-    entry["current"] = {"rows": ctx.base_settings, "students": ctx.settings(FINETUNED),
-                        "distilled": ctx.settings(DISTILLED)}  # fmt: skip
+    entry["current"] = {"rows": ctx.base_settings, "compress": ctx.settings(RETRAINING_FREE),
+                        "students": ctx.settings(FINETUNED), "distilled": ctx.settings(DISTILLED)}  # fmt: skip
     rows = entry["rows"]
 
     def store(row: dict) -> None:
@@ -1080,6 +1089,8 @@ def is_current(entry: dict, row: dict) -> bool:
         return True
     if row["method"] == DISTILLED:
         return row.get("settings") == current.get("distilled")
+    if row["method"] == RETRAINING_FREE and "compress" in current:
+        return row.get("settings") == current["compress"]
     return row.get("settings") == current["students" if row["method"] in STUDENTS else "rows"]
 
 

@@ -194,6 +194,33 @@ def test_quality_smoke(tmp_path):
     assert {r.get("measured") for r in merged["tasks"]["rte"]["rows"]} == {"other/run 1", "other/run 2"}
     with pytest.raises(SystemExit, match="rte rows measured in both: .*retraining-free sp.compress at 50%"):
         _script("quality").main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
+    # a compress row measured before compress changed what it weighs (an older COMPRESS_PROTOCOL) is shown as
+    # stale and re-measured only when asked to; the other rows stay
+    quality = _script("quality")
+    state = json.loads((tmp_path / "quality.json").read_text())
+    (row,) = [r for r in state["tasks"]["sst2"]["rows"] if r["method"] == "retraining-free sp.compress"]
+    assert row["settings"].pop("compress_protocol") == quality.COMPRESS_PROTOCOL
+    (tmp_path / "quality.json").write_text(json.dumps(state))
+    text = quality.main(["--smoke", "--out", str(tmp_path), "--render"]).read_text()
+    (line,) = [
+        x
+        for x in text.split("## SST-2")[1].split("\n## ")[0].splitlines()
+        if x.startswith("| retraining-free sp.compress ")
+    ]
+    assert "STALE" in line
+    with pytest.raises(SystemExit, match=r"other settings .*\(retraining-free sp.compress at 50%\)"):
+        quality.main(["--smoke", "--out", str(tmp_path), "--methods", "compress"])
+    quality.main(["--smoke", "--out", str(tmp_path), "--methods", "compress", "--replace"])
+    rows = {
+        (r["method"], r["budget"]): r
+        for r in json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
+    }
+    assert (
+        rows[("retraining-free sp.compress", 0.5)]["settings"]["compress_protocol"]
+        == quality.COMPRESS_PROTOCOL
+    )
+    assert rows[("retraining-free sp.compress", 0.5)]["measured"] == "run 5"
+    assert rows[("Taylor + sp.allocate (global)", 0.5)]["measured"] == "run 1"
 
 
 def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
