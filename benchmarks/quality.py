@@ -734,7 +734,10 @@ class TaskContext:
             shutil.rmtree(folder)
 
     def run_dir(self, method: str, budget: float) -> Path:
-        return self.work_dir(method, budget, self.settings(method))
+        settings = self.settings(method)
+        if not _is_shape(budget, self.args):  # the shape options do not shape this student (same_settings)
+            settings.pop("shape", None)
+        return self.work_dir(method, budget, settings)
 
 
 # --------------------------------------------------------------------------- the rows
@@ -965,9 +968,26 @@ def _check_foldable(task_name: str, mine: dict, theirs: dict, path: Path) -> Non
         raise SystemExit(f"--merge {path}: {task_name} rows measured in both: {'; '.join(both)}")
 
 
+def same_settings(stored: dict | None, settings: dict, budget: float | None) -> bool:
+    """Whether a row of ``budget`` stored with ``stored`` settings counts as measured with ``settings``.
+
+    The shape options (``settings["shape"]``: ``--shape-budget``, ``--shape-layers``, ``--shape-hidden``,
+    ``--shape-reconstruct``) shape only the student at the shape budget; a student at another budget ignores
+    them, so changing them re-measures (and marks stale) the shape students alone."""
+    if stored is None:
+        return False
+
+    def relevant(s: dict) -> dict:
+        shape = s.get("shape")
+        other = shape and (budget is None or abs(budget - shape[0]) > 1e-9)
+        return {k: v for k, v in s.items() if k != "shape"} if other else s
+
+    return relevant(stored) == relevant(settings)
+
+
 def usable(row: dict | None, settings: dict, args) -> bool:
     """A stored row counts as measured when it has metrics for these settings (and speedups when asked)."""
-    if not row or "metrics" not in row or row.get("settings") != settings:
+    if not row or "metrics" not in row or not same_settings(row.get("settings"), settings, row["budget"]):
         return False
     return args.no_latency or bool(row.get("latency"))
 
@@ -1008,7 +1028,7 @@ def refuse_replacing(
         return
     stored = {(r["method"], r["budget"]): r for r in rows if "metrics" in r}
     other = [f"{m}" + (f" at {b:.0%}" if b is not None else "") for m, b, settings in planned
-             if (m, b) in stored and stored[(m, b)].get("settings") != settings]  # fmt: skip
+             if (m, b) in stored and not same_settings(stored[(m, b)].get("settings"), settings, b)]  # fmt: skip
     if other:
         raise SystemExit(
             f"{task_name}: {_state_path(args)} holds rows measured with other settings that this run would "
@@ -1088,10 +1108,12 @@ def is_current(entry: dict, row: dict) -> bool:
     if not current:
         return True
     if row["method"] == DISTILLED:
-        return row.get("settings") == current.get("distilled")
-    if row["method"] == RETRAINING_FREE and "compress" in current:
-        return row.get("settings") == current["compress"]
-    return row.get("settings") == current["students" if row["method"] in STUDENTS else "rows"]
+        expected = current.get("distilled")
+    elif row["method"] == RETRAINING_FREE and "compress" in current:
+        expected = current["compress"]
+    else:
+        expected = current["students" if row["method"] in STUDENTS else "rows"]
+    return expected is not None and same_settings(row.get("settings"), expected, row["budget"])
 
 
 def _order(row: dict) -> tuple:

@@ -223,6 +223,32 @@ def test_quality_smoke(tmp_path):
     assert rows[("Taylor + sp.allocate (global)", 0.5)]["measured"] == "run 1"
 
 
+def test_quality_shape_options_re_measure_the_shape_students_only(tmp_path):
+    """--shape-* options shape the student at the shape budget alone: changing them marks stale and re-measures
+    the 10% (shape) students, never the students at other budgets."""
+    quality = _script("quality")
+    quality.main(["--smoke", "--out", str(tmp_path), "--methods", "distilled", "fine-tuned", "--no-latency"])
+    rerun = ["--smoke", "--out", str(tmp_path), "--methods", "distilled", "fine-tuned", "--no-latency"]
+    with pytest.raises(SystemExit, match="other settings") as err:
+        quality.main([*rerun, "--shape-reconstruct"])
+    assert "at 10%" in str(err.value) and "at 50%" not in str(err.value)
+    state = json.loads((tmp_path / "quality.json").read_text())
+    entry = state["tasks"]["sst2"]
+    students = [r for r in entry["rows"] if r["method"] != "dense teacher"]
+    assert {r["budget"] for r in students} == {0.5, 0.1}
+    quality.main([*rerun, "--shape-reconstruct", "--replace"])
+    entry = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]
+    measured = {
+        (r["method"], r["budget"]): r["measured"] for r in entry["rows"] if r["method"] != "dense teacher"
+    }
+    assert {b: m for (_, b), m in measured.items()} == {0.5: "run 1", 0.1: "run 2"}
+    assert all(quality.is_current(entry, r) for r in entry["rows"])
+    shape = entry["current"]["students"]["shape"]
+    assert shape[-1] == "reconstruct" and not quality.same_settings(
+        {**entry["current"]["students"], "shape": shape[:-1]}, entry["current"]["students"], shape[0]
+    )
+
+
 def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
     """One task's rows measured by two processes (e.g. retraining-free rows and students at once) fold into
     one table; a clash of rows, settings or teachers is an error that leaves the state as it was."""
