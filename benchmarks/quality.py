@@ -163,9 +163,11 @@ DISTILL_MARGIN = {0.25: 1.0, 0.1: 1.0}
 
 # What sp.compress weighs before it picks, stored in the retraining-free rows' settings: a row measured under
 # an older protocol is shown as stale, and a rerun with ``--replace`` re-measures it. Bump it when compress
-# changes what it picks. 2: the search with and without each of Kwon et al.'s rearrangements (heads, neurons,
-# both) is a candidate, beside the global allocations (1: only the rearranged search was).
-COMPRESS_PROTOCOL = 2
+# changes what it picks. 3: the configured path (search + both rearrangements, reconstructed) is kept unless a
+# candidate's held-back loss is lower by more than CompressConfig.select_margin standard errors (2: the search
+# with and without each of Kwon et al.'s rearrangements is a candidate and the lowest held-back loss wins; 1: only
+# the rearranged search was a candidate).
+COMPRESS_PROTOCOL = 3
 
 
 # --------------------------------------------------------------------------- flags

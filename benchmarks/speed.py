@@ -6,9 +6,10 @@ reconstruction; FFN widths rounded to ``--multiple-of``) and, unless ``--distill
 many SST-2 train sentences (the demo recipe's losses: labels 0.5, logits 1.0 at T=2, hidden states 1.0).
 ``--shallow F:K`` adds a student of F FLOPs in K layers (the same FLOPs in fewer, wider layers).
 
-Each model then runs in three runtimes: PyTorch fp32; ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``:
-fused Attention / SkipLayerNormalization / BiasGelu, parity-checked); ONNX Runtime int8
-(``sp.quantize_onnx`` of that graph). Accuracy: the SST-2 validation set in each runtime (int8 changes
+Each model then runs in four runtimes: PyTorch fp32 (eager); PyTorch fp32 under ``torch.compile`` (TorchInductor:
+the same model as one graph with fused element-wise kernels, no Python between the layers; ``--compile-backend``);
+ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``: fused Attention / SkipLayerNormalization / BiasGelu,
+parity-checked); ONNX Runtime int8 (``sp.quantize_onnx`` of that graph). Accuracy: the SST-2 validation set in each runtime (int8 changes
 it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin
 in one loop (warm-up, then the median), ``--timing-threads`` (default ``--threads``) threads in both runtimes;
 ONNX Runtime's threads spin during a run and stop when it returns (``_common.ort_session``), so one session cannot
@@ -44,7 +45,10 @@ from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 logger = logging.getLogger("speed")
 
-RUNTIMES = ("PyTorch fp32", "ONNX Runtime fp32 (fused)", "ONNX Runtime int8")
+RUNTIMES = ("PyTorch fp32", "PyTorch fp32, torch.compile", "ONNX Runtime fp32 (fused)", "ONNX Runtime int8")
+# torch.compile keys its cache on the code it compiles, which every model here shares (the same classes): the
+# defaults (8 entries per frame) would fall back to eager after a few models and shapes, silently
+DYNAMO_CACHE_LIMIT = 256
 
 
 def parse_args(argv=None):
@@ -85,6 +89,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--val-examples", type=int, default=None, help="first N validation sentences (default: all)"
     )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled runtime (default inductor: needs a C++ compiler on CPU; "
+        "--smoke uses aot_eager)",
+    )
     args = p.parse_args(argv)
     args.shallow = [_shallow(s) for s in args.shallow]
     if args.smoke:
@@ -95,6 +105,9 @@ def parse_args(argv=None):
         args.warmup, args.repeat, args.repeat_large = 1, 2, 2
         args.calib, args.distill_examples, args.val_examples = 32, 32, 32
         args.multiple_of = 8
+        args.compile_backend = (
+            "aot_eager"  # the graph capture without compiling kernels: seconds, no compiler
+        )
     return args
 
 
@@ -163,14 +176,17 @@ def students(teacher, tok, args) -> list[tuple[str, float | None, torch.nn.Modul
 # --------------------------------------------------------------------------- runtimes
 
 
-def runtimes(model, tag: str, tmp: Path, threads: int):
-    """``({runtime: callable(batch) -> logits}, FusionReport)``: PyTorch fp32, the fused ONNX graph and its
-    int8 version."""
+def runtimes(model, tag: str, tmp: Path, threads: int, backend: str = "inductor"):
+    """``({runtime: callable(batch) -> logits}, FusionReport)``: PyTorch fp32 eager and compiled, the fused ONNX
+    graph and its int8 version."""
     fused = sp.export_onnx(model, tmp / f"{tag}.onnx", optimize=True)
     logger.info("%s: %s (max |ORT - torch| %.1e)", tag, fused.fusion.summary(), fused.max_abs_diff)
     int8 = sp.quantize_onnx(fused, tmp / f"{tag}-int8.onnx")
-    out = {RUNTIMES[0]: _torch_runner(model)}
-    for runtime, path in zip(RUNTIMES[1:], (fused.path, int8), strict=True):
+    out = {
+        RUNTIMES[0]: _torch_runner(model),
+        RUNTIMES[1]: _torch_runner(torch.compile(model, backend=backend, dynamic=False)),
+    }
+    for runtime, path in zip(RUNTIMES[2:], (fused.path, int8), strict=True):
         out[runtime] = _ort_runner(C.ort_session(path, threads))  # the timing threads
     return out, fused.fusion
 
@@ -194,6 +210,19 @@ def _busy_text(busy: dict[int, float | None]) -> str:
     return ", ".join(f"batch {b}: " + ("unknown" if v is None else f"{v:.2f}") for b, v in busy.items())
 
 
+def padded(batches: list[dict], length: int, pad_id: int) -> list[dict]:
+    """``batches`` padded to ``length`` tokens: the compiled runtime is compiled for static shapes (one graph per
+    input shape, as a server padding to a fixed length runs it), so its accuracy pass sees two shapes, not one per
+    batch; padding changes no prediction (the attention mask hides it)."""
+    out = []
+    for b in batches:
+        extra = length - b["input_ids"].shape[1]
+        fill = {"input_ids": pad_id}
+        out.append({k: torch.nn.functional.pad(v, (0, extra), value=fill.get(k, 0)) if v.dim() == 2 else v
+                    for k, v in b.items()})  # fmt: skip
+    return out
+
+
 def accuracy(run, batches: list[dict]) -> float:
     correct = total = 0
     for b in batches:
@@ -215,13 +244,20 @@ def main(argv=None) -> Path:
         path, source = teacher_path(args)
         teacher, tok = C.load_teacher(path), C.tokenizer_for(path)
     val_rows = C.load_examples("sst2", "validation", args.data_dir, limit=args.val_examples)
-    val = C.make_batches(val_rows, tok, "sst2", batch_size=64, max_length=128)
+    val = C.make_batches(val_rows, tok, "sst2", batch_size=64, max_length=args.seq)
+    val_static = padded(val, args.seq, tok.pad_token_id or 0)
     tmp = Path(tempfile.mkdtemp(prefix="sp-speed-"))
     models = students(teacher, tok, args)
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = DYNAMO_CACHE_LIMIT
+    torch._dynamo.config.accumulated_cache_size_limit = DYNAMO_CACHE_LIMIT * 4
 
     runs, rows = {}, []
     for i, (name, _, model) in enumerate(models):
-        per_runtime, fusion = runtimes(model, f"m{i}", tmp, args.timing_threads or args.threads)
+        per_runtime, fusion = runtimes(
+            model, f"m{i}", tmp, args.timing_threads or args.threads, args.compile_backend
+        )
         st = sp.arch.view(model).structure
         kept = flops_fraction(model, args.seq)
         for runtime, run in per_runtime.items():
@@ -232,8 +268,8 @@ def main(argv=None) -> Path:
                     "layers x heads, FFN": f"{len(st.layers)} x {sum(st.heads_per_layer)}, {sum(st.ffn_per_layer)}",
                     "FLOPs kept": kept,
                     "runtime": runtime,
-                    "fused": fusion.summary() if runtime != RUNTIMES[0] else "",
-                    "SST-2 acc %": accuracy(run, val),
+                    "fused": fusion.summary() if runtime.startswith("ONNX") else "",
+                    "SST-2 acc %": accuracy(run, val_static if runtime == RUNTIMES[1] else val),
                 }
             )
             logger.info("%s / %s: accuracy %.2f", name, runtime, rows[-1]["SST-2 acc %"])
@@ -279,7 +315,10 @@ def main(argv=None) -> Path:
         f"warm-up rounds, then the median of {args.repeat} (batch < 8) / {args.repeat_large} (batch >= 8) "
         f"rounds, every model x runtime in one round robin; {args.timing_threads or args.threads} threads "
         "(torch.set_num_threads; ONNX Runtime intra-op threads, spinning only during a run). Other processes' "
-        f"load while timing (cores): {_busy_text(busy)}. ONNX Runtime fp32: `sp.export_onnx(model, path, "
+        f"load while timing (cores): {_busy_text(busy)}. torch.compile: `torch.compile(model, "
+        f"backend={args.compile_backend!r}, dynamic=False)`, static shapes: its accuracy pass pads the validation "
+        f"batches to {args.seq} tokens, and each input shape is compiled once, on the accuracy pass or in the "
+        "warm-up rounds. ONNX Runtime fp32: `sp.export_onnx(model, path, "
         "optimize=True)`; int8: `sp.quantize_onnx` of that graph (dynamic quantization).\n\n"
         "Speedup: dense PyTorch fp32 ms / this ms. Efficiency: speedup x FLOPs kept (= speedup / FLOPs "
         "reduction). Efficiency, same runtime: the same against the dense model in this row's runtime.\n\n"

@@ -449,9 +449,19 @@ def test_speed_smoke(tmp_path):
     header, body = rows[0], rows[1:]
     for col in ("SST-2 acc %", "b1 ms", "b1 efficiency", "b2 speedup", "b2 efficiency, same runtime"):
         assert col in header
-    runtimes = ["PyTorch fp32", "ONNX Runtime fp32 (fused)", "ONNX Runtime int8"]
+    runtimes = [
+        "PyTorch fp32",
+        "PyTorch fp32, torch.compile",
+        "ONNX Runtime fp32 (fused)",
+        "ONNX Runtime int8",
+    ]
     models = ["dense", "50% FLOPs", "50% FLOPs, 1 layer"]
     assert [(r[0], r[2]) for r in body] == [(m, rt) for m in models for rt in runtimes]
+    acc = header.index("SST-2 acc %")
+    for i in range(
+        0, len(body), len(runtimes)
+    ):  # compiled on statically padded batches: the same predictions
+        assert body[i + 1][acc] == body[i][acc]
     eff = header.index("b1 efficiency")
     flops = header.index("FLOPs kept")
     speedup = header.index("b1 speedup")

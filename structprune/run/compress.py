@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
 
 from ..allocation.allocate import allocate
@@ -34,7 +35,7 @@ from ..scoring import available_scorers, score, scorer_options
 from ..scoring.gradients import GateGradients, gate_gradients
 from ..scoring.shape import score_shape
 from ..surgery.prune import prune_
-from .select import heldout_loss, reference_logits, split_holdout, taylor_from
+from .select import clearly_lower, heldout_losses, reference_logits, split_holdout, taylor_from
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,11 @@ class CompressConfig:
     method: str = field(default="fisher", metadata={"help": "Importance scorer (see structprune.available_scorers())."})  # fmt: skip
     label_free: bool | None = field(default=None, metadata={"help": "Score against the model's own predictions; None: only when the batches have no labels."})  # fmt: skip
     search: bool = field(default=True, metadata={"help": "Constrained mask search (False: sp.allocate's global per-layer-normalized ranking)."})  # fmt: skip
-    rearrange: bool = field(default=True, metadata={"help": "Refine the search's mask within layers with Fisher interactions (method='fisher'); with select, of its heads, its neurons, both or neither, whichever has the lowest held-back loss."})  # fmt: skip
+    rearrange: bool = field(default=True, metadata={"help": "Refine the search's mask within layers with Fisher interactions (method='fisher'); with select, the search with no or one rearrangement is weighed beside it."})  # fmt: skip
     reconstruct: ReconstructConfig | None = field(default_factory=ReconstructConfig, metadata={"help": "Layer-wise least-squares reconstruction after surgery (a ReconstructConfig, a dict of its options, True for the defaults, or False/None for none)."})  # fmt: skip
     select: bool = field(default=True, metadata={"help": "Choose among candidates (search with or without rearrangement / global allocation of Fisher and Taylor scores, with and without reconstruction) by the loss on held-back calibration examples."})  # fmt: skip
     holdout: float = field(default=0.25, metadata={"help": "Share of the calibration examples held back to choose among candidates (select=True)."})  # fmt: skip
+    select_margin: float = field(default=2.0, metadata={"help": "select=True keeps the configured path (search + rearrangement + reconstruction) unless another candidate's held-back loss is lower by more than this many standard errors of the per-example difference (0: the lowest loss wins)."})  # fmt: skip
     num_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples (a few hundred to ~2000)."})  # fmt: skip
     seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted (and latency measured)."})  # fmt: skip
     min_heads: int = field(default=1, metadata={"help": "Heads every kept layer keeps at least."})
@@ -96,6 +98,12 @@ class CompressConfig:
             )
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}.")
+        if (
+            isinstance(self.select_margin, bool)
+            or not isinstance(self.select_margin, int | float)
+            or not 0 <= self.select_margin < float("inf")
+        ):
+            raise ValueError(f"select_margin must be a finite number >= 0, got {self.select_margin!r}.")
         if self.method not in available_scorers():
             raise ValueError(
                 f"Unknown method {self.method!r}; choose one of {', '.join(available_scorers())}."
@@ -318,37 +326,61 @@ def compress(
         t = time.perf_counter()
         ref_logits = reference_logits(reference, held) if label_free else None
 
-        plain: dict[str, float] = {}  # held-back loss of a candidate not reconstructed, measured once
+        plain: dict[
+            str, torch.Tensor
+        ] = {}  # held-back losses of a candidate not reconstructed, measured once
 
-        def loss_of(mname: str, m: Mask, fitted: bool, base: nn.Module, reference: nn.Module):
+        def losses_of(
+            mname: str, m: Mask, fitted: bool, base: nn.Module = base, reference: nn.Module = reference
+        ):
             cand = copy.deepcopy(base)
             prune_(cand, m)
             report_c = reconstruct(cand, reference, fit, recon_cfg) if fitted else None
             if fitted:
-                return heldout_loss(cand, held, label_free=label_free, reference=ref_logits), cand, report_c
+                return heldout_losses(cand, held, label_free=label_free, reference=ref_logits), cand, report_c
             if mname not in plain:
-                plain[mname] = heldout_loss(cand, held, label_free=label_free, reference=ref_logits)
+                plain[mname] = heldout_losses(cand, held, label_free=label_free, reference=ref_logits)
             return plain[mname], cand, None
 
-        # the search with and without each rearrangement: only the one with the lowest held-back loss as it stands
-        # is worth a reconstruction (they refine one another; reconstructing each would multiply the cost)
-        family = {k: m for k, m in masks.items() if k.startswith("search")}
+        # The configured path (the search with both rearrangements, as the paper does; else the global allocation)
+        # is the default. Of the search's other variants only the one with the lowest held-back loss as it stands
+        # is reconstructed beside it (they refine one another; reconstructing each would multiply the cost).
+        family = {k: m for k, m in masks.items() if k.startswith("search") and k != name}
         skip_fit = set()
-        if any(m != next(iter(family.values())) for m in family.values()):
-            losses = {k: loss_of(k, m, False, base, reference)[0] for k, m in family.items()}
-            skip_fit = set(losses) - {min(losses, key=losses.get)}
-        seen: list = []
-        best = None
+        if family:
+            plain_loss = {k: float(losses_of(k, m, False)[0].mean()) for k, m in family.items()}
+            skip_fit = set(plain_loss) - {min(plain_loss, key=plain_loss.get)}
+        default = (name, fits(mask))
+        seen: list[tuple[Mask, str]] = []
+        best = kept_default = None
         for mname, m in masks.items():
-            if any(m == other for other in seen):
+            same = next((other for mm, other in seen if m == mm), None)
+            if same is not None:  # the same mask under another name: measured there
+                if mname == name:
+                    default = (same, default[1])
                 continue
-            seen.append(m)
+            seen.append((m, mname))
             for fitted in (True, False) if fits(m) and mname not in skip_fit else (False,):
                 label = f"{mname}, {'reconstructed' if fitted else 'not reconstructed'}"
-                candidates[label], cand, report_c = loss_of(mname, m, fitted, base, reference)
-                if best is None or candidates[label] < best[0]:
-                    best = (candidates[label], (mname, fitted), m, cand.state_dict(), report_c)
+                losses, cand, report_c = losses_of(mname, m, fitted)
+                candidates[label] = float(losses.mean())
+                entry = (losses, (mname, fitted), m, cand.state_dict(), report_c)
+                if best is None or candidates[label] < float(best[0].mean()):
+                    best = entry
+                if (mname, fitted) == default:
+                    kept_default = entry
                 del cand
+        # within noise of the configured path, keep it: a few hundred held-back examples do not rank candidates
+        # that close (structprune.run.select)
+        if (
+            kept_default is not None
+            and best is not kept_default
+            and not clearly_lower(best[0], kept_default[0], cfg.select_margin)
+        ):
+            logger.info("compress: %s not clearly below the configured %s on the held-back examples "
+                        "(margin %g standard errors): kept the configured path", best[1][0], name,
+                        cfg.select_margin)  # fmt: skip
+            best = kept_default
         _, choice, mask, state, recon = best
         logger.info("compress: held-back loss of the candidates: %s",
                     "; ".join(f"{k} {v:.4g}" for k, v in sorted(candidates.items(), key=lambda kv: kv[1])))  # fmt: skip
