@@ -134,9 +134,12 @@ def test_compress_returns_a_smaller_sentence_transformer(st):
     assert got.shape == want.shape
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(len(HELD)))  # Normalize kept
     assert 0 < float(embedding_distance(got, want).mean()) < 0.5
-    # candidates were chosen by the held-out cosine distance from the unpruned embeddings
+    # candidates were weighed by the held-out cosine distance from the unpruned embeddings: the configured path
+    # is kept unless another is clearly closer (select_margin)
     assert len(report.candidates) >= 2 and all(0 <= v < 1 for v in report.candidates.values())
-    assert report.candidates[report.choice] == min(report.candidates.values())
+    assert report.choice == "search+rearrange, reconstructed" or report.candidates[report.choice] == min(
+        report.candidates.values()
+    )
 
 
 def test_compress_beats_random_pruning_on_the_embedding_objective(tmp_path):
