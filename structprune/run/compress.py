@@ -326,9 +326,8 @@ def compress(
         t = time.perf_counter()
         ref_logits = reference_logits(reference, held) if label_free else None
 
-        plain: dict[
-            str, torch.Tensor
-        ] = {}  # held-back losses of a candidate not reconstructed, measured once
+        # held-back losses of a candidate not reconstructed, measured once
+        plain: dict[str, torch.Tensor] = {}
 
         def losses_of(
             mname: str, m: Mask, fitted: bool, base: nn.Module = base, reference: nn.Module = reference

@@ -113,9 +113,8 @@ def heldout_losses(
             else:
                 logits, labels = getattr(out, "logits", None), labels_of(batch)
                 multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
-                if (
-                    logits is None or labels is None or multi_label
-                ):  # spans, multi-label: the model's own loss
+                # spans, multi-label: the model's own loss for the batch, for each of its examples
+                if logits is None or labels is None or multi_label:
                     loss = model(**batch).loss.reshape(1).expand(n)
                 elif logits.shape[-1] == 1:  # regression head
                     loss = (logits.float().reshape(labels.shape) - labels.float()).pow(2)
