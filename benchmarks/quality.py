@@ -38,8 +38,8 @@ wall time of the compression (pruning, plus training for the students).
 
 Results accumulate in ``<out>/quality.json`` beside ``<out>/quality.md``: a rerun skips every row already
 measured with the same settings (teacher content, data, budgets, training options, for compress its
-``COMPRESS_PROTOCOL``), re-measures the dense
-teacher, and rewrites the tables after each row, so the run can be stopped and started again at any time.
+``COMPRESS_PROTOCOL``), re-measures the dense teacher, and rewrites the tables after each row, so the run
+can be stopped and started again at any time.
 A student row is resumable within itself too (an MPNet student trains for an hour or more on 2 CPU cores):
 its compressed start is saved once per budget and settings, and its training checkpoints a few times per
 epoch, under ``--work-dir`` (default ``$STRUCTPRUNE_CACHE/quality-work``, never the repository), so a
