@@ -41,6 +41,7 @@ import _common as C  # noqa: E402
 
 import structprune as sp  # noqa: E402
 from structprune.allocation.latency import synthetic_batch  # noqa: E402
+from structprune.data import make_dataloader  # noqa: E402
 from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 logger = logging.getLogger("speed")
@@ -105,9 +106,8 @@ def parse_args(argv=None):
         args.warmup, args.repeat, args.repeat_large = 1, 2, 2
         args.calib, args.distill_examples, args.val_examples = 32, 32, 32
         args.multiple_of = 8
-        args.compile_backend = (
-            "aot_eager"  # the graph capture without compiling kernels: seconds, no compiler
-        )
+        # the graph capture without compiling kernels: seconds, no compiler
+        args.compile_backend = "aot_eager"
     return args
 
 
@@ -139,8 +139,6 @@ def students(teacher, tok, args) -> list[tuple[str, float | None, torch.nn.Modul
     if args.distill_examples:
         pool = C.load_examples("sst2", "train", args.data_dir, seed=args.seed + 1)
         rows = pool.select(range(min(args.distill_examples, len(pool))))
-        from structprune.data import make_dataloader
-
         train = make_dataloader(rows, tok, "sst2", batch_size=32, max_length=64, shuffle=True, seed=args.seed)
     out = [("dense", None, teacher)]
     budgets = [(f, None) for f in args.fractions] + [(f, k) for f, k in args.shallow]
@@ -210,19 +208,6 @@ def _busy_text(busy: dict[int, float | None]) -> str:
     return ", ".join(f"batch {b}: " + ("unknown" if v is None else f"{v:.2f}") for b, v in busy.items())
 
 
-def padded(batches: list[dict], length: int, pad_id: int) -> list[dict]:
-    """``batches`` padded to ``length`` tokens: the compiled runtime is compiled for static shapes (one graph per
-    input shape, as a server padding to a fixed length runs it), so its accuracy pass sees two shapes, not one per
-    batch; padding changes no prediction (the attention mask hides it)."""
-    out = []
-    for b in batches:
-        extra = length - b["input_ids"].shape[1]
-        fill = {"input_ids": pad_id}
-        out.append({k: torch.nn.functional.pad(v, (0, extra), value=fill.get(k, 0)) if v.dim() == 2 else v
-                    for k, v in b.items()})  # fmt: skip
-    return out
-
-
 def accuracy(run, batches: list[dict]) -> float:
     correct = total = 0
     for b in batches:
@@ -245,7 +230,12 @@ def main(argv=None) -> Path:
         teacher, tok = C.load_teacher(path), C.tokenizer_for(path)
     val_rows = C.load_examples("sst2", "validation", args.data_dir, limit=args.val_examples)
     val = C.make_batches(val_rows, tok, "sst2", batch_size=64, max_length=args.seq)
-    val_static = padded(val, args.seq, tok.pad_token_id or 0)
+    # the compiled runtime is compiled for static shapes (one graph per input shape, as a server padding to a fixed
+    # length runs it): its accuracy pass gets the same batches padded to --seq tokens (the attention mask hides it)
+    val_static = list(
+        make_dataloader(val_rows, tok, "sst2", batch_size=64, max_length=args.seq, bucket=False,
+                        pad_to_multiple_of=args.seq)
+    )  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="sp-speed-"))
     models = students(teacher, tok, args)
     import torch._dynamo

@@ -10,8 +10,9 @@ outputs, or for an embedding model the mean cosine distance from its sentence em
 every candidate's held-out loss.
 
 A few hundred held-back examples rank candidates that differ by a collapse (all-mpnet-base-v2's rearranged
-search at chance) but not candidates within noise of each other (MiniLM on SST-2: the search's rearrangement
-variants within 1.6 points of validation accuracy, and the lowest held-back loss not the best of them). So the
+search at chance) but not candidates within noise of each other (MiniLM on SST-2, without reconstruction: the
+search's rearrangement variants within 0.7 points of validation accuracy, and the lowest held-back loss the
+worst of them; ``benchmarks/results/rearrange_minilm_sst2.md``). So the
 configured path stays unless another candidate's loss is lower by more than ``margin`` standard errors of the
 per-example difference (paired over the same held-back examples): :func:`clearly_lower`.
 """
