@@ -6,11 +6,12 @@ reconstruction; FFN widths rounded to ``--multiple-of``) and, unless ``--distill
 many SST-2 train sentences (the demo recipe's losses: labels 0.5, logits 1.0 at T=2, hidden states 1.0).
 ``--shallow F:K`` adds a student of F FLOPs in K layers (the same FLOPs in fewer, wider layers).
 
-Each model then runs in four runtimes: PyTorch fp32 (eager); PyTorch fp32 under ``torch.compile`` (TorchInductor:
+Each model then runs in five runtimes: PyTorch fp32 (eager); PyTorch fp32 under ``torch.compile`` (TorchInductor:
 the same model as one graph with fused element-wise kernels, no Python between the layers; ``--compile-backend``);
 ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``: fused Attention / SkipLayerNormalization / BiasGelu,
-parity-checked); ONNX Runtime int8 (``sp.quantize_onnx`` of that graph). Accuracy: the SST-2 validation set in each runtime (int8 changes
-it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin
+parity-checked); ONNX Runtime int8 (``sp.quantize_onnx`` of that graph: one scale per weight column), and the
+same with one scale per weight matrix (``per_channel=False``, onnxruntime's default) for comparison.
+Accuracy: the SST-2 validation set in each runtime (int8 changes it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin
 in one loop (warm-up, then the median), ``--timing-threads`` (default ``--threads``) threads in both runtimes;
 ONNX Runtime's threads spin during a run and stop when it returns (``_common.ort_session``), so one session cannot
 steal the next one's cores. On a shared machine ``--pause-while-timing PATTERN ...`` pauses the other jobs while
@@ -46,7 +47,13 @@ from structprune.recovery.distill import flops_fraction  # noqa: E402
 
 logger = logging.getLogger("speed")
 
-RUNTIMES = ("PyTorch fp32", "PyTorch fp32, torch.compile", "ONNX Runtime fp32 (fused)", "ONNX Runtime int8")
+RUNTIMES = (
+    "PyTorch fp32",
+    "PyTorch fp32, torch.compile",
+    "ONNX Runtime fp32 (fused)",
+    "ONNX Runtime int8",
+    "ONNX Runtime int8, one scale per matrix",
+)
 # torch.compile keys its cache on the code it compiles, which every model here shares (the same classes): the
 # defaults (8 entries per frame) would fall back to eager after a few models and shapes, silently
 DYNAMO_CACHE_LIMIT = 256
@@ -176,15 +183,17 @@ def students(teacher, tok, args) -> list[tuple[str, float | None, torch.nn.Modul
 
 def runtimes(model, tag: str, tmp: Path, threads: int, backend: str = "inductor"):
     """``({runtime: callable(batch) -> logits}, FusionReport)``: PyTorch fp32 eager and compiled, the fused ONNX
-    graph and its int8 version."""
+    graph and its int8 versions (``sp.quantize_onnx``'s default, one scale per weight column, and onnxruntime's
+    default, one per matrix)."""
     fused = sp.export_onnx(model, tmp / f"{tag}.onnx", optimize=True)
     logger.info("%s: %s (max |ORT - torch| %.1e)", tag, fused.fusion.summary(), fused.max_abs_diff)
     int8 = sp.quantize_onnx(fused, tmp / f"{tag}-int8.onnx")
+    per_tensor = sp.quantize_onnx(fused, tmp / f"{tag}-int8-per-tensor.onnx", per_channel=False)
     out = {
         RUNTIMES[0]: _torch_runner(model),
         RUNTIMES[1]: _torch_runner(torch.compile(model, backend=backend, dynamic=False)),
     }
-    for runtime, path in zip(RUNTIMES[2:], (fused.path, int8), strict=True):
+    for runtime, path in zip(RUNTIMES[2:], (fused.path, int8, per_tensor), strict=True):
         out[runtime] = _ort_runner(C.ort_session(path, threads))  # the timing threads
     return out, fused.fusion
 
@@ -309,7 +318,9 @@ def main(argv=None) -> Path:
         f"backend={args.compile_backend!r}, dynamic=False)`, static shapes: its accuracy pass pads the validation "
         f"batches to {args.seq} tokens, and each input shape is compiled once, on the accuracy pass or in the "
         "warm-up rounds. ONNX Runtime fp32: `sp.export_onnx(model, path, "
-        "optimize=True)`; int8: `sp.quantize_onnx` of that graph (dynamic quantization).\n\n"
+        "optimize=True)`; int8: `sp.quantize_onnx` of that graph (dynamic quantization, one scale per weight "
+        "column, its default); int8, one scale per matrix: the same with `per_channel=False` (onnxruntime's "
+        "default).\n\n"
         "Speedup: dense PyTorch fp32 ms / this ms. Efficiency: speedup x FLOPs kept (= speedup / FLOPs "
         "reduction). Efficiency, same runtime: the same against the dense model in this row's runtime.\n\n"
     )

@@ -454,6 +454,7 @@ def test_speed_smoke(tmp_path):
         "PyTorch fp32, torch.compile",
         "ONNX Runtime fp32 (fused)",
         "ONNX Runtime int8",
+        "ONNX Runtime int8, one scale per matrix",
     ]
     models = ["dense", "50% FLOPs", "50% FLOPs, 1 layer"]
     assert [(r[0], r[2]) for r in body] == [(m, rt) for m in models for rt in runtimes]

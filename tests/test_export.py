@@ -163,6 +163,38 @@ def test_int8_on_top_of_the_optimized_graph_runs_and_stays_close(optimized_uneve
     assert q.stat().st_size < 0.6 * out.path.stat().st_size
 
 
+@pytest.mark.parametrize("optimize", [False, True])
+def test_int8_per_channel_handles_a_layer_whose_ffn_was_pruned_away(optimize, tmp_path):
+    """A layer with no FFN neurons left exports zero-width weights; onnxruntime's per-channel quantizer fails on
+    them, so quantize_onnx leaves them as they are and quantizes the rest, one scale per output column."""
+    model = tiny.model("bert")
+    mask = sp.Mask.full(model)
+    mask.ffn[1, :] = False  # layer 1: FFN gone
+    mask.head[2, [0, 1]] = False
+    model = sp.prune_(model, mask).eval()
+    out = sp.export_onnx(model, tmp_path / "m.onnx", optimize=optimize)
+    graph = onnx.load(str(out)).graph
+    empty = {i.name for i in graph.initializer if 0 in i.dims}
+    assert empty  # the zero-width FFN weights are in the graph
+    inputs = example_inputs(model, batch_size=8, seq_len=24, seed=5)
+    with torch.no_grad():
+        want = model(**inputs).logits
+    for per_channel in (True, False):
+        q = sp.quantize_onnx(out, tmp_path / f"m-int8-{per_channel}.onnx", per_channel=per_channel)
+        qgraph = onnx.load(str(q)).graph
+        scales = [
+            i
+            for i in qgraph.initializer
+            if i.name.endswith("_scale") and i.data_type == onnx.TensorProto.FLOAT
+        ]
+        assert any(len(i.dims) == 1 and i.dims[0] > 1 for i in scales) == per_channel  # a scale per column
+        untouched = [n for n in qgraph.node if empty.intersection(n.input)]
+        assert "MatMul" in {n.op_type for n in untouched}  # left in fp32
+        assert not {"MatMulInteger", "QAttention"}.intersection(n.op_type for n in untouched)
+        diff = onnx_max_abs_diff(model, q, inputs)
+        assert 0 < diff < 0.05 * float(want.abs().max()) + 1e-3
+
+
 def test_a_family_the_optimizer_cannot_fuse_warns_and_stays_correct(tmp_path):
     model = pruned("mpnet")  # MPNet adds a relative position bias inside attention: no Attention pattern
     with pytest.warns(UserWarning, match=r"fused only part of mpnet\.onnx: Attention: 0 of 2") as caught:
