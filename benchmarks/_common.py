@@ -582,7 +582,8 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 
 def ort_session(path: Path, threads: int):
-    """A CPU onnxruntime session with ``threads`` intra-op threads and all graph optimizations.
+    """A CPU onnxruntime session with ``threads`` intra-op threads: ``sp.onnx_session`` (all graph optimizations
+    but the CPU-slow ``SkipLayerNormFusion``).
 
     Its threads spin while a run is under way (ONNX Runtime's default, as PyTorch's OpenMP threads do) and stop
     spinning the moment the run returns (``session.force_spinning_stop=1``): the benchmarks time several sessions
@@ -598,7 +599,9 @@ def ort_session(path: Path, threads: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
     opts.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from structprune.export import onnx_session
+
+    return onnx_session(path, threads=threads, options=opts)
 
 
 def ort_accuracy(session, batches: list[dict]) -> float:

@@ -207,12 +207,12 @@ def main(argv=None) -> Path:
         f"{args.repeat_large} (batch >= 8) runs, dense and pruned alternating; {args.threads} threads "
         "(torch.set_num_threads; ORT intra_op_num_threads, threads spinning only during a run: `_common.ort_session`). ONNX: "
         + (
-            "`sp.export_onnx(model, path, optimize=True)` (ONNX Runtime's fused Attention, SkipLayerNormalization, "
+            "`sp.export_onnx(model, path, optimize=True)` (ONNX Runtime's fused Attention, LayerNormalization, "
             "BiasGelu)"
             if args.onnx == "fused"
             else "`sp.export_onnx(model, path)` (not fused)"
         )
-        + ", ORT graph optimizations ALL.\n\n"
+        + ", ORT graph optimizations ALL but SkipLayerNormFusion (`sp.onnx_session`).\n\n"
         "Speedup = dense ms / pruned ms. FLOPs reduction = dense / kept encoder FLOPs at this sequence length. "
         "Efficiency = speedup / FLOPs reduction (target >= 0.85 at batch 32).\n\n"
     )

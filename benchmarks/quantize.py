@@ -3,7 +3,7 @@
 The dense SST-2 teacher and a copy pruned to half its encoder FLOPs (Taylor scores on 8 x 32 SST-2 train
 examples, global allocation, no retraining) are each saved with ``sp.save_pretrained``, exported with
 ``sp.export_onnx`` (fp32, parity-checked against PyTorch; plain, and ``optimize=True``: ONNX Runtime's fused
-Attention / SkipLayerNormalization / BiasGelu) and each graph quantized with ``sp.quantize_onnx``
+Attention / LayerNormalization / BiasGelu) and each graph quantized with ``sp.quantize_onnx``
 (onnxruntime dynamic int8: int8 weights, activations quantized per batch; the fused attention becomes
 ``QAttention``). Accuracy is on all 872 SST-2
 validation sentences; latency is the median of alternating runs on full 128-token sequences, every variant

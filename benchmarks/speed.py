@@ -8,7 +8,7 @@ many SST-2 train sentences (the demo recipe's losses: labels 0.5, logits 1.0 at 
 
 Each model then runs in five runtimes: PyTorch fp32 (eager); PyTorch fp32 under ``torch.compile`` (TorchInductor:
 the same model as one graph with fused element-wise kernels, no Python between the layers; ``--compile-backend``);
-ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``: fused Attention / SkipLayerNormalization / BiasGelu,
+ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``: fused Attention / LayerNormalization / BiasGelu,
 parity-checked); ONNX Runtime int8 (``sp.quantize_onnx`` of that graph: one scale per weight column), and the
 same with one scale per weight matrix (``per_channel=False``, onnxruntime's default) for comparison.
 Accuracy: the SST-2 validation set in each runtime (int8 changes it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin

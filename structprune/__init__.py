@@ -47,7 +47,7 @@ _EXPORTS = {
     "arch": ("ArchSpec", "register_architecture"),
     "checkpoint": ("CardInfo", "from_pretrained", "push_to_hub", "save_pretrained"),
     "evaluation": ("evaluate",),
-    "export": ("export_onnx", "quantize_onnx"),
+    "export": ("export_onnx", "onnx_session", "quantize_onnx"),
     "mask": ("Mask", "Scores"),
     "progress": ("set_progress",),
     "recovery.distill": ("DistillConfig", "PruneSchedule", "distill", "finetune"),
@@ -84,6 +84,7 @@ __all__ = [
     "from_pretrained",
     "gate_gradients",
     "measure_latency",
+    "onnx_session",
     "prune_",
     "prune_vocab",
     "push_to_hub",
@@ -123,7 +124,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .arch import ArchSpec, register_architecture
     from .checkpoint import CardInfo, from_pretrained, push_to_hub, save_pretrained
     from .evaluation import evaluate
-    from .export import export_onnx, quantize_onnx
+    from .export import export_onnx, onnx_session, quantize_onnx
     from .mask import Mask, Scores
     from .progress import set_progress
     from .recovery.distill import DistillConfig, PruneSchedule, distill, finetune

@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--optimize",
         action="store_true",
-        help="Run ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu) and say "
+        help="Run ONNX Runtime's transformer fusions (Attention, LayerNormalization, BiasGelu) and say "
         "what fused; the check runs on the optimized graph.",
     )
     ex.add_argument(

@@ -128,7 +128,8 @@ def test_optimized_export_fuses_every_layer_with_its_own_head_count(which, optim
     assert isinstance(out, sp.export.OptimizedOnnx) and out.fusion.complete and out.fusion.missing == []
     layers = len(heads)
     assert out.fusion.fused["Attention"] == layers
-    assert out.fusion.fused["SkipLayerNormalization"] == 2 * layers
+    assert out.fusion.fused["LayerNormalization"] == 2 * layers + 1  # + the embeddings'
+    assert "SkipLayerNormalization" not in out.fusion.fused  # slower on CPU (structprune/export/fusion.py)
     assert out.fusion.fused["BiasGelu"] == layers
     assert _attention_heads(out) == heads  # each layer's count, read from its own reshape
     assert out.max_abs_diff is not None and out.max_abs_diff <= 1e-4
@@ -201,7 +202,7 @@ def test_a_family_the_optimizer_cannot_fuse_warns_and_stays_correct(tmp_path):
         out = sp.export_onnx(model, tmp_path / "mpnet.onnx", optimize=True)
     assert caught[0].filename == __file__  # attributed to the caller's line
     assert not out.fusion.complete and out.fusion.missing == ["Attention: 0 of 2"]
-    assert out.fusion.fused["SkipLayerNormalization"] == 4  # what does fuse still fuses
+    assert out.fusion.fused["LayerNormalization"] == 4  # what does fuse still fuses (the layers')
     assert out.max_abs_diff <= 1e-4
     inputs = example_inputs(model, 3, 11, seed=2)
     assert onnx_max_abs_diff(model, out, inputs) < 1e-4
@@ -215,7 +216,7 @@ def test_a_model_that_builds_its_own_masks_exports_its_own_mask_path(tmp_path, m
     monkeypatch.setattr(export_module, "_takes_prepared_mask", lambda *a, **k: False)
     with pytest.warns(UserWarning, match=r"Attention: 0 of 3 \(fused: "):
         out = sp.export_onnx(model, tmp_path / "m.onnx", optimize=True)
-    assert "Attention" not in out.fusion.fused and out.fusion.fused["SkipLayerNormalization"] == 6
+    assert "Attention" not in out.fusion.fused and out.fusion.fused["LayerNormalization"] == 7
     assert out.max_abs_diff <= 1e-4
     assert onnx_max_abs_diff(model, out, example_inputs(model, 4, 9, seed=3)) < 1e-4
 
@@ -286,3 +287,40 @@ def test_other_families_onnx_runtime_recognizes_fuse_completely(family, tmp_path
     assert out.fusion.complete, out.fusion.summary()
     assert _attention_heads(out) == [1, 3, 2]
     assert out.max_abs_diff <= 1e-4
+
+
+def test_onnx_session_skips_the_cpu_slow_skip_layer_norm_rewrite(optimized_uneven, tmp_path):
+    """onnxruntime would fuse the export's Add + LayerNormalization into SkipLayerNormalization at load time
+    (slower on CPU); sp.onnx_session opens the graph without that rewrite, and the outputs are the same."""
+    import onnxruntime as ort
+
+    model, out = optimized_uneven
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops
+
+    def optimized_ops(make) -> set[str]:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        dump = tmp_path / f"dump-{len(list(tmp_path.iterdir()))}.onnx"
+        opts.optimized_model_filepath = str(dump)
+        session = make(opts)
+        return session, {n.op_type for n in onnx.load(str(dump)).graph.node}
+
+    _, plain = optimized_ops(lambda o: ort.InferenceSession(str(out), o, providers=["CPUExecutionProvider"]))
+    assert "SkipLayerNormalization" in plain  # what a default session does to the graph
+    session, ours = optimized_ops(lambda o: sp.onnx_session(out, threads=1, options=o))
+    assert "SkipLayerNormalization" not in ours and "LayerNormalization" in ours
+    inputs = example_inputs(model, batch_size=3, seq_len=17, seed=4)
+    (got,) = session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        want = model(**inputs).logits
+    assert torch.allclose(torch.from_numpy(got), want, atol=1e-4)
+
+
+def test_onnx_session_arguments_are_checked(optimized_uneven, tmp_path):
+    _, out = optimized_uneven
+    with pytest.raises(FileNotFoundError, match="No ONNX file"):
+        sp.onnx_session(tmp_path / "missing.onnx")
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="threads="):
+            sp.onnx_session(out, threads=bad)

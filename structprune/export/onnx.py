@@ -7,8 +7,9 @@ trace freezes silently (it warns ``TracerWarning``). ``torch.export`` captures t
 batch and sequence sizes instead. Optimum is not used: it has no exporter for per-layer-pruned
 configs, and torch.onnx already handles every supported family.
 
-``optimize=True`` also runs ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNormalization,
-BiasGelu; per-layer head counts), see ``fusion.py``; ``quantize_onnx`` on the result gives int8 on top.
+``optimize=True`` also runs ONNX Runtime's transformer optimizer (fused Attention, LayerNormalization,
+BiasGelu; per-layer head counts), see ``fusion.py``; ``quantize_onnx`` on the result gives int8 on top;
+``onnx_session`` opens either in onnxruntime the way it runs fastest on CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from torch import nn
 from ..arch import view
 from ..batches import eager_attention
 from ..errors import require
-from .fusion import FusionReport, additive_mask, expected_fusions, fuse, warn_if_incomplete
+from .fusion import (
+    CPU_DISABLED_OPTIMIZERS,
+    FusionReport,
+    additive_mask,
+    expected_fusions,
+    fuse,
+    warn_if_incomplete,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +162,7 @@ class OptimizedOnnx:
     Example::
 
         out = sp.export_onnx(model, "model.onnx", optimize=True)
-        out.fusion.fused      # {'Attention': 6, 'SkipLayerNormalization': 12, 'BiasGelu': 6, ...}
+        out.fusion.fused      # {'Attention': 6, 'LayerNormalization': 13, 'BiasGelu': 6, ...}
         out.fusion.complete   # False (and a warning) when a layer's attention, LayerNorm or GELU did not fuse
         sp.quantize_onnx(out, "model-int8.onnx")
     """
@@ -216,14 +224,14 @@ def export_onnx(
     file is written atomically.
 
     ``optimize=True`` runs ONNX Runtime's transformer optimizer on the graph: one fused ``Attention`` per
-    layer (each with its own head count), ``SkipLayerNormalization``, ``BiasGelu``. The check then runs on
+    layer (each with its own head count), ``LayerNormalization``, ``BiasGelu``. The check then runs on
     the optimized graph, and the return value is an :class:`OptimizedOnnx` that says what fused; a fusion
     that did not happen also gives a warning (the graph is still correct, only slower).
 
     Example::
 
         sp.export_onnx(model, "model.onnx")
-        session = onnxruntime.InferenceSession("model.onnx")
+        session = sp.onnx_session("model.onnx")                       # or onnxruntime.InferenceSession
         feed = {i.name: enc[i.name] for i in session.get_inputs()}   # BERT also takes token_type_ids
         session.run(["logits"], feed)                                  # enc = tokenizer(..., return_tensors="np")
         sp.export_onnx(model, "fast.onnx", optimize=True).fusion.fused   # {'Attention': 6, ...}
@@ -325,6 +333,48 @@ def export_onnx(
     return OptimizedOnnx(path=path, fusion=report, max_abs_diff=diff)
 
 
+def onnx_session(
+    path: str | os.PathLike,
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    options=None,
+):
+    """An ``onnxruntime.InferenceSession`` for the ONNX file ``path``, set up to run an exported encoder fast.
+
+    All of onnxruntime's graph optimizations except, on CPU, the ones in
+    :data:`~structprune.export.fusion.CPU_DISABLED_OPTIMIZERS` (``SkipLayerNormFusion``: its fused kernel is
+    several times slower on CPU than the ``Add`` + ``LayerNormalization`` that ``export_onnx(optimize=True)``
+    writes; see ``structprune/export/fusion.py``). ``threads``: intra-op threads (default: onnxruntime's).
+    ``providers``: default ``["CPUExecutionProvider"]``; with a GPU provider in the list nothing is disabled.
+    ``options``: an ``onnxruntime.SessionOptions`` to start from (its graph optimization level is kept).
+
+    Example::
+
+        session = sp.onnx_session("model.onnx", threads=4)
+        session.run(["logits"], {i.name: enc[i.name] for i in session.get_inputs()})
+    """
+    require("ONNX Runtime sessions", "onnxruntime")
+    import onnxruntime
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No ONNX file at {path}; export one with structprune.export_onnx first.")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(
+            f"threads={threads!r}: give a positive number of threads, or None for onnxruntime's."
+        )
+    providers = list(providers or ["CPUExecutionProvider"])
+    if options is None:
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    cpu_only = all(p in ("CPUExecutionProvider",) for p in providers)
+    disabled = list(CPU_DISABLED_OPTIMIZERS) if cpu_only else []
+    return onnxruntime.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
+
+
 def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: dict[str, torch.Tensor]) -> float:
     """Largest absolute difference between ``model`` and the ONNX file ``path`` (onnxruntime, CPU) on ``inputs``.
 
@@ -332,9 +382,7 @@ def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, inputs: dict[st
 
         onnx_max_abs_diff(model, "model.onnx", example_inputs(model))
     """
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     feed_names = [i.name for i in session.get_inputs()]
     feed = {n: inputs[n].cpu().numpy() for n in feed_names}
     got = session.run(None, feed)
