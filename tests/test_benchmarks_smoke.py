@@ -471,6 +471,18 @@ def test_speed_smoke(tmp_path):
     assert "ONNX Runtime fusion" in text and "Attention 2" in text  # the tiny BERT's two layers fused
 
 
+def test_ort_layernorm_smoke(tmp_path):
+    text = _smoke(
+        "ort_layernorm", tmp_path, "ONNX Runtime on CPU: SkipLayerNormalization vs Add + LayerNormalization"
+    )
+    rows = _table_rows(text)
+    header, body = rows[0], rows[1:]
+    forms = [r[header.index("form")] for r in body]
+    assert forms == list(_script("ort_layernorm").FORMS)
+    diff = header.index("max abs diff vs SkipLayerNormalization")
+    assert all(float(r[diff]) < 1e-4 for r in body)  # the four forms compute the same thing
+
+
 def test_breakdown_smoke(tmp_path):
     text = _smoke(
         "breakdown", tmp_path, "Where the time goes: dense vs pruned by part, kind of op and threads"

@@ -21,11 +21,11 @@ stays correct, only slower.
 
 The residual adds and their LayerNorms are left as ``Add`` + ``LayerNormalization``, not fused into
 ``SkipLayerNormalization``: on CPU, onnxruntime 1.32's ``SkipLayerNormalization`` kernel is a scalar loop (a
-division per element) and took 7.9 ms on a [32, 128, 384] batch where ``Add`` + ``LayerNormalization`` took
-1.8 ms (1 thread, AMD EPYC); without it the fused MiniLM ran 1.5x faster at batch 1 and the 10%-FLOPs student
-1.6x faster at batch 32. onnxruntime fuses the pair again when it loads a graph at its default optimization
-level, so a CPU session should be opened without that rewrite: :data:`CPU_DISABLED_OPTIMIZERS`
-(``sp.onnx_session`` does it).
+division per element); on a [32, 128, 384] batch it took 7.4 ms where ``Add`` + ``LayerNormalization`` took
+1.9 ms (2 threads, AMD EPYC; ``benchmarks/results/ort_layernorm.md``), and a BERT layer runs two of them at
+the model's full width however much of the layer was pruned. onnxruntime fuses the pair again when it loads
+a graph at its default optimization level, so a CPU session should be opened without that rewrite:
+:data:`CPU_DISABLED_OPTIMIZERS` (``sp.onnx_session`` does it).
 """
 
 from __future__ import annotations
