@@ -347,7 +347,8 @@ def onnx_session(
     several times slower on CPU than the ``Add`` + ``LayerNormalization`` that ``export_onnx(optimize=True)``
     writes; see ``structprune/export/fusion.py``). ``threads``: intra-op threads (default: onnxruntime's).
     ``providers``: default ``["CPUExecutionProvider"]``; with a GPU provider in the list nothing is disabled.
-    ``options``: an ``onnxruntime.SessionOptions`` to start from (its graph optimization level is kept).
+    ``options``: an ``onnxruntime.SessionOptions`` to start from (its graph optimization level is kept;
+    ``threads``, when given, replaces its intra-op thread count).
 
     Example::
 
@@ -370,7 +371,7 @@ def onnx_session(
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
-    cpu_only = all(p in ("CPUExecutionProvider",) for p in providers)
+    cpu_only = all(p == "CPUExecutionProvider" for p in providers)
     disabled = list(CPU_DISABLED_OPTIMIZERS) if cpu_only else []
     return onnxruntime.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
 
