@@ -581,9 +581,8 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
     return result, time.perf_counter() - t0
 
 
-def ort_session(path: Path, threads: int):
-    """A CPU onnxruntime session with ``threads`` intra-op threads: ``sp.onnx_session`` (all graph optimizations
-    but the CPU-slow ``SkipLayerNormFusion``).
+def ort_options(threads: int):
+    """The benchmarks' onnxruntime ``SessionOptions``: ``threads`` intra-op threads, all graph optimizations.
 
     Its threads spin while a run is under way (ONNX Runtime's default, as PyTorch's OpenMP threads do) and stop
     spinning the moment the run returns (``session.force_spinning_stop=1``): the benchmarks time several sessions
@@ -599,9 +598,15 @@ def ort_session(path: Path, threads: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
     opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
+
+
+def ort_session(path: Path, threads: int):
+    """A CPU onnxruntime session with :func:`ort_options`, opened by ``sp.onnx_session`` (all graph optimizations
+    but the CPU-slow ``SkipLayerNormFusion``)."""
     from structprune.export import onnx_session
 
-    return onnx_session(path, threads=threads, options=opts)
+    return onnx_session(path, threads=threads, options=ort_options(threads))
 
 
 def ort_accuracy(session, batches: list[dict]) -> float:

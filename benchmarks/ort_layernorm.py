@@ -100,16 +100,14 @@ def forms(hidden: int, threads: int, tmp: Path) -> dict:
         paths[fused] = tmp / f"h{hidden}-{'skip' if fused else 'add'}.onnx"
         paths[fused].write_bytes(graph(hidden, fused))
     # the benchmarks' sessions (sp.onnx_session; threads spin only during a run, so no session takes the cores
-    # of the next form), and a default one with the same thread settings
-    plain_opts = ort.SessionOptions()
-    plain_opts.intra_op_num_threads = threads
-    plain_opts.inter_op_num_threads = 1
-    plain_opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    plain_opts.add_session_config_entry("session.force_spinning_stop", "1")
+    # of the next form), and a default one with the same options
+    plain = ort.InferenceSession(
+        str(paths[False]), C.ort_options(threads), providers=["CPUExecutionProvider"]
+    )
     sessions = {
         FORMS[0]: C.ort_session(paths[True], threads),
         FORMS[1]: C.ort_session(paths[False], threads),
-        FORMS[2]: ort.InferenceSession(str(paths[False]), plain_opts, providers=["CPUExecutionProvider"]),
+        FORMS[2]: plain,
     }
     out = {k: (lambda x, s, sess=v: sess.run(None, {"x": x, "skip": s})[0]) for k, v in sessions.items()}
     w = {k: torch.from_numpy(v) for k, v in params(hidden).items()}

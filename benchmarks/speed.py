@@ -188,12 +188,12 @@ def runtimes(model, tag: str, tmp: Path, threads: int, backend: str = "inductor"
     fused = sp.export_onnx(model, tmp / f"{tag}.onnx", optimize=True)
     logger.info("%s: %s (max |ORT - torch| %.1e)", tag, fused.fusion.summary(), fused.max_abs_diff)
     int8 = sp.quantize_onnx(fused, tmp / f"{tag}-int8.onnx")
-    per_tensor = sp.quantize_onnx(fused, tmp / f"{tag}-int8-per-tensor.onnx", per_channel=False)
+    per_matrix = sp.quantize_onnx(fused, tmp / f"{tag}-int8-per-matrix.onnx", per_channel=False)
     out = {
         RUNTIMES[0]: _torch_runner(model),
         RUNTIMES[1]: _torch_runner(torch.compile(model, backend=backend, dynamic=False)),
     }
-    for runtime, path in zip(RUNTIMES[2:], (fused.path, int8, per_tensor), strict=True):
+    for runtime, path in zip(RUNTIMES[2:], (fused.path, int8, per_matrix), strict=True):
         out[runtime] = _ort_runner(C.ort_session(path, threads))  # the timing threads
     return out, fused.fusion
 
