@@ -559,14 +559,30 @@ def time_alternating(
         t = time_alternating({"dense": lambda: dense(**x), "pruned": lambda: pruned(**x)})
         statistics.median(t["pruned"])
     """
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    return {k: first for k, (first, _) in time_in_blocks(fns, warmup=warmup, repeat=repeat, block=1).items()}
+
+
+def time_in_blocks(
+    fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeat: int = 10, block: int = 1
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Round robin over blocks: each round calls every function ``block`` times in a row (A A A B B B ...).
+
+    Returns, per function, ``(first, later)``: the seconds of each block's first call (the one that follows
+    another function, with its weights out of the caches, as :func:`time_alternating` measures every call) and
+    of its other ``block - 1`` calls (warm: the function just ran, as a server running one model sees it).
+    Short calls (batch 1) differ between the two; long ones do not. ``later`` is empty when ``block`` is 1.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in fns}
     for r in range(warmup + repeat):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            if r >= warmup:
-                times[name].append(dt)
+            for i in range(block):
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                if r >= warmup:
+                    times[name][0 if i == 0 else 1].append(dt)
     return times
 
 

@@ -11,8 +11,11 @@ the same model as one graph with fused element-wise kernels, no Python between t
 ONNX Runtime fp32 (``sp.export_onnx(optimize=True)``: fused Attention / LayerNormalization / BiasGelu,
 parity-checked); ONNX Runtime int8 (``sp.quantize_onnx`` of that graph: one scale per weight column), and the
 same with one scale per weight matrix (``per_channel=False``, onnxruntime's default) for comparison.
-Accuracy: the SST-2 validation set in each runtime (int8 changes it). Latency: batch 1 and 32 x 128 random tokens (no padding), every model x runtime measured round robin
-in one loop (warm-up, then the median), ``--timing-threads`` (default ``--threads``) threads in both runtimes;
+Accuracy: the SST-2 validation set in each runtime (int8 changes it). Latency: batch 1 and 32 x 128 random tokens
+(no padding), every model x runtime measured round robin in one loop (warm-up, then the median). At batch 1 each
+round runs a model ``--block`` times in a row: the table's ms are its warm calls (a server running one model), and
+the first call after another model's (cold caches: what a plain round robin measures) is shown beside them.
+``--timing-threads`` (default ``--threads``) threads in both runtimes;
 ONNX Runtime's threads spin during a run and stop when it returns (``_common.ort_session``), so one session cannot
 steal the next one's cores. On a shared machine ``--pause-while-timing PATTERN ...`` pauses the other jobs while
 the models are timed (the compression and distillation still share the machine).
@@ -79,6 +82,14 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     C.add_timing_flags(p, repeat_help="timed rounds at batch < 8")
     p.add_argument("--repeat-large", type=int, default=7, help="timed rounds at batch >= 8")
+    p.add_argument(
+        "--block",
+        type=int,
+        default=5,
+        help="batch < 8: calls of one model x runtime in a row per round. The table's ms are the median of the "
+        "block's later calls (warm, as a server running one model sees it); the first call of each block, "
+        "which follows another model as a plain round robin's every call does, is shown beside them",
+    )
     C.add_quiet_timing_flags(p)
     p.add_argument("--calib", type=int, default=1000, help="SST-2 train examples for sp.compress")
     p.add_argument(
@@ -104,13 +115,15 @@ def parse_args(argv=None):
         "--smoke uses aot_eager)",
     )
     args = p.parse_args(argv)
+    if args.block < 1:
+        p.error(f"--block must be >= 1, got {args.block}")
     args.shallow = [_shallow(s) for s in args.shallow]
     if args.smoke:
         args.fractions = [0.5]
         args.shallow = [(0.5, 1)]
         args.batch_sizes = [1, 2]
         args.seq = 16
-        args.warmup, args.repeat, args.repeat_large = 1, 2, 2
+        args.warmup, args.repeat, args.repeat_large, args.block = 1, 2, 2, 2
         args.calib, args.distill_examples, args.val_examples = 32, 32, 32
         args.multiple_of = 8
         # the graph capture without compiling kernels: seconds, no compiler
@@ -213,6 +226,17 @@ def _ort_runner(session):
     return run
 
 
+def _block_text(args) -> str:
+    if args.block <= 1:
+        return "Each round calls each model x runtime once; ms = the median."
+    return (
+        f"At batch < 8 each round calls each model x runtime {args.block} times in a row: ms = the median of the "
+        f"later {args.block - 1} calls (warm, the model having just run, as a server running one model sees it); "
+        "'ms, after another model' = the median of the first calls, which follow another model's run (its "
+        "weights out of the caches). At batch >= 8 each round calls each once; ms = the median."
+    )
+
+
 def _busy_text(busy: dict[int, float | None]) -> str:
     return ", ".join(f"batch {b}: " + ("unknown" if v is None else f"{v:.2f}") for b, v in busy.items())
 
@@ -277,11 +301,17 @@ def main(argv=None) -> Path:
     for b in args.batch_sizes:
         x = synthetic_batch(teacher, b, args.seq)
         calls = {key: (lambda run=run, x=x: run(x)) for key, run in runs.items()}
-        repeat = args.repeat if b < 8 else args.repeat_large
+        small = b < 8
+        repeat, block = (args.repeat, args.block) if small else (args.repeat_large, 1)
         with C.quiet_timing(args) as quiet:
-            times = C.time_alternating(calls, warmup=args.warmup, repeat=repeat)
+            times = C.time_in_blocks(calls, warmup=args.warmup, repeat=repeat, block=block)
         busy[b] = quiet.other_cores
-        ms = {key: 1e3 * C.median(t) for key, t in times.items()}
+        ms = {key: 1e3 * C.median(later or first) for key, (first, later) in times.items()}
+        if block > 1:
+            for row in rows:
+                row[f"b{b} ms, after another model"] = 1e3 * C.median(
+                    times[(row["model"], row["runtime"])][0]
+                )
         base = ms[("dense", RUNTIMES[0])]
         for row in rows:
             t = ms[(row["model"], row["runtime"])]
@@ -299,6 +329,8 @@ def main(argv=None) -> Path:
     cols = ["model", "FLOPs kept", "runtime", "SST-2 acc %"]
     for b in args.batch_sizes:
         cols += [f"b{b} ms", f"b{b} speedup", f"b{b} efficiency", f"b{b} efficiency, same runtime"]
+        if b < 8 and args.block > 1:
+            cols.insert(cols.index(f"b{b} ms") + 1, f"b{b} ms, after another model")
     note = args.note or "rerun on a quiet machine for final numbers (see the load average)"
     text = C.header("Speed: dense vs pruned, PyTorch and ONNX Runtime, with accuracy", note=note)
     distilled = (
@@ -311,8 +343,8 @@ def main(argv=None) -> Path:
         f"\nTeacher: {source}. Students: `sp.compress(teacher, {args.calib} SST-2 train examples, flops=f, "
         f"multiple_of={args.multiple_of}[, layers=k])`, {distilled}. Accuracy: {len(val_rows)} SST-2 validation sentences in each runtime. "
         f"Latency: batch {' and '.join(map(str, args.batch_sizes))} x {args.seq} random tokens, {args.warmup} "
-        f"warm-up rounds, then the median of {args.repeat} (batch < 8) / {args.repeat_large} (batch >= 8) "
-        f"rounds, every model x runtime in one round robin; {args.timing_threads or args.threads} threads "
+        f"warm-up rounds, then {args.repeat} (batch < 8) / {args.repeat_large} (batch >= 8) timed rounds, every "
+        f"model x runtime in one round robin. {_block_text(args)} {args.timing_threads or args.threads} threads "
         "(torch.set_num_threads; ONNX Runtime intra-op threads, spinning only during a run). Other processes' "
         f"load while timing (cores): {_busy_text(busy)}. torch.compile: `torch.compile(model, "
         f"backend={args.compile_backend!r}, dynamic=False)`, static shapes: its accuracy pass pads the validation "

@@ -217,3 +217,18 @@ def test_results_files_name_no_folder_of_this_machine(common, tmp_path, monkeypa
     assert "../shared/models/minilm-l6-sst2" in out and "./benchmarks/x.py" in out and "~/out" in out
     # state files (JSON) keep the real paths a resumed run reads back
     assert str(teacher) in common.write_atomic(tmp_path / "s.json", text).read_text()
+
+
+def test_time_in_blocks_runs_each_function_in_a_row_and_splits_its_first_call(common):
+    calls: list[str] = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = common.time_in_blocks(fns, warmup=1, repeat=2, block=3)
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3  # 1 warm-up round + 2 timed, each a block of 3 per function
+    for first, later in times.values():
+        assert len(first) == 2 and len(later) == 4  # warm-up calls are not kept
+        assert all(t >= 0 for t in first + later)
+    calls.clear()
+    plain = common.time_alternating(fns, warmup=0, repeat=2)
+    assert calls == ["a", "b", "a", "b"] and {k: len(v) for k, v in plain.items()} == {"a": 2, "b": 2}
+    with pytest.raises(ValueError, match="block must be >= 1"):
+        common.time_in_blocks(fns, block=0)
