@@ -1163,7 +1163,9 @@ def task_table(task_name: str, entry: dict, args) -> str:
 
 def candidates_text(entry: dict, args) -> str:
     """What ``sp.compress`` chose from, per retraining-free row: each candidate's loss on the held-back
-    calibration examples (the lowest is kept)."""
+    calibration examples. The one kept is the row's ``choice`` note: since ``COMPRESS_PROTOCOL`` 3 the configured
+    path stays unless another candidate's loss is clearly lower (``structprune.run.select.clearly_lower``), so
+    it need not be the lowest."""
     lines = []
     for r in sorted(entry["rows"], key=_order):
         if r["method"] != RETRAINING_FREE or not r.get("candidates"):
@@ -1174,9 +1176,12 @@ def candidates_text(entry: dict, args) -> str:
         )
     if not lines:
         return ""
-    return "\nHeld-back loss of `sp.compress`'s candidates (lowest first; the first is the one kept):\n\n" + (
-        "\n".join(lines) + "\n"
-    )
+    return (
+        "\nHeld-back loss of `sp.compress`'s candidates, lowest first. The one kept is the row's `choice`: the "
+        "configured path (search + rearrangement, reconstructed) unless another candidate's loss is lower by more "
+        "than `select_margin` standard errors of the paired per-example difference, so it is not always the "
+        "lowest:\n\n"
+    ) + ("\n".join(lines) + "\n")
 
 
 def _main_change(entry: dict, task_name: str, method: str, budget) -> tuple[dict | None, float, float]:
