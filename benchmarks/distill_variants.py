@@ -262,6 +262,11 @@ def main(argv=None) -> Path:
     for name in args.tasks:
         ctx = Task(name, args, state)
         entry = state["tasks"].setdefault(name, {})
+        # rows of an earlier run with another teacher, seed or data are not comparable with this run's: the table
+        # shows (and compares with fine-tuning) only rows sharing this run's settings
+        current = entry.setdefault("current", {})
+        for key in [k for k, s in current.items() if {n: s.get(n) for n in ctx.settings} != ctx.settings]:
+            del current[key]
         entry.update(teacher=ctx.how, skipped=ctx.path is None and not args.smoke)
         if entry["skipped"]:
             logger.warning("%s skipped: %s", name, ctx.how)

@@ -382,6 +382,14 @@ def test_distill_variants_smoke(tmp_path):
     state_path.write_text(json.dumps(state))
     _script("distill_variants").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
     assert json.loads(state_path.read_text())["rows"]["sst2|0.1|gradual"]["measured"] == "kept"
+    # a run with another seed shows only its own rows: none of the seed-0 variants beside its fine-tuned student
+    text = _script("distill_variants").main(
+        ["--smoke", "--out", str(tmp_path), "--threads", "1", "--seed", "1", "--budgets", "0.25",
+         "--variants", "finetune"]
+    ).read_text()  # fmt: skip
+    cells = {tuple(row[:2]) for row in _table_rows(text)}
+    assert ("25%", "finetune") in cells and not {("25%", v) for v in variants[1:]} & cells
+    assert not {("10%", v) for v in variants} & cells
 
 
 def test_vocab_smoke(tmp_path):
