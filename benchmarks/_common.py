@@ -568,7 +568,7 @@ def time_in_blocks(
     """Round robin over blocks: each round calls every function ``block`` times in a row (A A A B B B ...).
 
     Returns, per function, ``(first, later)``: the seconds of each block's first call (the one that follows
-    another function, with its weights out of the caches, as :func:`time_alternating` measures every call) and
+    another function's run, as :func:`time_alternating` measures every call: likely with colder caches) and
     of its other ``block - 1`` calls (warm: the function just ran, as a server running one model sees it).
     Short calls (batch 1) differ between the two; long ones do not. ``later`` is empty when ``block`` is 1.
     """

@@ -232,8 +232,8 @@ def _block_text(args) -> str:
     return (
         f"At batch < 8 each round calls each model x runtime {args.block} times in a row: ms = the median of the "
         f"later {args.block - 1} calls (warm, the model having just run, as a server running one model sees it); "
-        "'ms, after another model' = the median of the first calls, which follow another model's run (its "
-        "weights out of the caches). At batch >= 8 each round calls each once; ms = the median."
+        "'ms, after another model' = the median of the first calls, which follow another model's run (likely "
+        "with colder caches). At batch >= 8 each round calls each once; ms = the median."
     )
 
 
