@@ -14,7 +14,7 @@ same with one scale per weight matrix (``per_channel=False``, onnxruntime's defa
 Accuracy: the SST-2 validation set in each runtime (int8 changes it). Latency: batch 1 and 32 x 128 random tokens
 (no padding), every model x runtime measured round robin in one loop (warm-up, then the median). At batch 1 each
 round runs a model ``--block`` times in a row: the table's ms are its warm calls (a server running one model), and
-the first call after another model's (cold caches: what a plain round robin measures) is shown beside them.
+the first call after another model's (what a plain round robin measures; likely colder caches) is shown beside them.
 ``--timing-threads`` (default ``--threads``) threads in both runtimes;
 ONNX Runtime's threads spin during a run and stop when it returns (``_common.ort_session``), so one session cannot
 steal the next one's cores. On a shared machine ``--pause-while-timing PATTERN ...`` pauses the other jobs while
@@ -226,6 +226,11 @@ def _ort_runner(session):
     return run
 
 
+def _block(batch: int, args) -> int:
+    """Calls of one model x runtime in a row per round: ``--block`` at batch < 8, else 1."""
+    return args.block if batch < 8 else 1
+
+
 def _block_text(args) -> str:
     if args.block <= 1:
         return "Each round calls each model x runtime once; ms = the median."
@@ -301,8 +306,8 @@ def main(argv=None) -> Path:
     for b in args.batch_sizes:
         x = synthetic_batch(teacher, b, args.seq)
         calls = {key: (lambda run=run, x=x: run(x)) for key, run in runs.items()}
-        small = b < 8
-        repeat, block = (args.repeat, args.block) if small else (args.repeat_large, 1)
+        block = _block(b, args)
+        repeat = args.repeat if b < 8 else args.repeat_large
         with C.quiet_timing(args) as quiet:
             times = C.time_in_blocks(calls, warmup=args.warmup, repeat=repeat, block=block)
         busy[b] = quiet.other_cores
@@ -329,7 +334,7 @@ def main(argv=None) -> Path:
     cols = ["model", "FLOPs kept", "runtime", "SST-2 acc %"]
     for b in args.batch_sizes:
         cols += [f"b{b} ms", f"b{b} speedup", f"b{b} efficiency", f"b{b} efficiency, same runtime"]
-        if b < 8 and args.block > 1:
+        if _block(b, args) > 1:
             cols.insert(cols.index(f"b{b} ms") + 1, f"b{b} ms, after another model")
     note = args.note or "rerun on a quiet machine for final numbers (see the load average)"
     text = C.header("Speed: dense vs pruned, PyTorch and ONNX Runtime, with accuracy", note=note)
