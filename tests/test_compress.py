@@ -75,22 +75,28 @@ def test_compress_num_examples_and_params_budget():
     assert report.reconstruction.fit == "scales"
 
 
-@pytest.mark.parametrize("label_free", [False, True])
-def test_compress_keeps_the_candidate_with_the_lowest_held_out_loss(label_free):
+@pytest.mark.parametrize(
+    "label_free, select_by", [(False, "task_loss"), (True, "task_loss"), (False, "divergence")]
+)
+def test_compress_keeps_the_candidate_with_the_lowest_held_out_loss(label_free, select_by):
+    """With labels the candidates are weighed by the held-back task loss, or (select_by='divergence') by the KL
+    divergence from the unpruned model's outputs, which is also what weighs them without labels."""
     from structprune.run.select import heldout_loss, reference_logits, split_holdout
 
     model = tiny.model("bert")
     dense = copy.deepcopy(model)
     calib = _calib(8, labels=None) if label_free else _calib(8)
-    out, report = compress(model, calib, flops=0.5, select_margin=0, progress=False)
+    out, report = compress(model, calib, flops=0.5, select_margin=0, select_by=select_by, progress=False)
+    by_divergence = label_free or select_by == "divergence"
+    assert report.selected_by == ("divergence" if by_divergence else "task_loss")
     assert len(report.candidates) >= 4  # search / allocate (fisher, taylor), with and without reconstruction
     assert report.choice == min(
         report.candidates, key=report.candidates.get
     )  # margin 0: the lowest loss wins
     fit, held = split_holdout(calib, 0.25)
     assert sum(len(b["input_ids"]) for b in held) == 16 and len(fit) == 6
-    ref = reference_logits(dense, held) if label_free else None
-    assert heldout_loss(out, held, label_free=label_free, reference=ref) == pytest.approx(
+    ref = reference_logits(dense, held) if by_divergence else None
+    assert heldout_loss(out, held, label_free=by_divergence, reference=ref) == pytest.approx(
         report.candidates[report.choice], rel=1e-5
     )  # the model returned is the candidate chosen
     assert sp.Mask.full(model) == report.mask and report.flops_kept <= 0.5
@@ -243,3 +249,17 @@ def test_compress_to_a_tinybert_shape_with_its_defaults():
     # fitted to the model at 2 layers and full width, or not: chosen on held-back examples
     assert {c.rsplit(", ", 1)[1] for c in report.candidates} == {"reconstructed", "not reconstructed"}
     assert (report.reconstruction is not None) == report.choice.endswith(", reconstructed")
+
+
+def test_select_by_is_validated_and_reported():
+    with pytest.raises(ValueError, match="select_by must be one of 'task_loss', 'divergence', got 'kl'"):
+        CompressConfig(select_by="kl")
+    _, report = compress(tiny.model("bert"), _calib(), flops=0.5, select=False, progress=False)
+    assert report.selected_by is None and report.candidates == {}  # nothing held back: nothing weighed
+    # the two criteria weigh the same candidates differently (the KL of the labelled run is not its task loss)
+    torch.manual_seed(0)
+    _, by_loss = compress(tiny.model("bert"), _calib(8), flops=0.5, progress=False)
+    torch.manual_seed(0)
+    _, by_kl = compress(tiny.model("bert"), _calib(8), flops=0.5, select_by="divergence", progress=False)
+    assert by_loss.candidates.keys() == by_kl.candidates.keys()
+    assert all(by_loss.candidates[k] != pytest.approx(by_kl.candidates[k]) for k in by_kl.candidates)

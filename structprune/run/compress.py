@@ -40,6 +40,7 @@ from .select import clearly_lower, heldout_losses, reference_logits, split_holdo
 logger = logging.getLogger(__name__)
 
 FEW_EXAMPLES = 64
+SELECT_BY = ("task_loss", "divergence")  # CompressConfig.select_by (structprune.run.select)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class CompressConfig:
     reconstruct: ReconstructConfig | None = field(default_factory=ReconstructConfig, metadata={"help": "Layer-wise least-squares reconstruction after surgery (a ReconstructConfig, a dict of its options, True for the defaults, or False/None for none)."})  # fmt: skip
     select: bool = field(default=True, metadata={"help": "Choose among candidates (search with or without rearrangement / global allocation of Fisher and Taylor scores, with and without reconstruction) by the loss on held-back calibration examples."})  # fmt: skip
     holdout: float = field(default=0.25, metadata={"help": "Share of the calibration examples held back to choose among candidates (select=True)."})  # fmt: skip
+    select_by: str = field(default="task_loss", metadata={"help": "What select=True weighs the candidates by on the held-back examples: 'task_loss' (with labels; without them, or label_free=True, the divergence) or 'divergence' (from the unpruned model's outputs: KL of the logits, or an embedding model's cosine distance; with or without labels)."})  # fmt: skip
     select_margin: float = field(default=2.0, metadata={"help": "select=True keeps the configured path (search + rearrangement + reconstruction) unless another candidate's held-back loss is lower by more than this many standard errors of the per-example difference (0: the lowest loss wins)."})  # fmt: skip
     num_examples: int | None = field(default=None, metadata={"help": "Use at most this many calibration examples (a few hundred to ~2000)."})  # fmt: skip
     seq_len: int = field(default=128, metadata={"help": "Sequence length at which FLOPs are counted (and latency measured)."})  # fmt: skip
@@ -98,6 +100,10 @@ class CompressConfig:
             )
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout!r}.")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(
+                f"select_by must be one of {', '.join(map(repr, SELECT_BY))}, got {self.select_by!r}."
+            )
         if (
             isinstance(self.select_margin, bool)
             or not isinstance(self.select_margin, int | float)
@@ -147,6 +153,8 @@ class CompressReport:
     """The candidate kept (``select=True``), e.g. ``"search+rearrange, reconstructed"``."""
     candidates: dict[str, float] = field(default_factory=dict)
     """Held-out calibration loss of every candidate tried (empty when nothing was held back)."""
+    selected_by: str | None = None
+    """What the candidates were weighed by: ``"task_loss"`` or ``"divergence"`` (None: nothing held back)."""
     latency_kept: float | None = None
     """With a latency budget: the result's predicted latency / the unpruned model's (its latency model)."""
 
@@ -324,7 +332,9 @@ def compress(
     choice, recon = (name, fits(mask)), None
     if held:
         t = time.perf_counter()
-        ref_logits = reference_logits(reference, held) if label_free else None
+        # the divergence from the unpruned model's outputs without labels, or when asked for (select_by)
+        by_divergence = label_free or cfg.select_by == "divergence"
+        ref_logits = reference_logits(reference, held) if by_divergence else None
 
         # held-back losses of a candidate not reconstructed, measured once
         plain: dict[str, torch.Tensor] = {}
@@ -336,9 +346,13 @@ def compress(
             prune_(cand, m)
             report_c = reconstruct(cand, reference, fit, recon_cfg) if fitted else None
             if fitted:
-                return heldout_losses(cand, held, label_free=label_free, reference=ref_logits), cand, report_c
+                return (
+                    heldout_losses(cand, held, label_free=by_divergence, reference=ref_logits),
+                    cand,
+                    report_c,
+                )
             if mname not in plain:
-                plain[mname] = heldout_losses(cand, held, label_free=label_free, reference=ref_logits)
+                plain[mname] = heldout_losses(cand, held, label_free=by_divergence, reference=ref_logits)
             return plain[mname], cand, None
 
         # The configured path (the search with both rearrangements, as the paper does; else the global allocation)
@@ -410,6 +424,7 @@ def compress(
         reconstruction=recon,
         choice=f"{choice[0]}, {'reconstructed' if choice[1] else 'not reconstructed'}",
         candidates=candidates,
+        selected_by=("divergence" if by_divergence else "task_loss") if held else None,
         latency_kept=lm.fraction(model) if lm is not None else None,
     )
     note_card(
