@@ -612,3 +612,25 @@ def test_rearrange_smoke(tmp_path):
     )
     # a rearrangement moves structures within layers: the counts per layer stay the search's
     assert rows["search + rearranged heads and neurons (Kwon et al.)"][1:4] == rows["search"][1:4]
+
+
+def test_selection_smoke(tmp_path):
+    sel = _script("selection")
+    text = _smoke("selection", tmp_path, "How sp.compress chooses among its candidates")
+    rows = _table_rows(text)
+    rules = [r[0] for r in rows if r[0] in sel.RULES]
+    assert rules == list(sel.RULES)  # one summary row per rule
+    candidates = [r[0] for r in rows if r[0].endswith("reconstructed")]
+    assert len(candidates) == 2 * len(sel.PATHS) * 2  # every path, with and without reconstruction, two seeds
+    assert sum("configured path" in r[-1] for r in rows) == 2  # the configured path is marked once per seed
+
+
+def test_selection_pick_keeps_the_configured_path_within_noise():
+    sel = _script("selection")
+    configured = torch.tensor([0.70, 0.60, 0.80, 0.65])
+    noisy = {sel.CONFIGURED: configured, "other": configured - torch.tensor([0.3, -0.25, 0.2, -0.2])}
+    assert float(noisy["other"].mean()) < float(configured.mean())
+    assert sel.pick(noisy, 2.0) == sel.CONFIGURED  # lower on average, but not by 2 standard errors
+    assert sel.pick(noisy, 0.0) == "other"
+    clear = {sel.CONFIGURED: configured, "other": configured - 0.1}
+    assert sel.pick(clear, 2.0) == "other"
