@@ -194,6 +194,13 @@ def parse_args(argv=None):
         "reconstruction, as the committed rows were measured",
     )
     p.add_argument(
+        "--select-by",
+        choices=("task_loss", "divergence"),
+        default="task_loss",
+        help="what sp.compress weighs its candidates by (CompressConfig.select_by) for the retraining-free rows and "
+        "the students' starts; the rows' settings name it only when it is not task_loss (the rows measured so far)",
+    )
+    p.add_argument(
         "--calibration-examples", type=int, default=1000, help="random train examples (seed --seed)"
     )
     p.add_argument(
@@ -649,16 +656,18 @@ class TaskContext:
         }
         # the recipe's loss terms (only the recipe-distilled rows depend on them)
         self.terms = {k: getattr(dist, k) for k in ("logit_weight", "hidden_weight", "attention_weight")}
+        # what compress weighs its candidates by: the retraining-free rows and the students' starts depend on it
+        self.select = {} if args.select_by == "task_loss" else {"select_by": args.select_by}
         self._compressed: dict[float, tuple] = {}
         self.steps_per_epoch = math.ceil(self.train_size / recipe.data.batch_size)
 
     def settings(self, method: str) -> dict:
         if method == RETRAINING_FREE:
-            return {**self.base_settings, "compress_protocol": COMPRESS_PROTOCOL}
+            return {**self.base_settings, "compress_protocol": COMPRESS_PROTOCOL, **self.select}
         if method == DISTILLED:
-            return {**self.base_settings, **self.train_settings, "terms": self.terms}
+            return {**self.base_settings, **self.train_settings, "terms": self.terms, **self.select}
         if method in STUDENTS:
-            return {**self.base_settings, **self.train_settings}
+            return {**self.base_settings, **self.train_settings, **self.select}
         return dict(self.base_settings)
 
     def train_loader(self):
@@ -712,7 +721,9 @@ class TaskContext:
                         reconstruct=self.args.shape_reconstruct)  # fmt: skip
         torch.manual_seed(self.args.seed)
         t0 = time.perf_counter()
-        model, report = sp.compress(self.fresh(), self.calib, flops=budget, progress=False, **opts)
+        model, report = sp.compress(
+            self.fresh(), self.calib, flops=budget, progress=False, select_by=self.args.select_by, **opts
+        )
         self.keep_start(budget, model, time.perf_counter() - t0, report.choice)
         return self._compressed[budget]
 
@@ -753,7 +764,9 @@ def jobs(ctx: TaskContext) -> list[tuple[str, float, Callable]]:
     def compress_row(budget):
         def build():
             t0 = time.perf_counter()
-            model, report = sp.compress(ctx.fresh(), ctx.calib, flops=budget, progress=False)
+            model, report = sp.compress(
+                ctx.fresh(), ctx.calib, flops=budget, progress=False, select_by=args.select_by
+            )
             seconds = time.perf_counter() - t0
             if (
                 not _is_shape(budget, args)

@@ -249,6 +249,26 @@ def test_quality_shape_options_re_measure_the_shape_students_only(tmp_path):
     )
 
 
+def test_quality_select_by_re_measures_what_compress_picks_only(tmp_path):
+    """--select-by divergence changes what sp.compress keeps: the retraining-free rows are stale under it (and
+    re-measured with --replace), the Taylor rows are not; the default adds nothing to the rows' settings."""
+    quality = _script("quality")
+    base = ["--smoke", "--out", str(tmp_path), "--methods", "compress", "taylor", "--no-latency"]
+    quality.main(base)
+    state = json.loads((tmp_path / "quality.json").read_text())
+    assert all("select_by" not in r["settings"] for r in state["tasks"]["sst2"]["rows"] if "settings" in r)
+    with pytest.raises(SystemExit, match="other settings") as err:
+        quality.main([*base, "--select-by", "divergence"])
+    assert "sp.compress" in str(err.value) and "Taylor" not in str(err.value)
+    quality.main([*base, "--select-by", "divergence", "--replace"])
+    rows = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
+    by_method = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r.get("settings", {}).get("select_by"))
+    assert set(by_method[quality.RETRAINING_FREE]) == {"divergence"}
+    assert set(by_method[quality.TAYLOR]) == {None}
+
+
 def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
     """One task's rows measured by two processes (e.g. retraining-free rows and students at once) fold into
     one table; a clash of rows, settings or teachers is an error that leaves the state as it was."""
