@@ -5,8 +5,9 @@ tasks can lose to a global allocation on another; reconstruction can fit the cal
 the task). ``compress(select=True)`` therefore builds a few candidates from the same scores - the
 configured path, a global allocation of the same scores, a global allocation of Taylor scores from the
 same gradients, each with and without reconstruction - and weighs them by their loss on a held-back part of
-the calibration data (the task loss with labels; without them, the KL divergence from the unpruned model's
-outputs, or for an embedding model the mean cosine distance from its sentence embeddings). The report lists
+the calibration data (the task loss with labels; without them, or with ``select_by="divergence"``, the KL divergence
+from the unpruned model's outputs, or for an embedding model the mean cosine distance from its sentence embeddings;
+``benchmarks/results/selection_*.md`` compare the two). The report lists
 every candidate's held-out loss.
 
 A few hundred held-back examples rank candidates that differ by a collapse (all-mpnet-base-v2's rearranged
