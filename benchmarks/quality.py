@@ -94,6 +94,7 @@ from structprune.data.batching import tokenize  # noqa: E402
 from structprune.recovery.distill import LoopCallback, tinybert_stages  # noqa: E402
 from structprune.recovery.distill.runstate import load_trainer_state  # noqa: E402
 from structprune.report import markdown_table  # noqa: E402
+from structprune.run.compress import SELECT_BY, CompressConfig  # noqa: E402
 
 logger = logging.getLogger("quality")
 
@@ -195,8 +196,8 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--select-by",
-        choices=("task_loss", "divergence"),
-        default="task_loss",
+        choices=SELECT_BY,
+        default=CompressConfig.select_by,
         help="what sp.compress weighs its candidates by (CompressConfig.select_by) for the retraining-free rows and "
         "the students' starts; the rows' settings name it only when it is not task_loss (the rows measured so far)",
     )
@@ -657,7 +658,7 @@ class TaskContext:
         # the recipe's loss terms (only the recipe-distilled rows depend on them)
         self.terms = {k: getattr(dist, k) for k in ("logit_weight", "hidden_weight", "attention_weight")}
         # what compress weighs its candidates by: the retraining-free rows and the students' starts depend on it
-        self.select = {} if args.select_by == "task_loss" else {"select_by": args.select_by}
+        self.select = {} if args.select_by == CompressConfig.select_by else {"select_by": args.select_by}
         self._compressed: dict[float, tuple] = {}
         self.steps_per_epoch = math.ceil(self.train_size / recipe.data.batch_size)
 

@@ -95,8 +95,9 @@ def pick(losses: dict[str, torch.Tensor], margin: float) -> str:
     return best
 
 
-def run_seed(teacher, tok, task, flops: float, seed: int, val, args) -> dict:
-    max_length = load_recipe(task.name).data.max_length
+def run_seed(
+    teacher, tok, task, flops: float, seed: int, val, args, max_length: int, teacher_val: float
+) -> dict:
     batches = list(make_dataloader(load_split(task.name, "train", args.data_dir), tok, task.name, batch_size=32,
                                    max_length=max_length, limit=args.calibration_examples, limit_mode="random",
                                    seed=seed, bucket=False))  # fmt: skip
@@ -119,7 +120,7 @@ def run_seed(teacher, tok, task, flops: float, seed: int, val, args) -> dict:
         "task loss": float(heldout_losses(teacher, held, label_free=False, reference=None).mean()),
         "KL": 0.0,
         "held metric": C.metrics(teacher, held, task.name)[task.main_metric],
-        "validation": C.metrics(teacher, val, task.name)[task.main_metric],
+        "validation": teacher_val,
     }
     picks = {
         RULES[0]: pick(task_loss, 2.0),
@@ -198,9 +199,11 @@ def main(argv=None) -> Path:
         max_length = load_recipe(task.name).data.max_length
         val_rows = subset(load_split(task.name, task.validation_splits[0], args.data_dir), args.eval_limit)
         val = list(make_dataloader(val_rows, tok, task.name, batch_size=64, max_length=max_length))
+        teacher_val = C.metrics(teacher, val, task.name)[task.main_metric]
         for flops in args.flops:
             results[(task.name, flops)] = {
-                seed: run_seed(teacher, tok, task, flops, seed, val, args) for seed in args.seeds
+                seed: run_seed(teacher, tok, task, flops, seed, val, args, max_length, teacher_val)
+                for seed in args.seeds
             }
     budgets = "_".join(f"{round(100 * f)}" for f in args.flops)
     name = "selection_smoke.md" if args.smoke else f"selection_{'_'.join(args.tasks)}_{budgets}.md"
