@@ -146,6 +146,7 @@ def test_default_card_says_what_compress_and_distill_did(tmp_path):
     method = head.split("| Method | ")[1].split(" |")[0]
     assert method.startswith("fisher scores (with labels) on 32 calibration examples, search")
     assert method.endswith("then distillation (logits + task loss)")
+    assert "chosen among" not in method  # select=False: nothing was weighed
     assert "## Metrics on sst2 evaluation data" in text and "| accuracy |" in text
     assert ModelCard.load(folder / "README.md").data.to_dict()["datasets"] == ["nyu-mll/glue"]
 

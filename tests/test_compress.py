@@ -11,6 +11,7 @@ import tiny
 import torch
 
 import structprune as sp
+from structprune.checkpoint.card import recorded_card
 from structprune.run.compress import CompressConfig, compress
 
 pytestmark = pytest.mark.filterwarnings("ignore:Only .* calibration examples")
@@ -89,6 +90,10 @@ def test_compress_keeps_the_candidate_with_the_lowest_held_out_loss(label_free, 
     out, report = compress(model, calib, flops=0.5, select_margin=0, select_by=select_by, progress=False)
     by_divergence = label_free or select_by == "divergence"
     assert report.selected_by == ("divergence" if by_divergence else "task_loss")
+    weighed = "divergence from the unpruned model" if by_divergence else "task loss"
+    assert f"(chosen among {len(report.candidates)} candidates by held-back {weighed})" in (
+        recorded_card(out).method
+    )  # the model card says how the kept candidate was chosen
     assert len(report.candidates) >= 4  # search / allocate (fisher, taylor), with and without reconstruction
     assert report.choice == min(
         report.candidates, key=report.candidates.get

@@ -427,10 +427,14 @@ def compress(
         selected_by=("divergence" if by_divergence else "task_loss") if held else None,
         latency_kept=lm.fraction(model) if lm is not None else None,
     )
+    chosen = ""
+    if report.selected_by is not None:
+        weighed = "task loss" if report.selected_by == "task_loss" else "divergence from the unpruned model"
+        chosen = f" (chosen among {len(candidates)} candidates by held-back {weighed})"
     note_card(
         model,
         method=f"{cfg.method} scores ({'label-free' if label_free else 'with labels'}) on {n_examples} "
-        f"calibration examples, {report.choice}",
+        f"calibration examples, {report.choice}{chosen}",
         budget=budget_text(
             cfg.flops,
             cfg.params,
