@@ -164,11 +164,13 @@ DISTILL_MARGIN = {0.25: 1.0, 0.1: 1.0}
 
 # What sp.compress weighs before it picks, stored in the retraining-free rows' settings: a row measured under
 # an older protocol is shown as stale, and a rerun with ``--replace`` re-measures it. Bump it when compress
-# changes what it picks. 3: the configured path (search + both rearrangements, reconstructed) is kept unless a
-# candidate's held-back loss is lower by more than CompressConfig.select_margin standard errors (2: the search
-# with and without each of Kwon et al.'s rearrangements is a candidate and the lowest held-back loss wins; 1: only
-# the rearranged search was a candidate).
-COMPRESS_PROTOCOL = 3
+# changes what it picks. 4: the candidates are weighed by their held-back KL from the teacher's outputs and the
+# lowest wins (CompressConfig.select_by="divergence", select_margin=0; benchmarks/results/selection_summary.md);
+# 3: by the held-back task loss, the configured path (search + both rearrangements, reconstructed) kept unless a
+# candidate's loss is lower by more than 2 standard errors; 2: the search with and without each of Kwon et al.'s
+# rearrangements is a candidate and the lowest held-back task loss wins; 1: only the rearranged search was a
+# candidate.
+COMPRESS_PROTOCOL = 4
 
 
 # --------------------------------------------------------------------------- flags
@@ -657,14 +659,16 @@ class TaskContext:
         }
         # the recipe's loss terms (only the recipe-distilled rows depend on them)
         self.terms = {k: getattr(dist, k) for k in ("logit_weight", "hidden_weight", "attention_weight")}
-        # what compress weighs its candidates by: the retraining-free rows and the students' starts depend on it
-        self.select = {} if args.select_by == CompressConfig.select_by else {"select_by": args.select_by}
+        # how compress picks among its candidates: the retraining-free rows and the students' starts depend on it
+        self.select = {"compress_protocol": COMPRESS_PROTOCOL}
+        if args.select_by != CompressConfig.select_by:
+            self.select["select_by"] = args.select_by
         self._compressed: dict[float, tuple] = {}
         self.steps_per_epoch = math.ceil(self.train_size / recipe.data.batch_size)
 
     def settings(self, method: str) -> dict:
         if method == RETRAINING_FREE:
-            return {**self.base_settings, "compress_protocol": COMPRESS_PROTOCOL, **self.select}
+            return {**self.base_settings, **self.select}
         if method == DISTILLED:
             return {**self.base_settings, **self.train_settings, "terms": self.terms, **self.select}
         if method in STUDENTS:
@@ -693,7 +697,7 @@ class TaskContext:
         )
 
     def _start_dir(self, budget: float) -> Path:
-        settings = dict(self.base_settings)
+        settings = {**self.base_settings, **self.select}
         if _is_shape(budget, self.args):
             settings["shape"] = self.train_settings["shape"]
         return self.work_dir("start", budget, settings)
@@ -1175,26 +1179,35 @@ def task_table(task_name: str, entry: dict, args) -> str:
     return markdown_table(headers, table)
 
 
+def _weighed_by(row: dict) -> str:
+    """What a retraining-free row's candidates were weighed by: its settings name ``select_by`` when it was not
+    the default of the row's protocol (task loss up to ``COMPRESS_PROTOCOL`` 3, the KL since 4)."""
+    settings = row.get("settings") or {}
+    default = "divergence" if settings.get("compress_protocol", 0) >= 4 else "task_loss"
+    return "KL from the teacher" if settings.get("select_by", default) == "divergence" else "task loss"
+
+
 def candidates_text(entry: dict, args) -> str:
     """What ``sp.compress`` chose from, per retraining-free row: each candidate's loss on the held-back
-    calibration examples. The one kept is the row's ``choice`` note: since ``COMPRESS_PROTOCOL`` 3 the configured
-    path stays unless another candidate's loss is clearly lower (``structprune.run.select.clearly_lower``), so
-    it need not be the lowest."""
+    calibration examples. The one kept is the row's ``choice`` note: with ``select_margin`` > 0 (protocol 3) the
+    configured path stays unless another candidate's loss is clearly lower (``structprune.run.select.clearly_lower``),
+    so it need not be the lowest; at the default margin 0 (protocol 4) it is."""
     lines = []
     for r in sorted(entry["rows"], key=_order):
         if r["method"] != RETRAINING_FREE or not r.get("candidates"):
             continue
         ranked = sorted(r["candidates"].items(), key=lambda kv: kv[1])
         lines.append(
-            f"- at {_budget_label(r['budget'], args)}: " + "; ".join(f"{k} {v:.4f}" for k, v in ranked)
+            f"- at {_budget_label(r['budget'], args)} ({_weighed_by(r)}): "
+            + "; ".join(f"{k} {v:.4f}" for k, v in ranked)
         )
     if not lines:
         return ""
     return (
-        "\nHeld-back loss of `sp.compress`'s candidates, lowest first. The one kept is the row's `choice`: the "
-        "configured path (search + rearrangement, reconstructed) unless another candidate's loss is lower by more "
-        "than `select_margin` standard errors of the paired per-example difference, so it is not always the "
-        "lowest:\n\n"
+        "\nHeld-back loss of `sp.compress`'s candidates, lowest first. The one kept is the "
+        "row's `choice`: the lowest, unless a `select_margin` keeps the configured path (search + rearrangement, "
+        "reconstructed) until another candidate's loss is lower by more than that many standard errors of the "
+        "paired per-example difference:\n\n"
     ) + ("\n".join(lines) + "\n")
 
 

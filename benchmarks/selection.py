@@ -57,8 +57,18 @@ PATHS = {
     "allocate (fisher)": {"search": False},
     "allocate (taylor)": {"search": False, "method": "taylor"},
 }
-RULES = ("task loss, margin 2 (sp.compress)", "task loss, margin 0", "KL, margin 2", "KL, margin 0",
-         "held-back metric", "configured path", "oracle")  # fmt: skip
+DEFAULT_RULE = " (sp.compress)"  # marks the rule of CompressConfig's defaults (select_by, select_margin)
+
+
+def _loss_rule(by: str, margin: float) -> str:
+    default = sp.CompressConfig()
+    mark = DEFAULT_RULE if (by, margin) == (default.select_by, default.select_margin) else ""
+    return f"{'task loss' if by == 'task_loss' else 'KL'}, margin {margin:g}{mark}"
+
+
+LOSS_RULES = {_loss_rule(by, m): (by, m) for by in ("task_loss", "divergence") for m in (2.0, 0.0)}
+"""rule -> (what the held-back examples weigh the candidates by, margin in standard errors)"""
+RULES = (*LOSS_RULES, "held-back metric", "configured path", "oracle")
 
 
 def parse_args(argv=None):
@@ -67,6 +77,14 @@ def parse_args(argv=None):
     p.add_argument("--flops", type=float, nargs="+", default=[0.25])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--calibration-examples", type=int, default=1024)
+    p.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        metavar="MD",
+        help="measure nothing: read these results files of this script and write selection_summary.md "
+        "(each rule's picks over every task, budget and seed they hold, against sp.compress's rule)",
+    )
     args = p.parse_args(argv)
     args.eval_limit = None
     if args.smoke:
@@ -123,13 +141,10 @@ def run_seed(
         "validation": teacher_val,
     }
     picks = {
-        RULES[0]: pick(task_loss, 2.0),
-        RULES[1]: pick(task_loss, 0.0),
-        RULES[2]: pick(kl, 2.0),
-        RULES[3]: pick(kl, 0.0),
-        RULES[4]: max(rows, key=lambda k: rows[k]["held metric"]),
-        RULES[5]: CONFIGURED,
-        RULES[6]: max(rows, key=lambda k: rows[k]["validation"]),
+        **{rule: pick(task_loss if by == "task_loss" else kl, m) for rule, (by, m) in LOSS_RULES.items()},
+        "held-back metric": max(rows, key=lambda k: rows[k]["held metric"]),
+        "configured path": CONFIGURED,
+        "oracle": max(rows, key=lambda k: rows[k]["validation"]),
     }
     n_fit, n_held = (sum(len(b["input_ids"]) for b in part) for part in (fit, held))
     return {"rows": rows, "picks": picks, "fit": n_fit, "held": n_held, "teacher": teacher_row}
@@ -175,9 +190,75 @@ def render(results: dict, args, sources: dict) -> str:
     return text
 
 
+def read_picks(path: Path) -> dict[str, dict[str, list[float]]]:
+    """``{"<task> at <budget>": {rule: [validation metric of its pick per seed]}}`` from a results file of this
+    script (the rule of the defaults when it was written carries a mark, dropped here: it is the rule's name that
+    identifies it)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for section in path.read_text().split("\n## ")[1:]:
+        title, _, body = section.partition("\n")
+        table = body.split("Validation metric of each rule's pick:", 1)[-1].strip().split("\n\n")[0]
+        lines = [line for line in table.splitlines() if line.startswith("|")][2:]
+        if not lines:
+            raise ValueError(f"{path}: section {title!r} has no table of the rules' picks")
+        picks = {}
+        for line in lines:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            picks[cells[0].replace(DEFAULT_RULE, "")] = [float(c) for c in cells[1:-2]]
+        out[title.replace(" of the encoder FLOPs", "")] = picks
+    return out
+
+
+def summarize(paths: list[Path]) -> str:
+    """Each rule over every (task, budget, seed) case of ``paths``: mean difference from the rule of
+    ``sp.compress``'s defaults, cases better / worse, and the gap to the oracle."""
+    cases = {}
+    for path in sorted(paths):
+        for title, picks in read_picks(path).items():
+            if title in cases:
+                raise ValueError(f"{title} is in two of the files given")
+            cases[title] = (path.name, picks)
+    default = next(rule for rule in LOSS_RULES if rule.endswith(DEFAULT_RULE)).replace(DEFAULT_RULE, "")
+    rules = list(next(iter(cases.values()))[1]) if cases else []
+    per_file = [
+        {"file": name, "case": title, "seeds": len(picks[default]),
+         **{rule: f"{statistics.mean(vals):.2f}" for rule, vals in picks.items()}}
+        for title, (name, picks) in cases.items()
+    ]  # fmt: skip
+    overall = []
+    for rule in rules:
+        diff = [a - b for _, p in cases.values() for a, b in zip(p[rule], p[default], strict=True)]
+        gap = [a - b for _, p in cases.values() for a, b in zip(p[rule], p["oracle"], strict=True)]
+        overall.append({
+            "rule": rule + (DEFAULT_RULE if rule == default else ""),
+            "cases": len(diff),
+            "mean vs sp.compress's rule": f"{statistics.mean(diff):+.2f}",
+            "better": sum(d > 1e-9 for d in diff),
+            "worse": sum(d < -1e-9 for d in diff),
+            "worst": f"{min(diff):+.2f}",
+            "best": f"{max(diff):+.2f}",
+            "mean vs oracle": f"{statistics.mean(gap):+.2f}",
+        })  # fmt: skip
+    return (
+        "\nEach case is one task, budget and calibration seed of the files read; a rule's value in a case is the "
+        "validation metric of the candidate it picks, in points (accuracy, F1, Pearson or MCC x 100, as each file "
+        f"says). Compared with the rule of `sp.compress`'s defaults (`{default}`).\n\n"
+        "## Over every case\n\n"
+        + C.md_table(overall)
+        + "\n\n## Mean of each rule's picks, per file\n\n"
+        + C.md_table(per_file)
+        + "\n"
+    )
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     C.setup(args)
+    if args.summarize:
+        text = C.header("How sp.compress chooses: every selection result together", note=args.note)
+        out = C.write_atomic(Path(args.out) / "selection_summary.md", text + summarize(args.summarize))
+        logger.info("wrote %s", out)
+        return out
     results, sources = {}, {}
     for tname in args.tasks:
         task = get_task(tname)

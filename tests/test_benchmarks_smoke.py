@@ -250,23 +250,32 @@ def test_quality_shape_options_re_measure_the_shape_students_only(tmp_path):
 
 
 def test_quality_select_by_re_measures_what_compress_picks_only(tmp_path):
-    """--select-by divergence changes what sp.compress keeps: the retraining-free rows are stale under it (and
-    re-measured with --replace), the Taylor rows are not; the default adds nothing to the rows' settings."""
+    """--select-by task_loss (not the default) changes what sp.compress keeps: the retraining-free rows are stale
+    under it (and re-measured with --replace), the Taylor rows are not; the default adds nothing to the rows'
+    settings. The students start from sp.compress, so their settings carry what it picks by too."""
     quality = _script("quality")
     base = ["--smoke", "--out", str(tmp_path), "--methods", "compress", "taylor", "--no-latency"]
     quality.main(base)
     state = json.loads((tmp_path / "quality.json").read_text())
     assert all("select_by" not in r["settings"] for r in state["tasks"]["sst2"]["rows"] if "settings" in r)
+    current = state["tasks"]["sst2"]["current"]
+    assert current["students"]["compress_protocol"] == current["distilled"]["compress_protocol"] == 4
     with pytest.raises(SystemExit, match="other settings") as err:
-        quality.main([*base, "--select-by", "divergence"])
+        quality.main([*base, "--select-by", "task_loss"])
     assert "sp.compress" in str(err.value) and "Taylor" not in str(err.value)
-    quality.main([*base, "--select-by", "divergence", "--replace"])
-    rows = json.loads((tmp_path / "quality.json").read_text())["tasks"]["sst2"]["rows"]
+    quality.main([*base, "--select-by", "task_loss", "--replace"])
+    state = json.loads((tmp_path / "quality.json").read_text())
     by_method = {}
-    for r in rows:
+    for r in state["tasks"]["sst2"]["rows"]:
         by_method.setdefault(r["method"], []).append(r.get("settings", {}).get("select_by"))
-    assert set(by_method[quality.RETRAINING_FREE]) == {"divergence"}
+    assert set(by_method[quality.RETRAINING_FREE]) == {"task_loss"}
     assert set(by_method[quality.TAYLOR]) == {None}
+    assert state["tasks"]["sst2"]["current"]["students"]["select_by"] == "task_loss"
+    # the held-back losses listed under a task's table say what weighed them: the default of the row's protocol
+    # (the task loss up to 3, the KL since 4) unless its settings name another
+    rows = [{"settings": {"compress_protocol": p, **extra}} for p, extra in
+            [(3, {}), (4, {}), (4, {"select_by": "task_loss"}), (3, {"select_by": "divergence"})]]  # fmt: skip
+    assert [quality._weighed_by(r) for r in rows] == ["task loss", "KL from the teacher"] * 2
 
 
 def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
@@ -617,10 +626,12 @@ def test_quality_lists_what_compress_chose_from():
     q = _script("quality")
     args = q.parse_args([])
     cands = {"search+rearrange, reconstructed": 0.52, "allocate (taylor), reconstructed": 0.41}
-    entry = {"rows": [{"method": q.RETRAINING_FREE, "budget": 0.5, "candidates": cands},
+    settings = {"compress_protocol": 4}
+    entry = {"rows": [{"method": q.RETRAINING_FREE, "budget": 0.5, "candidates": cands, "settings": settings},
                       {"method": q.TAYLOR, "budget": 0.5}]}  # fmt: skip
     text = q.candidates_text(entry, args)
-    assert "- at 50%: allocate (taylor), reconstructed 0.4100; search+rearrange, reconstructed 0.5200" in text
+    want = "- at 50% (KL from the teacher): allocate (taylor), reconstructed 0.4100; search+rearrange, reconstructed"
+    assert want + " 0.5200" in text
     assert q.candidates_text({"rows": [{"method": q.RETRAINING_FREE, "budget": 0.5}]}, args) == ""
 
 
@@ -643,6 +654,31 @@ def test_selection_smoke(tmp_path):
     candidates = [r[0] for r in rows if r[0].endswith("reconstructed")]
     assert len(candidates) == 2 * len(sel.PATHS) * 2  # every path, with and without reconstruction, two seeds
     assert sum("configured path" in r[-1] for r in rows) == 2  # the configured path is marked once per seed
+    marked = [r for r in sel.RULES if r.endswith(sel.DEFAULT_RULE)]
+    assert marked == ["KL, margin 0 (sp.compress)"]  # the rule of CompressConfig's defaults, and only it
+
+    # --summarize reads the file back: every rule over both seeds, against sp.compress's rule
+    summary = sel.main(
+        ["--summarize", str(tmp_path / "selection_smoke.md"), "--out", str(tmp_path)]
+    ).read_text()
+    _check_header(summary, "How sp.compress chooses: every selection result together")
+    overall = {r[0]: r for r in _table_rows(summary.split("## Over every case")[1].split("## Mean")[0])}
+    assert set(overall) - {"rule"} == set(sel.RULES)
+    assert overall["KL, margin 0 (sp.compress)"][1:7] == ["2", "+0.00", "0", "0", "+0.00", "+0.00"]
+    assert overall["oracle"][-1] == "+0.00" and float(overall["oracle"][2]) >= 0  # the oracle is never worse
+    with pytest.raises(ValueError, match="in two of the files"):
+        sel.summarize([tmp_path / "selection_smoke.md", tmp_path / "selection_smoke.md"])
+
+
+def test_selection_reads_results_written_under_another_default():
+    """The committed files were written when the task loss at margin 2 was sp.compress's rule (marked so): read
+    back, the rules are named without the mark, so files written under either default sum up together."""
+    sel = _script("selection")
+    picks = sel.read_picks(Path(sel.__file__).parent / "results" / "selection_rte_25.md")
+    assert list(picks) == ["RTE at 25%"]
+    rte = picks["RTE at 25%"]
+    assert set(rte) == {r.replace(sel.DEFAULT_RULE, "") for r in sel.RULES}
+    assert rte["task loss, margin 2"] == [57.76, 44.40, 53.43, 58.12, 56.32] and len(rte["oracle"]) == 5
 
 
 def test_selection_pick_keeps_the_configured_path_within_noise():
