@@ -944,7 +944,8 @@ def load_state(args) -> dict:
 
 def merge_state(state: dict, path: Path) -> None:
     """Fold the tasks of another run's ``quality.json`` into ``state``; its run stamps are prefixed with the
-    name of its folder so rows keep pointing at the command that measured them.
+    name of its folder so rows keep pointing at the command that measured them (a run both hold, the same
+    stamp and record, is one run: the other folder began as a copy of this one's state).
 
     A task both hold is folded row by row (e.g. its retraining-free rows measured by one process and its
     students by another): allowed when both measured it with the same settings and the same dense teacher
@@ -958,8 +959,14 @@ def merge_state(state: dict, path: Path) -> None:
     shared = [t for t, e in tasks.items() if e.get("rows") and state["tasks"].get(t, {}).get("rows")]
     for task_name in shared:  # every check before anything is folded in
         _check_foldable(task_name, state["tasks"][task_name], tasks[task_name], path)
-    stamps = {r["run"]: f"{label}/{r['run']}" for r in runs}
-    state["runs"].extend({**r, "run": stamps[r["run"]]} for r in runs)
+    mine = {r["run"]: r for r in state["runs"]}
+    stamps = {}
+    for r in runs:
+        if mine.get(r["run"]) == r:  # the same run (that folder began as a copy of this one): keep its name
+            stamps[r["run"]] = r["run"]
+        else:
+            stamps[r["run"]] = f"{label}/{r['run']}"
+            state["runs"].append({**r, "run": stamps[r["run"]]})
     for task_name, entry in tasks.items():
         for row in entry.get("rows", []):
             row["measured"] = stamps.get(row.get("measured"), row.get("measured"))

@@ -182,7 +182,10 @@ def test_quality_smoke(tmp_path):
     state = json.loads((tmp_path / "quality.json").read_text())
     other = tmp_path / "other" / "quality.json"
     other.parent.mkdir()
-    other.write_text(json.dumps({"runs": state["runs"], "tasks": {"rte": state["tasks"]["sst2"]}}))
+    their_runs = [
+        {**r, "date": f"elsewhere {r['date']}"} for r in state["runs"]
+    ]  # other runs of the same names
+    other.write_text(json.dumps({"runs": their_runs, "tasks": {"rte": state["tasks"]["sst2"]}}))
     text = (
         _script("quality")
         .main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
@@ -194,6 +197,20 @@ def test_quality_smoke(tmp_path):
     assert {r.get("measured") for r in merged["tasks"]["rte"]["rows"]} == {"other/run 1", "other/run 2"}
     with pytest.raises(SystemExit, match="rte rows measured in both: .*retraining-free sp.compress at 50%"):
         _script("quality").main(["--smoke", "--out", str(tmp_path), "--merge", str(other), "--render"])
+    # a folder that began as a copy of this state holds its runs too: those stay one run each (rows keep their
+    # names), and only the copy's own new run is prefixed
+    copied = tmp_path / "copy" / "quality.json"
+    copied.parent.mkdir()
+    new_run = {**state["runs"][0], "run": "run 3", "date": "later"}
+    mrpc = {
+        **state["tasks"]["sst2"],
+        "rows": [{**r, "measured": "run 3"} for r in state["tasks"]["sst2"]["rows"]],
+    }
+    copied.write_text(json.dumps({"runs": [*state["runs"], new_run], "tasks": {"mrpc": mrpc}}))
+    mine = {"runs": list(state["runs"]), "tasks": {}}
+    _script("quality").merge_state(mine, copied)
+    assert [r["run"] for r in mine["runs"]] == [*(r["run"] for r in state["runs"]), "copy/run 3"]
+    assert {r["measured"] for r in mine["tasks"]["mrpc"]["rows"]} == {"copy/run 3"}
     # a compress row measured before compress changed what it weighs (an older COMPRESS_PROTOCOL) is shown as
     # stale and re-measured only when asked to; the other rows stay
     quality = _script("quality")
@@ -289,9 +306,9 @@ def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
         return {"method": method, "budget": budget, "metrics": {"f1": f1}, "measured": run}
 
     current = {"rows": {"seed": 0}, "students": {"seed": 0}, "distilled": {"seed": 0}}
-    mine = {"runs": [{"run": "run 1"}], "tasks": {"mrpc": {"current": current, "rows": [
+    mine = {"runs": [{"run": "run 1", "command": "mine"}], "tasks": {"mrpc": {"current": current, "rows": [
         row(q.DENSE, None, 86.9, "run 1"), row(q.RETRAINING_FREE, 0.5, 86.0, "run 1")]}}}  # fmt: skip
-    theirs = {"runs": [{"run": "run 1"}], "tasks": {"mrpc": {"current": current, "rows": [
+    theirs = {"runs": [{"run": "run 1", "command": "theirs"}], "tasks": {"mrpc": {"current": current, "rows": [
         row(q.DENSE, None, 86.9, "run 1"), row(q.DISTILLED, 0.25, 85.6, "run 1")]}}}  # fmt: skip
 
     def merge(state, other):
