@@ -134,8 +134,8 @@ def test_compress_returns_a_smaller_sentence_transformer(st):
     assert got.shape == want.shape
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(len(HELD)))  # Normalize kept
     assert 0 < float(embedding_distance(got, want).mean()) < 0.5
-    # candidates were weighed by the held-out cosine distance from the unpruned embeddings: the configured path
-    # is kept unless another is clearly closer (select_margin)
+    # candidates were weighed by the held-out cosine distance from the unpruned embeddings: the closest is kept
+    # (select_margin=0, the default; with a margin the configured path stays unless another is clearly closer)
     assert len(report.candidates) >= 2 and all(0 <= v < 1 for v in report.candidates.values())
     assert report.choice == "search+rearrange, reconstructed" or report.candidates[report.choice] == min(
         report.candidates.values()
