@@ -949,7 +949,8 @@ def merge_state(state: dict, path: Path) -> None:
 
     A task both hold is folded row by row (e.g. its retraining-free rows measured by one process and its
     students by another): allowed when both measured it with the same settings and the same dense teacher
-    metrics, and no row other than the dense teacher is in both (``state``'s dense row is kept)."""
+    metrics, and no row other than the dense teacher is current in both (``state``'s dense row is kept; a row
+    shown stale here, measured with other settings, is replaced by the other run's)."""
     try:
         other = json.loads(Path(path).read_text())
         runs, tasks = other["runs"], other["tasks"]
@@ -971,7 +972,11 @@ def merge_state(state: dict, path: Path) -> None:
         for row in entry.get("rows", []):
             row["measured"] = stamps.get(row.get("measured"), row.get("measured"))
         if task_name in shared:
-            state["tasks"][task_name]["rows"].extend(r for r in entry["rows"] if r["method"] != DENSE)
+            mine = state["tasks"][task_name]
+            theirs = [r for r in entry["rows"] if r["method"] != DENSE]
+            replaced = {(r["method"], r["budget"]) for r in theirs}
+            mine["rows"] = [r for r in mine["rows"] if (r["method"], r["budget"]) not in replaced]
+            mine["rows"].extend(theirs)
         elif entry.get("rows") or task_name not in state["tasks"]:
             state["tasks"][task_name] = entry
 
@@ -989,7 +994,8 @@ def _check_foldable(task_name: str, mine: dict, theirs: dict, path: Path) -> Non
             f"--merge {path}: {task_name}'s dense teacher scores {dense(theirs)} there and {dense(mine)} here "
             "(another teacher?)"
         )
-    keys = {(r["method"], r["budget"]) for r in mine["rows"] if r["method"] != DENSE}
+    # a stale row here (measured with other settings) gives way to the other run's current one
+    keys = {(r["method"], r["budget"]) for r in mine["rows"] if r["method"] != DENSE and is_current(mine, r)}
     both = sorted(f"{m} at {b:.0%}" for m, b in keys & {(r["method"], r["budget"]) for r in theirs["rows"]})
     if both:
         raise SystemExit(f"--merge {path}: {task_name} rows measured in both: {'; '.join(both)}")

@@ -302,8 +302,14 @@ def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
 
     q = _script("quality")
 
-    def row(method, budget, f1, run):
-        return {"method": method, "budget": budget, "metrics": {"f1": f1}, "measured": run}
+    def row(method, budget, f1, run, seed=0):
+        return {
+            "method": method,
+            "budget": budget,
+            "metrics": {"f1": f1},
+            "measured": run,
+            "settings": {"seed": seed},
+        }
 
     current = {"rows": {"seed": 0}, "students": {"seed": 0}, "distilled": {"seed": 0}}
     mine = {"runs": [{"run": "run 1", "command": "mine"}], "tasks": {"mrpc": {"current": current, "rows": [
@@ -326,6 +332,16 @@ def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
         (q.DISTILLED, 0.25, "students/run 1"),
     ]
     assert [r["run"] for r in state["runs"]] == ["run 1", "students/run 1"]
+    # a row shown stale here (measured with other settings, e.g. before a protocol change) gives way to theirs
+    stale = copy.deepcopy(mine)
+    stale["tasks"]["mrpc"]["rows"].append(row(q.DISTILLED, 0.25, 80.0, "run 1", seed=1))
+    merge(stale, theirs)
+    got = [(r["method"], r["budget"], r["measured"]) for r in stale["tasks"]["mrpc"]["rows"]]
+    assert got == [
+        (q.DENSE, None, "run 1"),
+        (q.RETRAINING_FREE, 0.5, "run 1"),
+        (q.DISTILLED, 0.25, "students/run 1"),
+    ]
     for change, error in (
         (
             lambda t: t["rows"].append(row(q.RETRAINING_FREE, 0.5, 85.0, "run 1")),
