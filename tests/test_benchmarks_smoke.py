@@ -323,25 +323,23 @@ def test_quality_merge_folds_one_task_measured_by_two_runs(tmp_path):
         path.write_text(json.dumps(other))
         q.merge_state(state, path)
 
-    state = copy.deepcopy(mine)
-    merge(state, theirs)
-    got = [(r["method"], r["budget"], r["measured"]) for r in state["tasks"]["mrpc"]["rows"]]
-    assert got == [
+    def folded(state):
+        return [(r["method"], r["budget"], r["measured"]) for r in state["tasks"]["mrpc"]["rows"]]
+
+    want = [
         (q.DENSE, None, "run 1"),
         (q.RETRAINING_FREE, 0.5, "run 1"),
         (q.DISTILLED, 0.25, "students/run 1"),
     ]
+    state = copy.deepcopy(mine)
+    merge(state, theirs)
+    assert folded(state) == want
     assert [r["run"] for r in state["runs"]] == ["run 1", "students/run 1"]
     # a row shown stale here (measured with other settings, e.g. before a protocol change) gives way to theirs
     stale = copy.deepcopy(mine)
     stale["tasks"]["mrpc"]["rows"].append(row(q.DISTILLED, 0.25, 80.0, "run 1", seed=1))
     merge(stale, theirs)
-    got = [(r["method"], r["budget"], r["measured"]) for r in stale["tasks"]["mrpc"]["rows"]]
-    assert got == [
-        (q.DENSE, None, "run 1"),
-        (q.RETRAINING_FREE, 0.5, "run 1"),
-        (q.DISTILLED, 0.25, "students/run 1"),
-    ]
+    assert folded(stale) == want
     for change, error in (
         (
             lambda t: t["rows"].append(row(q.RETRAINING_FREE, 0.5, 85.0, "run 1")),
