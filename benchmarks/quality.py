@@ -945,7 +945,7 @@ def load_state(args) -> dict:
 def merge_state(state: dict, path: Path) -> None:
     """Fold the tasks of another run's ``quality.json`` into ``state``; its run stamps are prefixed with the
     name of its folder so rows keep pointing at the command that measured them (a run both hold, the same
-    stamp and record, is one run: the other folder began as a copy of this one's state).
+    stamp, command and date, is one run: the other folder began as a copy of this one's state).
 
     A task both hold is folded row by row (e.g. its retraining-free rows measured by one process and its
     students by another): allowed when both measured it with the same settings and the same dense teacher
@@ -960,10 +960,18 @@ def merge_state(state: dict, path: Path) -> None:
     shared = [t for t, e in tasks.items() if e.get("rows") and state["tasks"].get(t, {}).get("rows")]
     for task_name in shared:  # every check before anything is folded in
         _check_foldable(task_name, state["tasks"][task_name], tasks[task_name], path)
+
+    def same_run(
+        a: dict | None, b: dict
+    ) -> bool:  # the stamp, command and date (a run adds its seconds when done)
+        return a is not None and all(a.get(k) == b.get(k) for k in ("run", "command", "date"))
+
     mine = {r["run"]: r for r in state["runs"]}
     stamps = {}
     for r in runs:
-        if mine.get(r["run"]) == r:  # the same run (that folder began as a copy of this one): keep its name
+        if same_run(
+            mine.get(r["run"]), r
+        ):  # the same run (that folder began as a copy of this one): keep its name
             stamps[r["run"]] = r["run"]
         else:
             stamps[r["run"]] = f"{label}/{r['run']}"

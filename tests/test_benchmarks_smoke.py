@@ -207,7 +207,7 @@ def test_quality_smoke(tmp_path):
         "rows": [{**r, "measured": "run 3"} for r in state["tasks"]["sst2"]["rows"]],
     }
     copied.write_text(json.dumps({"runs": [*state["runs"], new_run], "tasks": {"mrpc": mrpc}}))
-    mine = {"runs": list(state["runs"]), "tasks": {}}
+    mine = {"runs": [{**r, "seconds": 12.0} for r in state["runs"]], "tasks": {}}  # finished since the copy
     _script("quality").merge_state(mine, copied)
     assert [r["run"] for r in mine["runs"]] == [*(r["run"] for r in state["runs"]), "copy/run 3"]
     assert {r["measured"] for r in mine["tasks"]["mrpc"]["rows"]} == {"copy/run 3"}
