@@ -961,17 +961,12 @@ def merge_state(state: dict, path: Path) -> None:
     for task_name in shared:  # every check before anything is folded in
         _check_foldable(task_name, state["tasks"][task_name], tasks[task_name], path)
 
-    def same_run(
-        a: dict | None, b: dict
-    ) -> bool:  # the stamp, command and date (a run adds its seconds when done)
-        return a is not None and all(a.get(k) == b.get(k) for k in ("run", "command", "date"))
-
-    mine = {r["run"]: r for r in state["runs"]}
+    # a run both hold (that folder began as a copy of this one) keeps its name: the same stamp, command and date
+    # (a run adds its seconds when it is done, so the records need not be equal)
+    known = {r["run"]: r for r in state["runs"]}
     stamps = {}
     for r in runs:
-        if same_run(
-            mine.get(r["run"]), r
-        ):  # the same run (that folder began as a copy of this one): keep its name
+        if all(known.get(r["run"], {}).get(k) == r.get(k) for k in ("run", "command", "date")):
             stamps[r["run"]] = r["run"]
         else:
             stamps[r["run"]] = f"{label}/{r['run']}"
@@ -980,11 +975,11 @@ def merge_state(state: dict, path: Path) -> None:
         for row in entry.get("rows", []):
             row["measured"] = stamps.get(row.get("measured"), row.get("measured"))
         if task_name in shared:
-            mine = state["tasks"][task_name]
+            here = state["tasks"][task_name]
             theirs = [r for r in entry["rows"] if r["method"] != DENSE]
             replaced = {(r["method"], r["budget"]) for r in theirs}
-            mine["rows"] = [r for r in mine["rows"] if (r["method"], r["budget"]) not in replaced]
-            mine["rows"].extend(theirs)
+            here["rows"] = [r for r in here["rows"] if (r["method"], r["budget"]) not in replaced]
+            here["rows"].extend(theirs)
         elif entry.get("rows") or task_name not in state["tasks"]:
             state["tasks"][task_name] = entry
 
