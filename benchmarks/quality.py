@@ -171,6 +171,9 @@ DISTILL_MARGIN = {0.25: 1.0, 0.1: 1.0}
 # rearrangements is a candidate and the lowest held-back task loss wins; 1: only the rearranged search was a
 # candidate.
 COMPRESS_PROTOCOL = 4
+KL_SELECTION_SINCE = (
+    4  # the first protocol whose compress weighs its candidates by the held-back KL by default
+)
 
 
 # --------------------------------------------------------------------------- flags
@@ -1199,7 +1202,7 @@ def _weighed_by(row: dict) -> str:
     """What a retraining-free row's candidates were weighed by: its settings name ``select_by`` when it was not
     the default of the row's protocol (task loss up to ``COMPRESS_PROTOCOL`` 3, the KL since 4)."""
     settings = row.get("settings") or {}
-    default = "divergence" if settings.get("compress_protocol", 0) >= 4 else "task_loss"
+    default = "divergence" if settings.get("compress_protocol", 0) >= KL_SELECTION_SINCE else "task_loss"
     return "KL from the teacher" if settings.get("select_by", default) == "divergence" else "task loss"
 
 

@@ -182,9 +182,8 @@ def test_quality_smoke(tmp_path):
     state = json.loads((tmp_path / "quality.json").read_text())
     other = tmp_path / "other" / "quality.json"
     other.parent.mkdir()
-    their_runs = [
-        {**r, "date": f"elsewhere {r['date']}"} for r in state["runs"]
-    ]  # other runs of the same names
+    # other runs of the same names
+    their_runs = [{**r, "date": f"elsewhere {r['date']}"} for r in state["runs"]]
     other.write_text(json.dumps({"runs": their_runs, "tasks": {"rte": state["tasks"]["sst2"]}}))
     text = (
         _script("quality")

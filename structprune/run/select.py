@@ -12,9 +12,9 @@ model's, or for an embedding model the mean cosine distance from its sentence em
 The default is measured (``benchmarks/results/selection_*.md``, summed up in ``selection_summary.md``): over 32
 cases of five GLUE tasks, two budgets and three to five calibration seeds each, the candidate with the lowest
 held-back KL scored higher on validation than the task loss's pick (kept unless another was clearly lower) in 10
-and lower in 2 (+0.64 points on average). The task loss on a few hundred labelled examples is noisier than the KL from a teacher's full
-output distribution: on RTE at 25% it kept a global allocation without reconstruction at 44.40% (below the
-majority class) whose held-back task loss was the lowest by chance.
+and lower in 2 (+0.64 points on average). The task loss on a few hundred labelled examples is noisier than the
+KL from a teacher's full output distribution: on RTE at 25% it kept a global allocation without reconstruction at
+44.40% (below the majority class) whose held-back task loss was the lowest by chance.
 
 A few hundred held-back examples rank candidates that differ by a collapse (all-mpnet-base-v2's rearranged
 search at chance) but not always candidates within noise of each other (MiniLM on SST-2, without reconstruction:
