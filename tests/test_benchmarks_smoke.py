@@ -720,3 +720,21 @@ def test_selection_pick_keeps_the_configured_path_within_noise():
     assert sel.pick(noisy, 0.0) == "other"
     clear = {sel.CONFIGURED: configured, "other": configured - 0.1}
     assert sel.pick(clear, 2.0) == "other"
+
+
+def test_teacher_outputs_smoke(tmp_path):
+    text = _smoke("teacher_outputs", tmp_path, "What a teacher's outputs say beyond the labels")
+    rows = {r[1]: r for r in _table_rows(text) if r[0] == "SST-2"}
+    assert set(rows) == {"train", "validation"}  # both splits of the task
+    header = _table_rows(text)[0]
+    col = {name: i for i, name in enumerate(header)}
+    for row in rows.values():
+        assert row[col["examples"]] == "32"
+        p = [float(row[col[f"mean top p at T={t}"]]) for t in ("2", "4", "8")]
+        # dividing the logits by a larger temperature can only flatten the softmax
+        assert float(row[col["mean top p"]]) >= p[0] >= p[1] >= p[2] >= 0.5
+
+
+def test_teacher_outputs_refuses_a_regression_task():
+    with pytest.raises(SystemExit):
+        _script("teacher_outputs").parse_args(["--tasks", "stsb"])
