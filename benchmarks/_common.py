@@ -192,6 +192,27 @@ def best_cached_teacher(
     return folder, record
 
 
+def teacher_of(task: str, smoke: bool = False):
+    """``(teacher, tokenizer, source)`` for a per-task benchmark: the best cached MiniLM teacher of ``task``
+    (:func:`best_cached_teacher`), in eval mode, with its tokenizer and a Markdown line naming it and its
+    validation score; with ``smoke`` a tiny random BERT with the task's label count. Exits with a message
+    saying how to make the teacher when the cache has none.
+
+    Example::
+
+        teacher, tok, source = teacher_of("mrpc")  # source: "`$STRUCTPRUNE_CACHE/teachers/...` (f1 86.91)"
+    """
+    info = get_task(task)
+    if smoke:
+        return tiny_bert(num_labels=info.num_labels).eval(), tokenizer_for(), "tiny random BERT (smoke)"
+    path, record = best_cached_teacher(info.name)
+    if path is None:
+        raise SystemExit(f"no cached {info.name} teacher: run `structprune teacher {info.name}` first")
+    best = record["best"][f"eval_{info.main_metric}"]
+    source = f"`$STRUCTPRUNE_CACHE/teachers/{path.name}` ({info.main_metric} {100 * best:.2f})"
+    return load_teacher(path).eval(), tokenizer_for(path), source
+
+
 def add_teacher_flag(p: argparse.ArgumentParser, task: str = "sst2", flag: str = "--teacher") -> None:
     """``flag``: the ``task`` teacher's folder, defaulting to :func:`default_teacher` (documented in --help)."""
     p.add_argument(

@@ -262,21 +262,7 @@ def main(argv=None) -> Path:
     results, sources = {}, {}
     for tname in args.tasks:
         task = get_task(tname)
-        if args.smoke:
-            teacher, tok = C.tiny_bert(num_labels=task.num_labels), C.tokenizer_for()
-            sources[task.name] = "tiny random BERT (smoke)"
-        else:
-            path, record = C.best_cached_teacher(task.name)
-            if path is None:
-                raise SystemExit(
-                    f"no cached {task.name} teacher: run `structprune teacher {task.name}` first"
-                )
-            teacher, tok = C.load_teacher(path), C.tokenizer_for(path)
-            best = record["best"][f"eval_{task.main_metric}"]
-            sources[task.name] = (
-                f"`$STRUCTPRUNE_CACHE/teachers/{path.name}` ({task.main_metric} {100 * best:.2f})"
-            )
-        teacher.eval()
+        teacher, tok, sources[task.name] = C.teacher_of(task.name, args.smoke)
         max_length = load_recipe(task.name).data.max_length
         val_rows = subset(load_split(task.name, task.validation_splits[0], args.data_dir), args.eval_limit)
         val = list(make_dataloader(val_rows, tok, task.name, batch_size=64, max_length=max_length))

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from structprune.data import get_task, load_split, make_dataloader, subset  # noqa: E402
+from structprune.run.recipe import load_recipe  # noqa: E402
 
 logger = logging.getLogger("teacher_outputs")
 
@@ -82,26 +83,9 @@ def main(argv=None) -> Path:
     rows, sources = [], []
     for name in args.tasks:
         task = get_task(name)
-        if args.smoke:
-            teacher, tok, source = (
-                C.tiny_bert(num_labels=task.num_labels),
-                C.tokenizer_for(),
-                "tiny random BERT",
-            )
-        else:
-            path, record = C.best_cached_teacher(task.name)
-            if path is None:
-                raise SystemExit(
-                    f"no cached {task.name} teacher: run `structprune teacher {task.name}` first"
-                )
-            teacher, tok = C.load_teacher(path), C.tokenizer_for(path)
-            best = (record.get("best") or {}).get(f"eval_{task.main_metric}")
-            source = f"`$STRUCTPRUNE_CACHE/teachers/{path.name}`" + (
-                f" (validation {task.main_metric} {100 * best:.2f} when kept)" if best is not None else ""
-            )
-        teacher.eval()
+        teacher, tok, source = C.teacher_of(task.name, args.smoke)
         sources.append(f"- {task.dir_name}: {source}")
-        max_length = 64 if task.name == "sst2" else 128
+        max_length = load_recipe(task.name).data.max_length  # as the teacher was fine-tuned
         for split in ("train", task.validation_splits[0]):
             data = subset(load_split(task.name, split, args.data_dir), args.limit)
             loader = make_dataloader(data, tok, task.name, batch_size=64, max_length=max_length)
