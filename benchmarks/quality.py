@@ -171,9 +171,8 @@ DISTILL_MARGIN = {0.25: 1.0, 0.1: 1.0}
 # rearrangements is a candidate and the lowest held-back task loss wins; 1: only the rearranged search was a
 # candidate.
 COMPRESS_PROTOCOL = 4
-KL_SELECTION_SINCE = (
-    4  # the first protocol whose compress weighs its candidates by the held-back KL by default
-)
+# the first protocol whose compress weighs its candidates by the held-back KL by default
+KL_SELECTION_SINCE = 4
 
 
 # --------------------------------------------------------------------------- flags

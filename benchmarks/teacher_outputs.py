@@ -28,6 +28,7 @@ import _common as C  # noqa: E402
 
 from structprune.data import get_task, load_split, make_dataloader, subset  # noqa: E402
 from structprune.run.recipe import load_recipe  # noqa: E402
+from structprune.run.select import reference_logits  # noqa: E402
 
 logger = logging.getLogger("teacher_outputs")
 
@@ -48,15 +49,6 @@ def parse_args(argv=None):
     if args.smoke:
         args.tasks, args.limit = ["sst2"], 32
     return args
-
-
-@torch.no_grad()
-def logits_and_labels(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, labels = [], []
-    for batch in loader:
-        labels.append(batch.pop("labels"))
-        logits.append(model(**batch).logits.float())
-    return torch.cat(logits), torch.cat(labels)
 
 
 def summary(logits: torch.Tensor, labels: torch.Tensor, temperatures) -> dict:
@@ -88,8 +80,9 @@ def main(argv=None) -> Path:
         max_length = load_recipe(task.name).data.max_length  # as the teacher was fine-tuned
         for split in ("train", task.validation_splits[0]):
             data = subset(load_split(task.name, split, args.data_dir), args.limit)
-            loader = make_dataloader(data, tok, task.name, batch_size=64, max_length=max_length)
-            logits, labels = logits_and_labels(teacher, loader)
+            batches = list(make_dataloader(data, tok, task.name, batch_size=64, max_length=max_length))
+            logits = torch.cat(reference_logits(teacher, batches))
+            labels = torch.cat([b["labels"] for b in batches])
             rows.append({"task": task.dir_name, "split": split, **summary(logits, labels, args.temperatures)})
             logger.info("%s", rows[-1])
     text = C.header("What a teacher's outputs say beyond the labels", note=args.note)
