@@ -72,6 +72,21 @@ def test_augmented_dataset_is_labelled_by_the_teacher_and_cached(teacher_tok, tm
     assert again.to_list() == out.to_list() and list(tmp_path.glob("augment-*.jsonl")) == [cached]
 
 
+def test_teacher_labels_come_back_in_the_order_of_the_texts(teacher_tok):
+    teacher, tok = teacher_tok  # labelled longest first in batches, returned in the caller's order
+    texts = [(r["sentence"],) for r in _data()] + [
+        ("good",),
+        ("a film with very good actors and a bad plot",),
+    ]
+    one_by_one = [teacher_labels(teacher, tok, [t], "sst2", AugmentConfig())[0] for t in texts]
+    assert teacher_labels(teacher, tok, texts, "sst2", AugmentConfig(batch_size=3)) == one_by_one
+    torch.manual_seed(1)
+    regressor = tiny.model("bert", num_labels=1).eval()
+    values = teacher_labels(regressor, tok, texts, "stsb", AugmentConfig(batch_size=3))
+    alone = [teacher_labels(regressor, tok, [t], "stsb", AugmentConfig())[0] for t in texts]
+    assert values == pytest.approx(alone, abs=1e-5)
+
+
 def test_mlm_replacements(teacher_tok):
     from transformers import BertConfig, BertForMaskedLM
 

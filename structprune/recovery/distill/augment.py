@@ -214,24 +214,25 @@ def generate(texts: list[tuple[str, ...]], cfg: AugmentConfig, *, neighbours: di
 def teacher_labels(
     teacher: nn.Module, tokenizer, texts: list[tuple[str, ...]], task, cfg: AugmentConfig
 ) -> list:
-    """The teacher's label of each text (argmax class, or the regression value)."""
+    """The teacher's label of each text (argmax class, or the regression value), in the order of ``texts``.
+    The texts are labelled longest first, so that each batch pads to about its own length."""
     task = get_task(task)
     was_training = teacher.training
     teacher.eval()
     device = next(teacher.parameters()).device
-    labels: list = []
+    order = sorted(range(len(texts)), key=lambda i: -sum(len(t) for t in texts[i]))
+    labels: list = [None] * len(texts)
     try:
-        for start in range(0, len(texts), cfg.batch_size):
-            chunk = texts[start : start + cfg.batch_size]
-            columns = list(zip(*chunk, strict=True))
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start : start + cfg.batch_size]
+            columns = list(zip(*(texts[i] for i in chunk), strict=True))
             enc = tokenizer(
                 *columns, truncation=True, max_length=cfg.max_length, padding=True, return_tensors="pt"
             )
             logits = logits_of(teacher(**{k: v.to(device) for k, v in enc.items()})).float()
-            if task.is_regression:
-                labels += logits.reshape(-1).tolist()
-            else:
-                labels += logits.argmax(-1).tolist()
+            values = logits.reshape(-1).tolist() if task.is_regression else logits.argmax(-1).tolist()
+            for i, value in zip(chunk, values, strict=True):
+                labels[i] = value
     finally:
         teacher.train(was_training)
     return labels
