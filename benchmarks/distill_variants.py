@@ -15,7 +15,9 @@ non-augmented train set), learning rate, warmup and seed:
 - ``gradual``: from the dense teacher, pruned while distilled (``PruneSchedule(to=b)``), ``+attention`` terms.
 
 The final weights are evaluated on the whole validation split. Finished rows are kept in ``<work>/rows.json``
-and skipped by a rerun with the same settings; the Markdown is rewritten after every row.
+and skipped by a rerun with the same settings; the Markdown is rewritten after every row. Two processes (say one
+budget each, each with its own ``--work``) are folded into one table with ``--merge <other work>/rows.json
+--render``, allowed when both measured with the same task settings and teacher.
 
     .venv/bin/python benchmarks/distill_variants.py                                 # full run (hours, see README)
     .venv/bin/python benchmarks/distill_variants.py --tasks mrpc --quick --threads 1   # real teacher, minutes
@@ -81,6 +83,11 @@ def parse_args(argv=None):
     p.add_argument("--shape-hidden", type=int, default=256)
     p.add_argument("--train-teachers", action="store_true", help="fine-tune a missing teacher (hours)")
     p.add_argument("--quick", action="store_true", help="real teachers, 64 examples, 2 steps per run")
+    p.add_argument("--merge", type=Path, nargs="+", action="extend", default=[], help="another run's "
+                   "<work>/rows.json to fold into this one's (rows measured by two processes with the same task "
+                   "settings, e.g. one budget each)")  # fmt: skip
+    p.add_argument("--render", action="store_true", help="only write the Markdown from <work>/rows.json (after "
+                   "--merge), training nothing; give the options of the runs so the setup paragraph says them")  # fmt: skip
     p.add_argument("--work", type=Path, default=None, help="students, augmented data, rows.json (default: "
                    "$STRUCTPRUNE_CACHE/bench_distill_variants)")  # fmt: skip
     a = p.parse_args(argv)
@@ -245,6 +252,53 @@ class Task:
                 "shape": shape_of(student)}  # fmt: skip
 
 
+VARIANT_KEYS = ("budget", "variant", "layers", "hidden", "stage_split", "augment_multiplier", "prune_steps")
+
+
+def task_settings(entry: dict) -> list[str]:
+    """The settings a task's current rows share (teacher, data, steps, ...), without the per-variant ones."""
+    return sorted({json.dumps({k: v for k, v in s.items() if k not in VARIANT_KEYS}, sort_keys=True)
+                   for s in entry.get("current", {}).values()})  # fmt: skip
+
+
+def merge_state(state: dict, path: Path) -> None:
+    """Fold another run's ``rows.json`` into ``state``: its current rows, students, augmentation costs and runs.
+
+    A task both hold is folded when both runs measured it with the same task settings (teacher weights, data,
+    steps, learning rate, ...) and no row is current in both with other results; otherwise nothing is folded
+    and the run stops with a message saying why."""
+    try:
+        other = json.loads(Path(path).read_text())
+        rows, tasks, runs, augment = other["rows"], other["tasks"], other["runs"], other["augment"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--merge {path}: not a distill_variants rows.json ({err})") from None
+    for name, theirs in tasks.items():  # every check before anything is folded in
+        mine = state["tasks"].get(name, {})
+        if not (mine.get("current") and theirs.get("current")):
+            continue
+        if task_settings(mine) != task_settings(theirs) or mine.get("teacher_metrics") != theirs.get(
+            "teacher_metrics"
+        ):
+            raise SystemExit(
+                f"--merge {path}: {name} was measured with other settings or another teacher there"
+            )
+        both = sorted(k for k in mine["current"].keys() & theirs["current"].keys()
+                      if state["rows"].get(k) != rows.get(k))  # fmt: skip
+        if both:
+            raise SystemExit(f"--merge {path}: {name} rows measured in both: {', '.join(both)}")
+    for name, theirs in tasks.items():
+        mine = state["tasks"].setdefault(name, {})
+        current = {**mine.get("current", {}), **theirs.get("current", {})}
+        students = {**mine.get("students", {}), **theirs.get("students", {})}
+        mine.update({k: v for k, v in theirs.items() if k not in mine or not mine.get("current")})
+        mine.update(current=current, students=students)
+        state["rows"].update({k: rows[k] for k in theirs.get("current", {}) if k in rows})
+    state["augment"].update(augment)
+    known = {(r["command"], r["date"]) for r in state["runs"]}
+    new = [r for r in runs if (r["command"], r["date"]) not in known]
+    state["runs"] = sorted(state["runs"] + new, key=lambda r: r["date"])
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     C.setup(args)
@@ -252,7 +306,12 @@ def main(argv=None) -> Path:
     state = json.loads(path.read_text()) if path.is_file() else {}
     for k in ("rows", "tasks", "augment"):
         state.setdefault(k, {})
-    state.setdefault("runs", []).append({"command": C.command_line(), "date": now()})
+    state.setdefault("runs", [])
+    for other in args.merge:
+        merge_state(state, other)
+    state["runs"].append({"command": C.command_line(), "date": now()})
+    if args.render:
+        return save(state, args)
     planned = [f"{t}|{b:g}|{v}" for t in args.tasks for b in args.budgets for v in args.variants]
     logger.info("%d training runs planned (%d tasks x %d budgets x %d variants; %d stored in %s, kept when their "
                 "settings match) + %d compressions + one augmentation per task", len(planned), len(args.tasks),

@@ -451,6 +451,45 @@ def test_distill_variants_smoke(tmp_path):
     assert not {("10%", v) for v in variants} & cells
 
 
+def test_distill_variants_merges_two_processes(tmp_path):
+    dv = _script("distill_variants")
+    common = ["--smoke", "--threads", "1", "--variants", "finetune", "logit"]
+    for name, budget in (("a", "0.25"), ("b", "0.1")):  # one budget per process, each in its own folder
+        dv.main([*common, "--out", str(tmp_path / name), "--budgets", budget])
+    out = dv.main([*common, "--out", str(tmp_path / "a"), "--budgets", "0.25", "0.1", "--render",
+                   "--merge", str(tmp_path / "b" / "work" / "rows.json")])  # fmt: skip
+    text = out.read_text()
+    cells = {tuple(row[:2]) for row in _table_rows(text)}
+    assert {(b, v) for b in ("25%", "10%") for v in ("finetune", "logit")} <= cells
+    assert "- Earlier run" in text  # the processes' commands (one line here: under pytest both read the same)
+    state = json.loads((tmp_path / "a" / "work" / "rows.json").read_text())
+    assert len(state["rows"]) == 4 and all("metrics" in r for r in state["rows"].values())
+    # another seed's rows (another calibration sample and data order) are not folded into these
+    dv.main([*common, "--out", str(tmp_path / "c"), "--budgets", "0.1", "--seed", "1"])
+    with pytest.raises(SystemExit, match="other settings"):
+        dv.main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "a"),
+                "--render",
+                "--merge",
+                str(tmp_path / "c" / "work" / "rows.json"),
+            ]
+        )
+    with pytest.raises(SystemExit, match="not a distill_variants rows.json"):
+        dv.main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "a"),
+                "--render",
+                "--merge",
+                str(tmp_path / "a" / "distill_variants.md"),
+            ]
+        )
+
+
 def test_vocab_smoke(tmp_path):
     text = _smoke("vocab", tmp_path, "Vocabulary pruning")
     text, fallback = text.split("## Where the accuracy goes", 1)
