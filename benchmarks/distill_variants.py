@@ -293,7 +293,10 @@ def merge_state(state: dict, path: Path) -> None:
         mine.update({k: v for k, v in theirs.items() if k not in mine or not mine.get("current")})
         mine.update(current=current, students=students)
         state["rows"].update({k: rows[k] for k in theirs.get("current", {}) if k in rows})
-    state["augment"].update(augment)
+    # a set read from the cache has no time: keep the record of the run that generated it
+    for key, entry in augment.items():
+        if state["augment"].get(key, {}).get("seconds") is None:
+            state["augment"][key] = entry
     known = {(r["command"], r["date"]) for r in state["runs"]}
     new = [r for r in runs if (r["command"], r["date"]) not in known]
     state["runs"] = sorted(state["runs"] + new, key=lambda r: r["date"])

@@ -490,6 +490,22 @@ def test_distill_variants_merges_two_processes(tmp_path):
         )
 
 
+def test_distill_variants_merge_keeps_the_timed_augmentation(tmp_path):
+    dv = _script(
+        "distill_variants"
+    )  # the process that generated the set timed it; one reading the cache did not
+    timed, untimed = {"task": "mrpc", "seconds": 12.0}, {"task": "mrpc", "seconds": None}
+    state = {"rows": {}, "tasks": {}, "runs": [], "augment": {"mrpc|k": timed}}
+    other = tmp_path / "rows.json"
+    other.write_text(json.dumps({"rows": {}, "tasks": {}, "runs": [], "augment": {"mrpc|k": untimed}}))
+    dv.merge_state(state, other)
+    assert state["augment"]["mrpc|k"] == timed
+    state["augment"]["mrpc|k"] = untimed
+    other.write_text(json.dumps({"rows": {}, "tasks": {}, "runs": [], "augment": {"mrpc|k": timed}}))
+    dv.merge_state(state, other)
+    assert state["augment"]["mrpc|k"] == timed
+
+
 def test_vocab_smoke(tmp_path):
     text = _smoke("vocab", tmp_path, "Vocabulary pruning")
     text, fallback = text.split("## Where the accuracy goes", 1)
