@@ -283,7 +283,8 @@ def merge_state(state: dict, path: Path) -> None:
                 f"--merge {path}: {name} was measured with other settings or another teacher there"
             )
         both = sorted(k for k in mine["current"].keys() & theirs["current"].keys()
-                      if state["rows"].get(k) != rows.get(k))  # fmt: skip
+                      if "metrics" in state["rows"].get(k, {}) and "metrics" in rows.get(k, {})
+                      and state["rows"][k] != rows[k])  # fmt: skip
         if both:
             raise SystemExit(f"--merge {path}: {name} rows measured in both: {', '.join(both)}")
     for name, theirs in tasks.items():
@@ -292,7 +293,7 @@ def merge_state(state: dict, path: Path) -> None:
         students = {**mine.get("students", {}), **theirs.get("students", {})}
         mine.update({k: v for k, v in theirs.items() if k not in mine or not mine.get("current")})
         mine.update(current=current, students=students)
-        state["rows"].update({k: rows[k] for k in theirs.get("current", {}) if k in rows})
+        state["rows"].update({k: rows[k] for k in theirs.get("current", {}) if "metrics" in rows.get(k, {})})
     # a set read from the cache has no time: keep the record of the run that generated it
     for key, entry in augment.items():
         if state["augment"].get(key, {}).get("seconds") is None:
