@@ -288,11 +288,13 @@ def merge_state(state: dict, path: Path) -> None:
         if both:
             raise SystemExit(f"--merge {path}: {name} rows measured in both: {', '.join(both)}")
     for name, theirs in tasks.items():
-        mine = state["tasks"].setdefault(name, {})
-        current = {**mine.get("current", {}), **theirs.get("current", {})}
-        students = {**mine.get("students", {}), **theirs.get("students", {})}
-        mine.update({k: v for k, v in theirs.items() if k not in mine or not mine.get("current")})
-        mine.update(current=current, students=students)
+        mine = state["tasks"].get(name, {})
+        merged = (
+            {**theirs, **mine} if mine.get("current") else {**mine, **theirs}
+        )  # this run's description wins
+        merged["current"] = {**mine.get("current", {}), **theirs.get("current", {})}
+        merged["students"] = {**mine.get("students", {}), **theirs.get("students", {})}
+        state["tasks"][name] = merged
         state["rows"].update({k: rows[k] for k in theirs.get("current", {}) if "metrics" in rows.get(k, {})})
     # a set read from the cache has no time: keep the record of the run that generated it
     for key, entry in augment.items():

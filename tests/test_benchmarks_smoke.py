@@ -466,34 +466,19 @@ def test_distill_variants_merges_two_processes(tmp_path):
     assert len(state["rows"]) == 4 and all("metrics" in r for r in state["rows"].values())
     # another seed's rows (another calibration sample and data order) are not folded into these
     dv.main([*common, "--out", str(tmp_path / "c"), "--budgets", "0.1", "--seed", "1"])
+
+    def render_with(other):
+        return dv.main([*common, "--out", str(tmp_path / "a"), "--render", "--merge", str(other)])
+
     with pytest.raises(SystemExit, match="other settings"):
-        dv.main(
-            [
-                *common,
-                "--out",
-                str(tmp_path / "a"),
-                "--render",
-                "--merge",
-                str(tmp_path / "c" / "work" / "rows.json"),
-            ]
-        )
+        render_with(tmp_path / "c" / "work" / "rows.json")
     with pytest.raises(SystemExit, match="not a distill_variants rows.json"):
-        dv.main(
-            [
-                *common,
-                "--out",
-                str(tmp_path / "a"),
-                "--render",
-                "--merge",
-                str(tmp_path / "a" / "distill_variants.md"),
-            ]
-        )
+        render_with(tmp_path / "a" / "distill_variants.md")
 
 
 def test_distill_variants_merge_keeps_the_timed_augmentation(tmp_path):
-    dv = _script(
-        "distill_variants"
-    )  # the process that generated the set timed it; one reading the cache did not
+    # the process that generated the set timed it; one reading the cache did not
+    dv = _script("distill_variants")
     timed, untimed = {"task": "mrpc", "seconds": 12.0}, {"task": "mrpc", "seconds": None}
     state = {"rows": {}, "tasks": {}, "runs": [], "augment": {"mrpc|k": timed}}
     other = tmp_path / "rows.json"
